@@ -1,0 +1,149 @@
+"""Metrics with trec_eval semantics (pytrec_eval), averaged over every query of the split's qrels."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytrec_eval
+
+from .beir import Qrels, load_dataset
+from .fileio import atomic_file, write_json
+from .retrieval import Bm25Settings, Prefixes, Run, bm25_search, dense_search, load_encoder
+
+log = logging.getLogger(__name__)
+
+# Our name -> pytrec_eval measure. mrr@10 is recip_rank on the run cut to its top 10.
+MEASURES = {
+    "ndcg@1": "ndcg_cut_1",
+    "ndcg@3": "ndcg_cut_3",
+    "ndcg@5": "ndcg_cut_5",
+    "ndcg@10": "ndcg_cut_10",
+    "recall@10": "recall_10",
+    "recall@100": "recall_100",
+    "p@10": "P_10",
+    "map@100": "map_cut_100",
+}
+METRICS = [*MEASURES, "mrr@10"]
+
+
+def ranked(hits: dict[str, float]) -> list[tuple[str, float]]:
+    """trec_eval's order: score descending, ties by doc id descending."""
+    return sorted(hits.items(), key=lambda item: (item[1], item[0]), reverse=True)
+
+
+def per_query_metrics(qrels: Qrels, run: Run, ignore_identical_ids: bool = True) -> dict[str, dict[str, float]]:
+    """Every metric for every judged query; a query missing from the run scores 0 (trec_eval -c)."""
+    if ignore_identical_ids:
+        run = {q: {d: s for d, s in hits.items() if d != q} for q, hits in run.items()}
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.1,3,5,10", "recall.10,100", "P.10", "map_cut.100"})
+    scores = evaluator.evaluate(run)
+    top10 = {q: dict(ranked(hits)[:10]) for q, hits in run.items()}
+    reciprocal = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    result = {}
+    for query_id in qrels:
+        found = scores.get(query_id, {})
+        values = {name: float(found.get(measure, 0.0)) for name, measure in MEASURES.items()}
+        values["mrr@10"] = float(reciprocal.get(query_id, {}).get("recip_rank", 0.0))
+        result[query_id] = values
+    return result
+
+
+def aggregate(per_query: dict[str, dict[str, float]]) -> dict[str, float]:
+    count = len(per_query)
+    return {name: sum(v[name] for v in per_query.values()) / count if count else 0.0 for name in METRICS}
+
+
+@dataclass
+class Evaluation:
+    system: str
+    split: str
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    run: Run
+    num_queries: int
+    num_docs: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """The metrics file: metric names -> floats, plus counts and timing."""
+        return {
+            **{name: round(value, 6) for name, value in self.metrics.items()},
+            "system": self.system,
+            "split": self.split,
+            "num_queries": self.num_queries,
+            "num_docs": self.num_docs,
+            "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
+        }
+
+    def save(self, output: str | Path, per_query: str | Path | None = None, run: str | Path | None = None):
+        write_json(output, self.summary())
+        if per_query:
+            write_json(per_query, self.per_query)
+        if run:
+            write_trec_run(self.run, run, tag=self.system)
+
+
+def write_trec_run(run: Run, path: str | Path, tag: str = "synthir") -> None:
+    """TREC run format; scores are written with full precision so a reload is exact."""
+    tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in tag) or "synthir"
+    with atomic_file(path) as handle:
+        for query_id, hits in run.items():
+            for rank, (doc_id, score) in enumerate(ranked(hits), start=1):
+                handle.write(f"{query_id} Q0 {doc_id} {rank} {score!r} {tag}\n")
+
+
+def read_trec_run(path: str | Path) -> Run:
+    run: Run = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            query_id, _, doc_id, _, score, _ = line.split()
+            run.setdefault(query_id, {})[doc_id] = float(score)
+    return run
+
+
+def _finish(system, split, qrels, run, num_docs, seconds, started) -> Evaluation:
+    begin = time.perf_counter()
+    per_query = per_query_metrics(qrels, run)
+    seconds["metrics"] = time.perf_counter() - begin
+    seconds["total"] = time.perf_counter() - started
+    metrics = aggregate(per_query)
+    log.info("%s on %s: %s", system, split, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return Evaluation(system, split, metrics, per_query, run, len(qrels), num_docs, seconds)
+
+
+def evaluate_dense(
+    model_ref: str,
+    data_dir: str | Path,
+    split: str = "test",
+    batch_size: int = 32,
+    prefixes: Prefixes = Prefixes(),
+    max_seq_length: int | None = None,
+    depth: int = 100,
+    dtype: str = "auto",
+    model=None,
+) -> Evaluation:
+    """Encode corpus and the split's queries with a sentence-transformers model; exact search; metrics."""
+    started = time.perf_counter()
+    dataset = load_dataset(data_dir, [split])
+    queries, qrels = dataset.split(split)
+    seconds: dict[str, float] = {}
+    begin = time.perf_counter()
+    model = model or load_encoder(model_ref, max_seq_length, dtype=dtype)
+    seconds["load"] = time.perf_counter() - begin
+    run = dense_search(model, dataset.corpus, queries, depth, batch_size, prefixes, seconds)
+    return _finish(model_ref, split, qrels, run, len(dataset.corpus), seconds, started)
+
+
+def evaluate_bm25(
+    data_dir: str | Path, split: str = "test", depth: int = 100, settings: Bm25Settings = Bm25Settings()
+) -> Evaluation:
+    started = time.perf_counter()
+    dataset = load_dataset(data_dir, [split])
+    queries, qrels = dataset.split(split)
+    seconds: dict[str, float] = {}
+    run = bm25_search(dataset.corpus, queries, depth, settings, seconds)
+    return _finish("bm25", split, qrels, run, len(dataset.corpus), seconds, started)

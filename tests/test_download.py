@@ -1,0 +1,167 @@
+import hashlib
+import http.server
+import threading
+import zipfile
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from synthir import download
+from synthir.download import REGISTRY, Source, fetch_dataset, safe_extract
+from synthir.errors import ChecksumError, DataError, UnsafeArchiveError
+from tests.conftest import write_beir
+
+
+def _zip_folder(folder: Path, archive: Path, prefix: str) -> str:
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zipped.write(path, f"{prefix}/{path.relative_to(folder)}")
+    return hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir()) if parent.exists() else []
+
+
+@pytest.fixture
+def tiny_registered(tmp_path, monkeypatch, beir_dir):
+    """A registry entry 'tiny' whose official zip is the tiny folder zipped like BEIR does."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    md5 = _zip_folder(beir_dir, mirror / "tiny.zip", "tiny")
+    monkeypatch.setitem(REGISTRY, "tiny", Source(md5))
+    return mirror
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        ("../evil", "climbs out"),
+        ("/etc/evil", "absolute path"),
+        ("a/../../evil", "climbs out"),
+        ("C:/evil", "absolute"),
+    ],
+)
+def test_unsafe_members_are_rejected_before_writing(tmp_path, member, message):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("good.txt", "fine")
+        zipped.writestr(member, "evil")
+    dest = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveError, match=message):
+        safe_extract(archive, dest)
+    assert not dest.exists()
+    assert not (tmp_path / "evil").exists()
+
+
+def test_symlink_member_is_rejected(tmp_path):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = 0o120777 << 16
+        zipped.writestr(info, "/etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match="symbolic link"):
+        safe_extract(archive, tmp_path / "out")
+
+
+def test_mirror_zip_is_verified_and_unpacked(tmp_path, monkeypatch, tiny_registered):
+    monkeypatch.setenv("SYNTHIR_DATA_MIRROR", str(tiny_registered))
+    dest = fetch_dataset("tiny", tmp_path / "raw" / "tiny")
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "corpus.jsonl",
+        "qrels/test.tsv",
+        "queries.jsonl",
+    ]
+    assert _leftovers(tmp_path / "raw") == ["tiny"]
+
+
+def test_mirror_zip_checksum_mismatch_writes_nothing(tmp_path, monkeypatch, tiny_registered):
+    monkeypatch.setitem(REGISTRY, "tiny", Source("0" * 32))
+    monkeypatch.setenv("SYNTHIR_DATA_MIRROR", str(tiny_registered))
+    with pytest.raises(ChecksumError, match=r"tiny.zip: md5 is [0-9a-f]{32}, expected 0{32}"):
+        fetch_dataset("tiny", tmp_path / "raw" / "tiny")
+    assert _leftovers(tmp_path / "raw") == []
+
+
+def test_mirror_folder_per_file_sha256(tmp_path, monkeypatch, beir_dir):
+    mirror = tmp_path / "mirror"
+    write_beir(mirror / "tiny")
+    good = {n: hashlib.sha256((mirror / "tiny" / n).read_bytes()).hexdigest() for n in ["corpus.jsonl"]}
+    monkeypatch.setitem(REGISTRY, "tiny", Source("unused", good))
+    monkeypatch.setenv("SYNTHIR_DATA_MIRROR", str(mirror))
+    assert (fetch_dataset("tiny", tmp_path / "a") / "qrels" / "test.tsv").exists()
+    monkeypatch.setitem(REGISTRY, "tiny", Source("unused", {"corpus.jsonl": "f" * 64}))
+    with pytest.raises(ChecksumError, match=r"corpus.jsonl: sha256 is"):
+        fetch_dataset("tiny", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_shared_scifact_through_the_mirror(tmp_path, monkeypatch, shared_beir):
+    monkeypatch.setenv("SYNTHIR_DATA_MIRROR", str(shared_beir))
+    dest = fetch_dataset("scifact", tmp_path / "scifact")
+    for name, sha in REGISTRY["scifact"].files.items():
+        assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == sha
+
+
+def test_invalid_custom_folder_leaves_no_output(tmp_path, beir_dir):
+    (beir_dir / "queries.jsonl").write_text('{"_id": "q1", "text": "ok"}\n{"_id": "q2"\n')
+    with pytest.raises(DataError, match=r"queries.jsonl:2: malformed JSON"):
+        fetch_dataset("custom", tmp_path / "raw" / "custom", beir_dir)
+    assert _leftovers(tmp_path / "raw") == []
+
+
+def test_failed_refetch_keeps_the_previous_output(tmp_path, beir_dir):
+    dest = fetch_dataset("custom", tmp_path / "custom", beir_dir)
+    before = (dest / "corpus.jsonl").read_bytes()
+    (beir_dir / "corpus.jsonl").write_text("{broken\n")
+    with pytest.raises(DataError):
+        fetch_dataset("custom", dest, beir_dir)
+    assert (dest / "corpus.jsonl").read_bytes() == before
+
+
+def test_unknown_dataset_and_empty_mirror(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match=r"unknown dataset 'nope'.*dataset.path"):
+        fetch_dataset("nope", tmp_path / "x")
+    monkeypatch.setenv("SYNTHIR_DATA_MIRROR", str(tmp_path))
+    with pytest.raises(DataError, match=r"holds neither scifact/ nor scifact.zip"):
+        fetch_dataset("scifact", tmp_path / "x")
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server standing in for the BEIR download host."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_over_http_verifies_and_caches(tmp_path, monkeypatch, http_server, tiny_registered):
+    root, url = http_server
+    (root / "tiny.zip").write_bytes((tiny_registered / "tiny.zip").read_bytes())
+    monkeypatch.delenv("SYNTHIR_DATA_MIRROR", raising=False)
+    monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(download, "BEIR_URL", url + "/{name}.zip")
+    assert (fetch_dataset("tiny", tmp_path / "out") / "corpus.jsonl").exists()
+    assert (tmp_path / "cache" / "downloads" / "tiny.zip").exists()
+
+    (root / "tiny.zip").write_bytes(b"tampered")
+    (tmp_path / "cache" / "downloads" / "tiny.zip").unlink()
+    with pytest.raises(ChecksumError, match="md5 is"):
+        fetch_dataset("tiny", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+    assert _leftovers(tmp_path / "cache" / "downloads") == []
+
+
+def test_download_failure_names_the_mirror_setting(tmp_path, monkeypatch, tiny_registered):
+    monkeypatch.delenv("SYNTHIR_DATA_MIRROR", raising=False)
+    monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(download, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
+    with pytest.raises(DataError, match=r"download failed.*SYNTHIR_DATA_MIRROR"):
+        fetch_dataset("tiny", tmp_path / "out")

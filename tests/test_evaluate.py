@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import pytrec_eval
+import torch
+
+from synthir.evaluate import aggregate, evaluate_bm25, evaluate_dense, per_query_metrics, ranked, read_trec_run
+from synthir.retrieval import top_k
+from tests.conftest import write_beir
+
+QRELS = {"q1": {"d1": 1, "d2": 2}, "q2": {"d3": 1}}
+RUN = {"q1": {"d3": 0.9, "d1": 0.8, "d2": 0.7, "q1": 5.0}}  # q2 retrieved nothing; "q1" is a self-hit
+
+
+def test_metrics_match_hand_computation():
+    per_query = per_query_metrics(QRELS, RUN)
+    dcg = 0 + 1 / math.log2(3) + 2 / math.log2(4)
+    idcg = 2 + 1 / math.log2(3)
+    q1 = per_query["q1"]
+    assert q1["ndcg@1"] == 0.0
+    assert q1["ndcg@3"] == pytest.approx(dcg / idcg)
+    assert q1["recall@10"] == 1.0 and q1["p@10"] == pytest.approx(0.2)
+    assert q1["mrr@10"] == 0.5
+    assert q1["map@100"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert per_query["q2"] == dict.fromkeys(q1, 0.0)  # unanswered queries count as zero (trec_eval -c)
+    assert aggregate(per_query)["ndcg@3"] == pytest.approx(dcg / idcg / 2)
+
+
+def test_mrr_is_cut_at_ten():
+    run = {"q2": {f"x{i}": 1.0 - i / 100 for i in range(10)} | {"d3": 0.5}}
+    assert per_query_metrics(QRELS, run)["q2"]["mrr@10"] == 0.0
+    assert per_query_metrics(QRELS, {"q2": {"d3": 0.5}})["q2"]["mrr@10"] == 1.0
+
+
+def test_ties_follow_trec_eval():
+    assert ranked({"a": 1.0, "b": 1.0, "c": 2.0}) == [("c", 2.0), ("b", 1.0), ("a", 1.0)]
+
+
+def test_chunked_top_k_equals_full_top_k():
+    generator = torch.Generator().manual_seed(0)
+    queries, docs = torch.randn(7, 8, generator=generator), torch.randn(50, 8, generator=generator)
+    scores, index = top_k(queries, docs, 5, doc_chunk=6, query_chunk=3)
+    expected_scores, expected_index = torch.topk(queries @ docs.T, 5, dim=1)
+    assert torch.equal(index, expected_index) and torch.allclose(scores, expected_scores)
+
+
+@pytest.fixture
+def self_hit_dir(tmp_path):
+    """A tiny set where query 'd2' shares its id with a document (as in ArguAna)."""
+    return write_beir(
+        tmp_path / "d",
+        queries=[{"_id": "q1", "text": "why do cats purr"}, {"_id": "d2", "text": "dogs bark at strangers"}],
+        qrels={"test": [("q1", "d1", 1), ("d2", "d1", 1)]},
+    )
+
+
+def test_dense_evaluation_saves_a_run_pytrec_eval_agrees_with(tmp_path, tiny_encoder, self_hit_dir):
+    result = evaluate_dense(tiny_encoder, self_hit_dir, "test", batch_size=2, depth=100)
+    assert result.num_queries == 2 and result.num_docs == 3
+    assert "d2" not in result.run["d2"] and len(result.run["q1"]) == 3
+    output = tmp_path / "out" / "eval.json"
+    result.save(output, tmp_path / "out" / "pq.json", tmp_path / "out" / "run.trec")
+    run = read_trec_run(tmp_path / "out" / "run.trec")
+    plain = pytrec_eval.RelevanceEvaluator(result_qrels(self_hit_dir), {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    assert result.metrics["ndcg@10"] == sum(v["ndcg_cut_10"] for v in plain.values()) / len(plain)
+    assert result.metrics["recall@100"] == sum(v["recall_100"] for v in plain.values()) / len(plain)
+
+
+def result_qrels(folder):
+    from synthir.beir import load_qrels
+
+    return load_qrels(folder / "qrels" / "test.tsv")
+
+
+def test_bm25_ranks_the_matching_document_first(beir_dir):
+    result = evaluate_bm25(beir_dir, "test")
+    assert next(iter(dict(ranked(result.run["q1"])))) == "d1"
+    assert result.metrics["ndcg@10"] == 1.0 and result.summary()["num_docs"] == 3
