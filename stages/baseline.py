@@ -22,12 +22,13 @@ def main() -> None:
     dense = evaluate_dense(
         model.base_model,
         args.data,
-        ev.split,
-        ev.batch_size,
-        Prefixes(model.query_prefix, model.passage_prefix),
-        model.max_seq_length,
-        ev.depth,
-        ev.dtype,
+        split=ev.split,
+        batch_size=ev.batch_size,
+        prefixes=Prefixes(model.query_prefix, model.passage_prefix),
+        max_seq_length=model.max_seq_length,
+        depth=ev.depth,
+        dtype=ev.dtype,
+        search=ev.search,
     )
     bm25 = evaluate_bm25(args.data, ev.split, ev.depth, Bm25Settings(**ev.bm25.model_dump()))
     details = Path(args.details)

@@ -5,7 +5,7 @@ import pytrec_eval
 import torch
 
 from synthir.evaluate import aggregate, evaluate_bm25, evaluate_dense, per_query_metrics, ranked, read_trec_run
-from synthir.retrieval import top_k
+from synthir.retrieval import faiss_top_k, top_k
 from tests.conftest import write_beir
 
 QRELS = {"q1": {"d1": 1, "d2": 2}, "q2": {"d3": 1}}
@@ -42,6 +42,8 @@ def test_chunked_top_k_equals_full_top_k():
     scores, index = top_k(queries, docs, 5, doc_chunk=6, query_chunk=3)
     expected_scores, expected_index = torch.topk(queries @ docs.T, 5, dim=1)
     assert torch.equal(index, expected_index) and torch.allclose(scores, expected_scores)
+    faiss_scores, faiss_index = faiss_top_k(queries, docs, 5)
+    assert torch.equal(faiss_index, expected_index) and torch.allclose(faiss_scores, expected_scores, atol=1e-5)
 
 
 @pytest.fixture

@@ -38,12 +38,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_dense(
         args.model,
         args.data,
-        args.split,
-        args.batch_size,
-        Prefixes(args.query_prefix, args.passage_prefix),
-        args.max_seq_length,
-        args.depth,
-        args.dtype,
+        split=args.split,
+        batch_size=args.batch_size,
+        prefixes=Prefixes(args.query_prefix, args.passage_prefix),
+        max_seq_length=args.max_seq_length,
+        depth=args.depth,
+        dtype=args.dtype,
+        search=args.search,
     )
     _report(result, args.output)
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     dense.add_argument("--passage-prefix", default="")
     dense.add_argument("--max-seq-length", type=int)
     dense.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    dense.add_argument("--search", default="torch", choices=["torch", "faiss"])
     dense.set_defaults(func=_cmd_evaluate)
 
     bm25 = commands.add_parser("bm25", help="evaluate BM25 (bm25s, stemmed, title + text)")

@@ -60,6 +60,7 @@ class EvaluateParams(Block):
     batch_size: int = Field(default=64, gt=0)
     depth: int = Field(default=100, ge=100, description="hits kept per query (recall@100 needs 100)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    search: Literal["torch", "faiss"] = "torch"
     bm25: Bm25Params = Bm25Params()
 
 

@@ -124,6 +124,7 @@ def evaluate_dense(
     max_seq_length: int | None = None,
     depth: int = 100,
     dtype: str = "auto",
+    search: str = "torch",
     model=None,
 ) -> Evaluation:
     """Encode corpus and the split's queries with a sentence-transformers model; exact search; metrics."""
@@ -134,7 +135,7 @@ def evaluate_dense(
     begin = time.perf_counter()
     model = model or load_encoder(model_ref, max_seq_length, dtype=dtype)
     seconds["load"] = time.perf_counter() - begin
-    run = dense_search(model, dataset.corpus, queries, depth, batch_size, prefixes, seconds)
+    run = dense_search(model, dataset.corpus, queries, depth, batch_size, prefixes, seconds, search)
     return _finish(model_ref, split, qrels, run, len(dataset.corpus), seconds, started)
 
 
