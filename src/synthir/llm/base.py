@@ -1,0 +1,204 @@
+"""The backend interface: requests (a prompt or chat messages, n samples, sampling) in, completions out."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import SynthirError
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, Any]]
+Prompt = str | Messages
+"""What `score_yes_no` takes: a plain prompt or chat messages."""
+
+YES_NO_TOP_K = 20
+"""Top log-probs asked for when a backend can only report the most likely first tokens."""
+
+
+class LLMError(SynthirError):
+    """An LLM backend cannot be built or cannot do what was asked."""
+
+
+class UnsupportedError(LLMError):
+    """The backend cannot do this (e.g. give log-probs); the message says which backend and what."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings; part of every cache key (see `as_dict`)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    logprobs: int = 0
+    """Top-k log-probs of the first generated token to return (0: none)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_tokens < 1 or self.logprobs < 0:
+            raise LLMError(f"invalid sampling settings: {self}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain, stable dict (fixed keys, floats as floats) for hashing and provenance."""
+        return {
+            "temperature": float(self.temperature),
+            "top_p": float(self.top_p),
+            "max_tokens": int(self.max_tokens),
+            "stop": list(self.stop),
+            "seed": int(self.seed),
+            "logprobs": int(self.logprobs),
+        }
+
+    def for_sample(self, index: int) -> Sampling:
+        """The settings for sample `index` alone: its own seed, derived from (seed, index)."""
+        return replace(self, seed=sample_seed(self.seed, index))
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """A 31-bit seed for sample `index`, independent of which other samples exist."""
+    digest = hashlib.sha256(f"synthir-sample:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class Request:
+    """One input (`prompt` or chat `messages`, not both) and how many completions to draw from it."""
+
+    prompt: str | None = None
+    messages: Messages | None = None
+    n: int = 1
+    sampling: Sampling = field(default_factory=Sampling)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise LLMError("a request needs exactly one of `prompt` or `messages`")
+        if self.n < 1:
+            raise LLMError(f"a request needs n >= 1, got {self.n}")
+
+    @property
+    def input(self) -> Prompt:
+        """The prompt or the messages: what the cache key hashes."""
+        return self.prompt if self.prompt is not None else self.messages  # type: ignore[return-value]
+
+
+@dataclass
+class Completion:
+    """The result of one request. A failed one has `failed=True`, an `error` and the texts that did succeed."""
+
+    texts: list[str]
+    tokens_in: int = 0
+    tokens_out: int = 0
+    logprobs: list[dict[str, float]] | None = None
+    """Per text: token -> log-prob for the first generated token (top-k), when asked for."""
+    failed: bool = False
+    error: str | None = None
+    tokens_out_each: list[int] | None = None
+    """Generated tokens per text, where the backend knows them."""
+
+    @classmethod
+    def failure(cls, error: str) -> Completion:
+        return cls(texts=[], failed=True, error=error)
+
+    def per_text_tokens(self) -> list[int]:
+        """Generated tokens per text: exact when known, else `tokens_out` split evenly."""
+        if self.tokens_out_each is not None and len(self.tokens_out_each) == len(self.texts):
+            return list(self.tokens_out_each)
+        count = len(self.texts)
+        if not count:
+            return []
+        share, extra = divmod(self.tokens_out, count)
+        return [share + (1 if i < extra else 0) for i in range(count)]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Every backend: a backend-independent `model_id`, batched `generate`, and optional yes/no scoring."""
+
+    model_id: str
+
+    def generate(self, requests: list[Request]) -> list[Completion]:
+        """One completion per request, in order; a request that fails is returned failed, never raised."""
+        ...
+
+    def score_yes_no(self, prompts: Sequence[Prompt]) -> list[float]:
+        """log P(yes) − log P(no) of the first answer token; raises UnsupportedError without log-probs."""
+        ...
+
+
+def yes_no_margin(top: Mapping[str, float], floor: float | None = None) -> float:
+    """log P(yes) − log P(no) from first-token log-probs; token variants (' Yes', 'yes', ...) are pooled.
+
+    An answer missing from a top-k list gets `floor` (default: the smallest log-prob listed), an upper bound.
+    """
+    if floor is None:
+        floor = min(top.values()) if top else 0.0
+    pooled = {"yes": [], "no": []}
+    for token, logprob in top.items():
+        word = token.strip().lower()
+        if word in pooled:
+            pooled[word].append(logprob)
+    return _logsumexp(pooled["yes"] or [floor]) - _logsumexp(pooled["no"] or [floor])
+
+
+def _logsumexp(values: Iterable[float]) -> float:
+    values = list(values)
+    peak = max(values)
+    if peak == -math.inf:
+        return peak
+    return peak + math.log(sum(math.exp(v - peak) for v in values))
+
+
+_BACKENDS = {
+    "vllm": ("synthir.llm.vllm", "VLLMBackend"),
+    "hf": ("synthir.llm.hf", "HFBackend"),
+    "llamacpp": ("synthir.llm.llamacpp", "LlamaCppBackend"),
+    "openai": ("synthir.llm.openai_compat", "OpenAICompatBackend"),
+}
+
+
+def make_backend(kind: str, model: str, **options: Any) -> Backend:
+    """Build a backend by name; its module (and heavy runtime such as vllm) is imported only now."""
+    if kind not in _BACKENDS:
+        raise LLMError(f"unknown LLM backend '{kind}'; choose one of {', '.join(sorted(_BACKENDS))}")
+    module_name, class_name = _BACKENDS[kind]
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class(model, **options)
+
+
+def generate_isolating(
+    requests: list[Request], run_batch: Callable[[list[Request]], list[Completion]], name: str
+) -> list[Completion]:
+    """`run_batch(requests)`; if it raises, retry one request at a time so one bad input fails alone."""
+    try:
+        return run_batch(requests)
+    except Exception as exc:  # a backend error must not sink the whole batch
+        if len(requests) > 1:
+            log.warning("%s: batch of %d failed (%s); retrying one by one", name, len(requests), exc)
+            return [c for r in requests for c in generate_isolating([r], run_batch, name)]
+        log.warning("%s: request failed: %s: %s", name, type(exc).__name__, exc)
+        return [Completion.failure(f"{name}: {type(exc).__name__}: {exc}")]
+
+
+def score_with_logprobs(backend: Backend, prompts: Sequence[Prompt], name: str) -> list[float]:
+    """`score_yes_no` for backends that report top-k log-probs: one greedy token per prompt."""
+    sampling = Sampling(temperature=0.0, max_tokens=1, logprobs=YES_NO_TOP_K)
+    requests = [
+        Request(prompt=p, sampling=sampling) if isinstance(p, str) else Request(messages=p, sampling=sampling)
+        for p in prompts
+    ]
+    results = backend.generate(requests)
+    failed = [r.error for r in results if r.failed]
+    if failed:
+        raise LLMError(f"{name}: yes/no scoring failed for {len(failed)} prompt(s): {failed[0]}")
+    if not all(r.logprobs and r.logprobs[0] for r in results):
+        raise UnsupportedError(f"{name}: {backend.model_id} returned no log-probs; yes/no scoring needs them")
+    return [yes_no_margin(r.logprobs[0]) for r in results]  # type: ignore[index]

