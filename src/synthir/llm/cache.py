@@ -249,3 +249,22 @@ class CachedBackend:
 
 def _single(request: Request, sampling: Sampling, n: int) -> Request:
     return Request(prompt=request.prompt, messages=request.messages, n=n, sampling=sampling)
+
+
+def open_backend(
+    kind: str,
+    model: str,
+    options: dict[str, Any] | None = None,
+    batch_size: int = 16,
+    cache_path: str | Path | None = None,
+    **connection: Any,
+) -> CachedBackend:
+    """A backend behind the completion cache; bad backend options raise one clear LLMError."""
+    from .base import LLMError, make_backend
+
+    settings = {**(options or {}), **{k: v for k, v in connection.items() if v is not None}}
+    try:
+        backend = make_backend(kind, model, **settings)
+    except TypeError as error:
+        raise LLMError(f"{kind} backend: bad option ({error}); options: {sorted(settings)}") from None
+    return CachedBackend(backend, CompletionCache(cache_path or default_cache_path()), batch_size=batch_size)

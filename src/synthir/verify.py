@@ -1,0 +1,138 @@
+"""Checking synthetic data: LLM relevance judgements (Syntriever self-verification, pointwise yes/no scores)
+and the round-trip filter (InPars / Promptagator: keep a pseudo-query only if it retrieves its source)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from .beir import Corpus, passage_text
+from .llm import CachedBackend, Request, Sampling, UnsupportedError
+from .prompting import Template
+from .synth.doc2query import truncate_words
+
+log = logging.getLogger(__name__)
+
+_ANSWER = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+
+def judge(
+    backend: CachedBackend, template: Template, pairs: list[tuple[str, str]], max_words: int = 180
+) -> list[float]:
+    """Relevance of each (query, passage): log P(yes) − log P(no) where the backend gives log-probs, else
+    +1 / −1 from a greedy one-word answer (0 when it says neither)."""
+    prompts = [template.messages(query=q, passage=truncate_words(p, max_words)) for q, p in pairs]
+    if not prompts:
+        return []
+    try:
+        return backend.score_yes_no(prompts)
+    except UnsupportedError as error:
+        log.warning("%s; judging from generated answers instead", error)
+    sampling = Sampling(temperature=0.0, max_tokens=4)
+    results = backend.generate([Request(messages=m, sampling=sampling) for m in prompts])
+    scores = []
+    for result in results:
+        match = _ANSWER.search(result.texts[0]) if result.texts else None
+        scores.append(0.0 if match is None else 1.0 if match.group(1).lower() == "yes" else -1.0)
+    return scores
+
+
+def self_verify(sets: list[dict], scores: list[float], margin: float) -> list[dict]:
+    """Syntriever: a synthetic positive judged irrelevant (score < margin) is relabeled a hard negative."""
+    verified = []
+    for record, score in zip(sets, scores, strict=True):
+        record = dict(record)
+        negatives = [record["negative"]] if record.get("negative") else []
+        relabeled = score < margin
+        if relabeled:
+            negatives.append(record.pop("positive"))
+        record.pop("negative", None)
+        verified.append({**record, "negatives": negatives, "positive_score": score, "relabeled": relabeled})
+    return verified
+
+
+def round_trip_ranks(
+    model, corpus: Corpus, queries: list[str], doc_ids: list[str], k: int, batch_size: int = 32
+) -> list[int | None]:
+    """1-based rank of each query's source document in the model's top-k over the whole corpus (None: absent)."""
+    from .retrieval import encode, top_k
+
+    if not queries:
+        return []
+    ids = list(corpus)
+    position = {d: i for i, d in enumerate(ids)}
+    doc_emb = encode(model, [passage_text(corpus[d]) for d in ids], batch_size, desc="round-trip corpus")
+    query_emb = encode(model, queries, batch_size, desc="round-trip queries")
+    _, index = top_k(query_emb, doc_emb, k)
+    ranks = []
+    for row, doc_id in zip(index.tolist(), doc_ids, strict=True):
+        target = position[doc_id]
+        ranks.append(row.index(target) + 1 if target in row else None)
+    return ranks
+
+
+def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_path: Path, backend=None) -> dict:
+    """The verify stage: judge, relabel and round-trip filter the generate stage's outputs."""
+    import time
+
+    from .beir import load_corpus
+    from .fileio import read_jsonl, write_json, write_jsonl
+    from .prompting import load_template
+    from .retrieval import load_encoder
+    from .synth.pipeline import connect
+
+    started = time.perf_counter()
+    corpus = load_corpus(Path(data_dir) / "corpus.jsonl")
+    read = lambda name: list(read_jsonl(generated / f"{name}.jsonl")) if (generated / f"{name}.jsonl").exists() else []  # noqa: E731
+    queries, negatives, sets = read("doc2query"), read("query_negative"), read("syntriever")
+    needs_judge = (params.score_queries and queries) or (params.relabel and sets)
+    backend = backend or (connect(params.judge) if needs_judge else None)
+    template = load_template("verify_relevance")
+    counts: dict[str, int] = {"queries_in": len(queries)}
+
+    if params.score_queries and queries:
+        scores = judge(backend, template, [(q["query"], passage_text(corpus[q["doc_id"]])) for q in queries])
+        queries = [{**q, "score": s} for q, s in zip(queries, scores, strict=True)]
+        if params.min_query_score is not None:
+            queries = [q for q in queries if q["score"] >= params.min_query_score]
+    counts["dropped_by_score"] = counts["queries_in"] - len(queries)
+    if params.round_trip.enabled and queries:
+        rt = params.round_trip
+        ranks = round_trip_ranks(
+            load_encoder(rt.model),
+            corpus,
+            [q["query"] for q in queries],
+            [q["doc_id"] for q in queries],
+            rt.k,
+            rt.batch_size,
+        )
+        kept = [{**q, "round_trip_rank": r} for q, r in zip(queries, ranks, strict=True) if r is not None]
+        counts["dropped_by_round_trip"] = len(queries) - len(kept)
+        queries = kept
+    counts["queries_kept"] = len(queries)
+    kept_ids = {q["id"] for q in queries}
+    negatives = [n for n in negatives if n["query_id"] in kept_ids]
+    counts["negatives_kept"] = len(negatives)
+
+    if sets:
+        with_positive = [s for s in sets if s.get("positive")]
+        scores = (
+            judge(backend, template, [(s["query"], s["positive"]) for s in with_positive]) if params.relabel else []
+        )
+        by_id = dict(zip((s["id"] for s in with_positive), scores, strict=True))
+        sets = self_verify(sets, [by_id.get(s["id"], float("inf")) for s in sets], params.relabel_margin)
+        counts["sets"] = len(sets)
+        counts["relabeled"] = sum(s["relabeled"] for s in sets)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / "doc2query.jsonl", queries)
+    write_jsonl(out_dir / "query_negative.jsonl", negatives)
+    write_jsonl(out_dir / "syntriever.jsonl", sets)
+    summary = {
+        **counts,
+        "llm": backend.stats.as_dict() if backend else {},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(metrics_path, summary)
+    return summary

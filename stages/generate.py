@@ -1,0 +1,24 @@
+"""generate: LLM synthesis (doc2query, query_negative, syntriever) over the sampled documents."""
+
+import argparse
+from pathlib import Path
+
+from synthir.cli import friendly_errors
+from synthir.config import load_params
+from synthir.synth.pipeline import generate
+
+
+@friendly_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--sample", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True, help="folder for <task>.jsonl")
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    doc_ids = args.sample.read_text(encoding="utf-8").split()
+    generate(load_params().generate, args.data, doc_ids, args.output, args.metrics)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

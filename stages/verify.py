@@ -1,0 +1,23 @@
+"""verify: LLM self-verification (relabel), pointwise relevance scores, round-trip filter."""
+
+import argparse
+from pathlib import Path
+
+from synthir.cli import friendly_errors
+from synthir.config import load_params
+from synthir.verify import verify_outputs
+
+
+@friendly_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--generated", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    verify_outputs(load_params().verify, args.data, args.generated, args.output, args.metrics)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+import json
+
+import pytest
+
+from synthir.config import GenerateParams, VerifyParams
+from synthir.errors import SynthirError
+from synthir.fileio import read_jsonl
+from synthir.llm import CachedBackend, Completion, CompletionCache
+from synthir.sampling import sample_ids
+from synthir.synth.pipeline import generate
+from synthir.verify import verify_outputs
+from tests.conftest import write_beir
+from tests.synth.fakes import ScriptedLLM
+
+CORPUS = [
+    {"_id": f"d{i}", "title": f"Topic{i}", "text": f"Document {i} explains subject{i} in detail."} for i in range(12)
+]
+QUERIES = [
+    {"_id": "t1", "text": "what explains subject1"},
+    {"_id": "t2", "text": "is subject2 explained"},
+    {"_id": "e1", "text": "subject3 question"},
+]
+QRELS = {"train": [("t1", "d1", 1), ("t2", "d2", 1)], "test": [("e1", "d3", 1)]}
+
+
+def params(**overrides) -> GenerateParams:
+    base = {
+        "llm": {"backend": "llamacpp", "model": "org/unused", "batch_size": 4},
+        "seed": 5,
+        "doc2query": {"density": 2, "oversample": 2, "few_shot": 1},
+        "syntriever": {"enabled": True},
+    }
+    return GenerateParams.model_validate({**base, **overrides})
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_beir(tmp_path / "data", CORPUS, QUERIES, QRELS)
+
+
+def cached(llm, tmp_path):
+    return CachedBackend(llm, CompletionCache(tmp_path / "llm.sqlite"), batch_size=4)
+
+
+def run(data, tmp_path, llm, doc_ids, p=None, name="out"):
+    backend = cached(llm, tmp_path)
+    generate(p or params(), data, doc_ids, tmp_path / name, tmp_path / f"{name}.json", backend=backend)
+    return backend.stats, {f.name: f.read_text() for f in sorted((tmp_path / name).iterdir())}
+
+
+def test_outputs_carry_provenance_and_few_shot_ids(data, tmp_path):
+    llm = ScriptedLLM()
+    run(data, tmp_path, llm, ["d4", "d5"])
+    queries = list(read_jsonl(tmp_path / "out" / "doc2query.jsonl"))
+    assert [q["doc_id"] for q in queries] == ["d4", "d4", "d5", "d5"]  # density 2 per document
+    first = queries[0]
+    assert first["id"] == "d4-q0" and first["query"].startswith("what about")
+    provenance = first["provenance"]
+    assert provenance["model"] == "scripted/llm" and provenance["backend"] == "llamacpp"
+    assert provenance["template"].startswith("doc2query@") and provenance["sampling"]["temperature"] == 0.7
+    assert provenance["few_shot_ids"] in (["t1"], ["t2"]) and isinstance(provenance["sample"], int)
+    few_shot = (tmp_path / "out" / "few_shot_ids.txt").read_text().split()
+    assert few_shot == provenance["few_shot_ids"]  # train-split ids, written out for exclusion
+    assert "Document 1 explains" in json.dumps(llm.requests[0].messages) or "Document 2" in json.dumps(
+        llm.requests[0].messages
+    )
+    negatives = list(read_jsonl(tmp_path / "out" / "query_negative.jsonl"))
+    assert [n["query_id"] for n in negatives] == [q["id"] for q in queries]
+    sets = list(read_jsonl(tmp_path / "out" / "syntriever.jsonl"))
+    assert [s["query_id"] for s in sets] == ["t1", "t2"]
+    assert set(sets[0]) >= {"cot", "positive", "negative", "positive_doc_ids"}
+    assert sets[0]["positive_doc_ids"] == ["d1"]
+    summary = json.loads((tmp_path / "out.json").read_text())
+    assert summary["tasks"]["doc2query"]["records"] == 4 and summary["failed"] == 0
+
+
+def test_identical_rerun_makes_no_calls(data, tmp_path):
+    first_stats, first = run(data, tmp_path, ScriptedLLM(), ["d4", "d5"], name="a")
+    llm = ScriptedLLM()
+    stats, second = run(data, tmp_path, llm, ["d4", "d5"], name="b")
+    assert first_stats.calls > 0 and stats.calls == 0 and llm.requests == []
+    assert second == first
+
+
+def test_raising_the_fraction_calls_only_for_new_documents(data, tmp_path):
+    ids = [d["_id"] for d in CORPUS]
+    quarter, half = sample_ids(ids, 0.25, 1), sample_ids(ids, 0.5, 1)
+    p = params(query_negative={"enabled": False}, syntriever={"enabled": False})
+    run(data, tmp_path, ScriptedLLM(), quarter, p, "quarter")
+    llm = ScriptedLLM()
+    run(data, tmp_path, llm, half, p, "half")
+    asked = {doc for r in llm.requests for doc in half if f"Document {doc[1:]} explains" in r.messages[-1]["content"]}
+    assert asked == set(half) - set(quarter)
+    assert len(llm.requests) == 4 * len(asked)  # density 2 x oversample 2, one request per sample
+
+
+class FailingLLM(ScriptedLLM):
+    def generate(self, requests):
+        self.requests += requests
+        return [Completion.failure("HTTP 500") for _ in requests]
+
+
+def test_too_many_failures_fail_the_stage_without_outputs(data, tmp_path):
+    with pytest.raises(SynthirError, match=r"LLM requests failed \(> generate.max_failure_rate 0.05\)"):
+        run(data, tmp_path, FailingLLM(), ["d4"])
+    assert not (tmp_path / "out").exists()
+    assert json.loads((tmp_path / "out.json").read_text())["failed"] > 0
+
+
+def test_verify_relabels_scores_and_round_trips(data, tmp_path, tiny_encoder):
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    (generated / "doc2query.jsonl").write_text(
+        json.dumps({"id": "d4-q0", "doc_id": "d4", "query": "RELEVANT subject4"})
+        + "\n"
+        + json.dumps({"id": "d5-q0", "doc_id": "d5", "query": "subject5 question"})
+        + "\n"
+    )
+    (generated / "query_negative.jsonl").write_text(
+        json.dumps({"id": "d4-q0-neg", "query_id": "d4-q0", "negative": "x"})
+        + "\n"
+        + json.dumps({"id": "d5-q0-neg", "query_id": "d5-q0", "negative": "y"})
+        + "\n"
+    )
+    (generated / "syntriever.jsonl").write_text(
+        json.dumps({"id": "t1", "query": "q", "positive": "RELEVANT passage", "negative": "neg one"})
+        + "\n"
+        + json.dumps({"id": "t2", "query": "q", "positive": "made-up passage", "negative": "neg two"})
+        + "\n"
+    )
+    verify = VerifyParams.model_validate(
+        {
+            "judge": {"backend": "llamacpp", "model": "org/unused"},
+            "min_query_score": 0.0,
+            "round_trip": {"model": tiny_encoder, "k": len(CORPUS)},
+        }
+    )
+    llm = ScriptedLLM()
+    summary = verify_outputs(verify, data, generated, tmp_path / "verified", tmp_path / "v.json", cached(llm, tmp_path))
+    kept = list(read_jsonl(tmp_path / "verified" / "doc2query.jsonl"))
+    assert [q["id"] for q in kept] == ["d4-q0"] and kept[0]["score"] == 2.0 and kept[0]["round_trip_rank"] >= 1
+    assert [n["query_id"] for n in read_jsonl(tmp_path / "verified" / "query_negative.jsonl")] == ["d4-q0"]
+    sets = {s["id"]: s for s in read_jsonl(tmp_path / "verified" / "syntriever.jsonl")}
+    assert sets["t1"]["positive"] == "RELEVANT passage" and not sets["t1"]["relabeled"]
+    assert sets["t2"]["relabeled"] and "positive" not in sets["t2"]
+    assert sets["t2"]["negatives"] == ["neg two", "made-up passage"]
+    assert summary["dropped_by_score"] == 1 and summary["relabeled"] == 1
+
+
+def test_round_trip_drops_queries_whose_source_is_not_retrieved(data, tmp_path, tiny_encoder):
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    rows = [{"id": f"d{i}-q0", "doc_id": f"d{i}", "query": f"unrelated words {i}"} for i in range(12)]
+    (generated / "doc2query.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    verify = VerifyParams.model_validate(
+        {
+            "judge": {"backend": "llamacpp", "model": "org/unused"},
+            "score_queries": False,
+            "round_trip": {"model": tiny_encoder, "k": 1},
+        }
+    )
+    summary = verify_outputs(verify, data, generated, tmp_path / "verified", tmp_path / "v.json", None)
+    assert summary["queries_kept"] + summary["dropped_by_round_trip"] == 12
+    assert all(q["round_trip_rank"] == 1 for q in read_jsonl(tmp_path / "verified" / "doc2query.jsonl"))
