@@ -109,7 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--output", type=Path, required=True)
     download.add_argument("--path", type=Path, help="a local BEIR folder (custom dataset)")
     download.set_defaults(func=_cmd_download)
+    preset = commands.add_parser("preset", help="merge a preset (e.g. presets/gpu.yaml) into params.yaml")
+    preset.add_argument("preset", type=Path)
+    preset.add_argument("--params", type=Path, default=Path("params.yaml"))
+    preset.set_defaults(func=_cmd_preset)
     return parser
+
+
+def _cmd_preset(args: argparse.Namespace) -> None:
+    from .presets import apply_preset
+
+    apply_preset(args.preset, args.params)
+    print(f"{args.params}: merged {args.preset}; run `dvc repro` (or `dvc exp run`)")
 
 
 @friendly_errors
