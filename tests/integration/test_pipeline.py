@@ -68,6 +68,7 @@ def project(tmp_path, shared_beir):
     params["sample"]["fraction"] = 0.03
     params["generate"]["llm"] = params["verify"]["judge"] = SMOLLM
     params["generate"]["query_negative"]["max_tokens"] = 60
+    params["train"].update(batch_size=8, max_steps=4)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], project)
     _run(["dvc", "init", "-q"], project)
@@ -95,16 +96,31 @@ def test_repro_then_only_affected_stages_go_stale(project):
     _run(["dvc", "repro", "--force", "--single-item", "generate"], project)  # identical rerun
     assert _metrics(project, "generate")["llm"]["calls"] == 0
 
+    evaluation = _metrics(project, "eval")
+    assert evaluation["num_queries"] == 20 and set(evaluation["delta"]) >= {"ndcg@10", "recall@100"}
+    assert (project / "models" / "retriever" / "README.md").exists()
+
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["sample"]["fraction"] = 0.06
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _stale(project) == {"sample", "generate", "verify"}
+
+    def edit(block: str, **values) -> None:
+        params[block].update(values)
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    edit("train", lr=3e-5)
+    assert _stale(project) == {"train", "evaluate"}
+    edit("train", lr=2e-5)
+    edit("generate", llm={**SMOLLM, "model": "HuggingFaceTB/SmolLM2-360M-Instruct"})
+    assert _stale(project) == {"generate", "verify", "triples", "train", "evaluate"}
+    edit("generate", llm=SMOLLM)
+    assert _stale(project) == set()
+
+    edit("sample", fraction=0.06)
+    assert _stale(project) == {"sample", "generate", "verify", "triples", "train", "evaluate"}
     _run(["dvc", "repro"], project)
     more = (project / "data" / "sample" / "doc_ids.txt").read_text().split()
     assert more[: len(ids)] == ids  # nested
     doc2query = _metrics(project, "generate")["tasks"]["doc2query"]["llm"]
     assert (doc2query["calls"], doc2query["cache_hits"]) == (len(more) - len(ids), len(ids))
 
-    params["train"]["query_prefix"] = "query: "
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _stale(project) == {"baseline"}
+    edit("train", query_prefix="query: ")
+    assert _stale(project) == {"baseline", "train", "evaluate"}

@@ -1,0 +1,108 @@
+"""Hard-negative mining: BM25, dense (base retriever), cross-encoder (or the LLM's pointwise yes/no score).
+
+Every method scores candidates for a query; a candidate is eligible if it ranks in [rank_from, rank_to), is not a
+known positive, and (false-negative guard) scores at most `max_score` and at least `margin` below the positive.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .beir import Corpus, passage_text
+
+ScoreRows = Callable[[Sequence[str]], np.ndarray]
+"""Queries -> scores [len(queries), len(corpus)] in corpus order."""
+
+
+@dataclass(frozen=True)
+class MiningRule:
+    num_negatives: int = 1
+    rank_from: int = 10
+    rank_to: int = 50
+    margin: float | None = None
+    max_score: float | None = None
+    strategy: str = "random"  # random: sample eligible candidates; top: the highest-ranked ones
+
+
+def bm25_rows(corpus: Corpus, stemmer: str | None = "english", stopwords: str | None = "en") -> ScoreRows:
+    import bm25s
+
+    stem = None
+    if stemmer:
+        import Stemmer
+
+        stem = Stemmer.Stemmer(stemmer)
+    index = bm25s.BM25()
+    docs = [passage_text(corpus[d]) for d in corpus]
+    index.index(bm25s.tokenize(docs, stopwords=stopwords, stemmer=stem, show_progress=False), show_progress=False)
+
+    def rows(queries: Sequence[str]) -> np.ndarray:
+        tokens = bm25s.tokenize(list(queries), stopwords=stopwords, stemmer=stem, return_ids=False, show_progress=False)
+        return np.stack([index.get_scores(t) for t in tokens]) if tokens else np.zeros((0, len(docs)))
+
+    return rows
+
+
+def dense_rows(
+    model, corpus: Corpus, batch_size: int = 16, query_prefix: str = "", passage_prefix: str = ""
+) -> ScoreRows:
+    from .retrieval import encode
+
+    docs = encode(model, [passage_text(corpus[d]) for d in corpus], batch_size, passage_prefix, desc="corpus")
+
+    def rows(queries: Sequence[str]) -> np.ndarray:
+        emb = encode(model, list(queries), batch_size, query_prefix)
+        return (emb @ docs.T).cpu().numpy()
+
+    return rows
+
+
+def choose(
+    row: np.ndarray, doc_ids: Sequence[str], positives: set[str], rule: MiningRule, rng: random.Random
+) -> list[tuple[str, float]]:
+    """Negatives (id, score) for one query from its score row over the corpus."""
+    order = np.argsort(-row, kind="stable")
+    position = {d: i for i, d in enumerate(doc_ids)}
+    known = [row[position[p]] for p in positives if p in position]
+    ceiling = rule.max_score if rule.max_score is not None else np.inf
+    if known and rule.margin is not None:
+        ceiling = min(ceiling, max(known) - rule.margin)
+    eligible = []
+    for rank, index in enumerate(order[: rule.rank_to]):
+        doc_id = doc_ids[index]
+        if rank >= rule.rank_from and doc_id not in positives and row[index] <= ceiling:
+            eligible.append((doc_id, float(row[index])))
+    if rule.strategy == "random" and len(eligible) > rule.num_negatives:
+        return sorted(rng.sample(eligible, rule.num_negatives), key=lambda e: -e[1])
+    return eligible[: rule.num_negatives]
+
+
+def rerank_rows(
+    pair_scores: Callable[[list[tuple[str, str]]], list[float]], first_stage: ScoreRows, corpus: Corpus, depth: int
+) -> ScoreRows:
+    """Cross-encoder style: rescore the first stage's top `depth` with `pair_scores`; the rest score -inf."""
+    doc_ids = list(corpus)
+
+    def rows(queries: Sequence[str]) -> np.ndarray:
+        base = first_stage(queries)
+        out = np.full_like(base, -np.inf, dtype=np.float64)
+        for i, query in enumerate(queries):
+            top = np.argsort(-base[i], kind="stable")[:depth]
+            scores = pair_scores([(query, passage_text(corpus[doc_ids[j]])) for j in top])
+            out[i, top] = scores
+        return out
+
+    return rows
+
+
+def cross_encoder_pairs(model_ref: str, batch_size: int = 32) -> Callable[[list[tuple[str, str]]], list[float]]:
+    from sentence_transformers import CrossEncoder
+
+    from .models import resolve
+
+    model = CrossEncoder(resolve(model_ref))
+    return lambda pairs: [float(s) for s in model.predict(pairs, batch_size=batch_size, show_progress_bar=False)]

@@ -1,0 +1,168 @@
+"""Training examples from any mix of sources, with hard negatives from one mining method.
+
+An example is a query with positive passages (the first is the one MNRL uses; SNN uses all) and negatives.
+Sources: the labeled train split, verified doc2query pairs, verified Syntriever sets (gold + synthetic positive +
+CoT text as positives; synthetic and relabeled negatives). Every example records where each part came from.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+from .beir import Corpus, Qrels, Queries, passage_text
+from .negatives import MiningRule, ScoreRows, choose
+
+
+def from_train(corpus: Corpus, queries: Queries, qrels: Qrels) -> list[dict]:
+    """One example per relevant (query, document) pair of the train split."""
+    return [
+        {
+            "query_id": q,
+            "query": queries[q],
+            "positive_ids": [d],
+            "positives": [passage_text(corpus[d])],
+            "negatives": [],
+            "negative_ids": [],
+            "source": "train",
+        }
+        for q in sorted(qrels)
+        for d, gain in sorted(qrels[q].items())
+        if gain > 0
+    ]
+
+
+def from_doc2query(corpus: Corpus, queries: list[dict], negatives: list[dict]) -> list[dict]:
+    generated = {n["query_id"]: n["negative"] for n in negatives}
+    return [
+        {
+            "query_id": q["id"],
+            "query": q["query"],
+            "positive_ids": [q["doc_id"]],
+            "positives": [passage_text(corpus[q["doc_id"]])],
+            "negatives": [],
+            "negative_ids": [],
+            "llm_negatives": [generated[q["id"]]] if q["id"] in generated else [],
+            "source": "doc2query",
+        }
+        for q in queries
+    ]
+
+
+def from_syntriever(corpus: Corpus, sets: list[dict]) -> list[dict]:
+    examples = []
+    for s in sets:
+        extra = [text for text in (s.get("positive"), s.get("cot")) if text]
+        gold = s.get("positive_doc_ids", [])
+        synthetic = list(s.get("negatives", []))  # synthetic and relabeled negatives: always kept, they only repel
+        examples.append(
+            {
+                "query_id": s["query_id"],
+                "query": s["query"],
+                "positive_ids": gold + ["synthetic"] * len(extra),
+                "positives": [passage_text(corpus[d]) for d in gold] + extra,
+                "negatives": synthetic,
+                "negative_ids": ["synthetic"] * len(synthetic),
+                "relabeled": s.get("relabeled", False),
+                "source": "syntriever",
+            }
+        )
+    return examples
+
+
+def mine(
+    examples: list[dict],
+    rows: ScoreRows,
+    corpus: Corpus,
+    known: Qrels,
+    rule: MiningRule,
+    seed: int,
+    chunk: int = 256,
+) -> None:
+    """Add mined negatives in place. `known` adds every judged positive of a query to the guard."""
+    doc_ids = list(corpus)
+    rng = random.Random(seed)
+    for start in range(0, len(examples), chunk):
+        batch = examples[start : start + chunk]
+        scores = rows([e["query"] for e in batch])
+        for example, row in zip(batch, scores, strict=True):
+            positives = {d for d in example["positive_ids"] if d != "synthetic"}
+            positives |= {d for d, g in known.get(example["query_id"], {}).items() if g > 0}
+            chosen = choose(row, doc_ids, positives, rule, rng)
+            example["negative_ids"] += [d for d, _ in chosen]
+            example["negatives"] += [passage_text(corpus[d]) for d, _ in chosen]
+            example["negative_scores"] = [round(s, 4) for _, s in chosen]
+
+
+def use_llm_negatives(examples: Sequence[dict], num: int) -> None:
+    """Generated negatives (query_negative, Syntriever) as the hard negatives."""
+    for example in examples:
+        generated = example.get("llm_negatives", [])[:num]
+        example["negatives"] += generated
+        example["negative_ids"] += ["generated"] * len(generated)
+
+
+def build(params, data_dir, verified, output, metrics_path) -> dict:
+    """The triples stage: examples from the configured sources, negatives from the configured method."""
+    import time
+    from pathlib import Path
+
+    from .beir import load_dataset
+    from .fileio import read_jsonl, write_json, write_jsonl
+
+    started = time.perf_counter()
+    dataset = load_dataset(data_dir, ["train"])
+    corpus, train = dataset.corpus, dataset.qrels["train"]
+    read = lambda name: list(read_jsonl(Path(verified) / f"{name}.jsonl"))  # noqa: E731
+    examples: list[dict] = []
+    if "train" in params.sources:
+        examples += from_train(corpus, dataset.queries, train)
+    if "doc2query" in params.sources:
+        examples += from_doc2query(corpus, read("doc2query"), read("query_negative"))
+    if "syntriever" in params.sources:
+        examples += from_syntriever(corpus, read("syntriever"))
+    neg = params.negatives
+    rule = MiningRule(neg.num_negatives, neg.rank_from, neg.rank_to, neg.margin, neg.max_score, neg.strategy)
+    if neg.method == "llm":
+        use_llm_negatives(examples, neg.num_negatives)
+    elif neg.method != "none":
+        mine(examples, score_rows(neg, corpus), corpus, train, rule, params.seed)
+    for example in examples:
+        example.pop("llm_negatives", None)
+        example["negative_method"] = neg.method
+    write_jsonl(output, examples)
+    summary = {**stats(examples), "seconds": round(time.perf_counter() - started, 2)}
+    write_json(metrics_path, summary)
+    return summary
+
+
+def score_rows(neg, corpus: Corpus) -> ScoreRows:
+    from .negatives import bm25_rows, cross_encoder_pairs, dense_rows, rerank_rows
+
+    if neg.method == "bm25":
+        return bm25_rows(corpus)
+    if neg.method == "dense":
+        from .retrieval import load_encoder
+
+        return dense_rows(load_encoder(neg.model), corpus, neg.batch_size, neg.query_prefix, neg.passage_prefix)
+    if neg.judge is not None:  # offline cross-encoder: the LLM's pointwise yes/no score
+        from .prompting import load_template
+        from .synth.pipeline import connect
+        from .verify import judge
+
+        backend, template = connect(neg.judge), load_template("verify_relevance")
+        pairs = lambda batch: judge(backend, template, batch)  # noqa: E731
+    else:
+        pairs = cross_encoder_pairs(neg.model)
+    return rerank_rows(pairs, bm25_rows(corpus), corpus, neg.rerank_depth)
+
+
+def stats(examples: list[dict]) -> dict:
+    return {
+        "examples": len(examples),
+        "by_source": dict(Counter(e["source"] for e in examples)),
+        "with_negatives": sum(bool(e["negatives"]) for e in examples),
+        "negatives": sum(len(e["negatives"]) for e in examples),
+        "positives": sum(len(e["positives"]) for e in examples),
+    }

@@ -1,0 +1,95 @@
+import json
+import random
+
+import numpy as np
+import pytest
+
+from synthir.config import TriplesParams
+from synthir.fileio import read_jsonl
+from synthir.negatives import MiningRule, bm25_rows, choose
+from synthir.triples import build
+from tests.conftest import write_beir
+
+DOC_IDS = ["a", "b", "c", "d", "e", "f"]
+ROW = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])  # ranks: a b c d e f
+
+
+def test_choose_respects_rank_range_positives_and_guards():
+    rng = random.Random(0)
+    top = MiningRule(num_negatives=2, rank_from=1, rank_to=5, strategy="top")
+    assert choose(ROW, DOC_IDS, {"a"}, top, rng) == [("b", 0.8), ("c", 0.7)]
+    assert choose(ROW, DOC_IDS, {"a", "b"}, top, rng) == [("c", 0.7), ("d", 0.6)]  # never a known positive
+    margin = MiningRule(num_negatives=2, rank_from=1, rank_to=6, strategy="top", margin=0.25)
+    assert choose(ROW, DOC_IDS, {"a"}, margin, rng) == [("d", 0.6), ("e", 0.5)]  # within 0.25 of 0.9: skipped
+    ceiling = MiningRule(num_negatives=1, rank_from=0, rank_to=6, strategy="top", max_score=0.55)
+    assert choose(ROW, DOC_IDS, {"a"}, ceiling, rng) == [("e", 0.5)]
+    sampled = choose(ROW, DOC_IDS, {"a"}, MiningRule(num_negatives=2, rank_from=1, rank_to=6), rng)
+    assert len(sampled) == 2 and {d for d, _ in sampled} <= {"b", "c", "d", "e", "f"}
+
+
+def test_bm25_rows_score_the_matching_document_highest(beir_dir):
+    from synthir.beir import load_corpus
+
+    corpus = load_corpus(beir_dir / "corpus.jsonl")
+    rows = bm25_rows(corpus)(["why do cats purr", "honey nectar bees"])
+    assert rows.shape == (2, 3) and rows[0].argmax() == 0 and rows[1].argmax() == 2
+
+
+@pytest.fixture
+def data(tmp_path):
+    corpus = [{"_id": f"d{i}", "title": f"T{i}", "text": f"cats purr topic{i} and more words {i}"} for i in range(30)]
+    queries = [{"_id": f"q{i}", "text": f"cats purr topic{i}"} for i in range(5)]
+    qrels = {"train": [(f"q{i}", f"d{i}", 1) for i in range(5)], "test": [("q0", "d0", 1)]}
+    folder = write_beir(tmp_path / "data", corpus, queries, qrels)
+    verified = tmp_path / "verified"
+    verified.mkdir()
+    (verified / "doc2query.jsonl").write_text(
+        json.dumps({"id": "d7-q0", "doc_id": "d7", "query": "topic7 purring"}) + "\n"
+    )
+    (verified / "query_negative.jsonl").write_text(
+        json.dumps({"id": "d7-q0-neg", "query_id": "d7-q0", "negative": "a generated near miss"}) + "\n"
+    )
+    (verified / "syntriever.jsonl").write_text(
+        json.dumps(
+            {
+                "id": "q1",
+                "query_id": "q1",
+                "query": "cats purr topic1",
+                "positive_doc_ids": ["d1"],
+                "positive": "synthetic answer",
+                "cot": "expansion",
+                "negatives": ["synthetic miss", "relabeled"],
+                "relabeled": True,
+            }
+        )
+        + "\n"
+    )
+    return folder, verified
+
+
+@pytest.mark.parametrize("method", ["none", "bm25", "llm"])
+def test_build_mixes_sources_with_provenance(tmp_path, data, method):
+    folder, verified = data
+    params = TriplesParams.model_validate(
+        {"sources": ["train", "doc2query", "syntriever"], "negatives": {"method": method, "rank_from": 0}}
+    )
+    summary = build(params, folder, verified, tmp_path / "train.jsonl", tmp_path / "triples.json")
+    examples = list(read_jsonl(tmp_path / "train.jsonl"))
+    assert summary["by_source"] == {"train": 5, "doc2query": 1, "syntriever": 1}
+    train = [e for e in examples if e["source"] == "train"]
+    assert all(e["negative_method"] == method for e in examples)
+    syn = next(e for e in examples if e["source"] == "syntriever")
+    assert syn["positives"][1:] == ["synthetic answer", "expansion"]
+    assert syn["negatives"][:2] == ["synthetic miss", "relabeled"]  # synthetic negatives always kept
+    d2q = next(e for e in examples if e["source"] == "doc2query")
+    if method == "bm25":
+        assert all(len(e["negative_ids"]) == 1 and e["negative_ids"][0] != e["positive_ids"][0] for e in train)
+        assert all(
+            n not in {f"d{i}" for i in range(5)} or n != e["query_id"].replace("q", "d")
+            for e in train
+            for n in e["negative_ids"]
+        )
+    if method == "llm":
+        assert d2q["negatives"] == ["a generated near miss"] and d2q["negative_ids"] == ["generated"]
+    if method == "none":
+        assert all(e["negatives"] == [] for e in train)
