@@ -143,6 +143,8 @@ class VerifyParams(Block):
     """Score every (pseudo-query, source document) pair with the judge's yes/no log-probs."""
     min_query_score: float | None = None
     """Drop pseudo-queries scoring below this (null: keep all, scores are only recorded)."""
+    max_negative_score: float | None = 0.0
+    """Drop a generated negative the judge scores above this: it answers its query (null: keep all)."""
     round_trip: RoundTripParams = RoundTripParams()
 
 

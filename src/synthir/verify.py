@@ -86,7 +86,11 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     corpus = load_corpus(Path(data_dir) / "corpus.jsonl")
     read = lambda name: list(read_jsonl(generated / f"{name}.jsonl")) if (generated / f"{name}.jsonl").exists() else []  # noqa: E731
     queries, negatives, sets = read("doc2query"), read("query_negative"), read("syntriever")
-    needs_judge = (params.score_queries and queries) or (params.relabel and sets)
+    needs_judge = (
+        (params.score_queries and queries)
+        or (params.relabel and sets)
+        or (params.max_negative_score is not None and negatives)
+    )
     backend = backend or (connect(params.judge) if needs_judge else None)
     template = load_template("verify_relevance")
     counts: dict[str, int] = {"queries_in": len(queries)}
@@ -113,6 +117,12 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     counts["queries_kept"] = len(queries)
     kept_ids = {q["id"] for q in queries}
     negatives = [n for n in negatives if n["query_id"] in kept_ids]
+    if params.max_negative_score is not None and negatives:  # a "negative" that answers its query is a false one
+        scores = judge(backend or connect(params.judge), template, [(n["query"], n["negative"]) for n in negatives])
+        counts["negatives_judged_relevant"] = sum(s > params.max_negative_score for s in scores)
+        negatives = [
+            {**n, "score": s} for n, s in zip(negatives, scores, strict=True) if s <= params.max_negative_score
+        ]
     counts["negatives_kept"] = len(negatives)
 
     if sets:

@@ -110,17 +110,17 @@ def test_too_many_failures_fail_the_stage_without_outputs(data, tmp_path):
 def test_verify_relabels_scores_and_round_trips(data, tmp_path, tiny_encoder):
     generated = tmp_path / "generated"
     generated.mkdir()
+    queries = [
+        ("d4-q0", "d4", "RELEVANT subject4"),
+        ("d5-q0", "d5", "subject5 question"),
+        ("d6-q0", "d6", "RELEVANT subject6"),
+    ]
     (generated / "doc2query.jsonl").write_text(
-        json.dumps({"id": "d4-q0", "doc_id": "d4", "query": "RELEVANT subject4"})
-        + "\n"
-        + json.dumps({"id": "d5-q0", "doc_id": "d5", "query": "subject5 question"})
-        + "\n"
+        "".join(json.dumps({"id": i, "doc_id": d, "query": q}) + "\n" for i, d, q in queries)
     )
+    negatives = [("d4-q0", "a plain miss"), ("d5-q0", "another miss"), ("d6-q0", "RELEVANT: answers it after all")]
     (generated / "query_negative.jsonl").write_text(
-        json.dumps({"id": "d4-q0-neg", "query_id": "d4-q0", "negative": "x"})
-        + "\n"
-        + json.dumps({"id": "d5-q0-neg", "query_id": "d5-q0", "negative": "y"})
-        + "\n"
+        "".join(json.dumps({"id": f"{i}-neg", "query_id": i, "query": "q", "negative": n}) + "\n" for i, n in negatives)
     )
     (generated / "syntriever.jsonl").write_text(
         json.dumps({"id": "t1", "query": "q", "positive": "RELEVANT passage", "negative": "neg one"})
@@ -138,8 +138,11 @@ def test_verify_relabels_scores_and_round_trips(data, tmp_path, tiny_encoder):
     llm = ScriptedLLM()
     summary = verify_outputs(verify, data, generated, tmp_path / "verified", tmp_path / "v.json", cached(llm, tmp_path))
     kept = list(read_jsonl(tmp_path / "verified" / "doc2query.jsonl"))
-    assert [q["id"] for q in kept] == ["d4-q0"] and kept[0]["score"] == 2.0 and kept[0]["round_trip_rank"] >= 1
+    assert [q["id"] for q in kept] == ["d4-q0", "d6-q0"] and kept[0]["score"] == 2.0
+    assert kept[0]["round_trip_rank"] >= 1
+    # d5's negative goes with its query; d6's "negative" answers its query, so it is dropped
     assert [n["query_id"] for n in read_jsonl(tmp_path / "verified" / "query_negative.jsonl")] == ["d4-q0"]
+    assert summary["negatives_judged_relevant"] == 1
     sets = {s["id"]: s for s in read_jsonl(tmp_path / "verified" / "syntriever.jsonl")}
     assert sets["t1"]["positive"] == "RELEVANT passage" and not sets["t1"]["relabeled"]
     assert sets["t2"]["relabeled"] and "positive" not in sets["t2"]

@@ -38,6 +38,13 @@ def test_clean_passage_joins_lines_and_rejects_short_or_echo():
     assert clean_passage("why do cats purr " * 4, "why do cats purr " * 4) is None
 
 
+def test_clean_passage_drops_a_sentence_cut_by_the_token_limit():
+    raw = "Bees collect nectar from many flowers. Enzymes in the hive turn it into honey over weeks. Later the"
+    assert clean_passage(raw, "q", min_words=5) == (
+        "Bees collect nectar from many flowers. Enzymes in the hive turn it into honey over weeks."
+    )
+
+
 def test_is_echo_and_dedup():
     assert is_echo("Cats purr when they are content. Purring is", PASSAGE)
     assert not is_echo("why do cats purr", PASSAGE)

@@ -64,6 +64,9 @@ def clean_passage(text: str, source: str, min_words: int = 12) -> str | None:
     """The whole answer as one paragraph, unlabelled; None when empty, too short, a refusal or an echo."""
     lines = [_unwrap(line) for line in _strip(text).splitlines()]
     passage = " ".join(line for line in lines if line)
+    end = max(passage.rfind(". "), passage.rfind("? "), passage.rfind("! "))
+    if passage and passage[-1] not in ".?!\"'" and end > 0 and len(words(passage[: end + 1])) >= min_words:
+        passage = passage[: end + 1]  # cut at max_tokens: keep whole sentences
     if _REFUSAL.match(passage) or len(words(passage)) < min_words:
         return None
     return None if words(passage) == words(source) else passage
