@@ -52,7 +52,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     start = time.perf_counter()
-    ours = evaluate_dense(args.model, args.data, args.split, args.batch_size)
+    ours = evaluate_dense(args.model, args.data, args.split, args.batch_size, cache=False)  # cold, like beir
     ours_seconds = time.perf_counter() - start
     beir, beir_seconds = run_beir(resolve(args.model), args.data, args.split, args.beir_batch_size)
 

@@ -78,3 +78,21 @@ def test_bm25_ranks_the_matching_document_first(beir_dir):
     result = evaluate_bm25(beir_dir, "test")
     assert next(iter(dict(ranked(result.run["q1"])))) == "d1"
     assert result.metrics["ndcg@10"] == 1.0 and result.summary()["num_docs"] == 3
+
+
+def test_corpus_embeddings_are_memoised_per_model_and_text(tmp_path, monkeypatch, tiny_encoder):
+    from sentence_transformers import SentenceTransformer
+
+    from synthir import retrieval
+
+    monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path))
+    model = SentenceTransformer(tiny_encoder, device="cpu")
+    first = retrieval.encode_passages(model, ["a passage", "another"], 2)
+    monkeypatch.setattr(retrieval, "encode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    assert torch.equal(retrieval.encode_passages(model, ["a passage", "another"], 2), first)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # other weights: another key
+    with pytest.raises(AssertionError, match="re-encoded"):
+        retrieval.encode_passages(model, ["a passage", "another"], 2)
+    with pytest.raises(AssertionError, match="re-encoded"):
+        retrieval.encode_passages(model, ["a passage", "changed"], 2, cache=True)

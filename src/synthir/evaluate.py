@@ -127,6 +127,7 @@ def evaluate_dense(
     search: str = "torch",
     model=None,
     exclude_queries: set[str] = frozenset(),
+    cache: bool = True,
 ) -> Evaluation:
     """Encode corpus and the split's queries with a sentence-transformers model; exact search; metrics.
     `exclude_queries` (e.g. few-shot examples shown to the generator) are left out of the split."""
@@ -139,7 +140,7 @@ def evaluate_dense(
     begin = time.perf_counter()
     model = model or load_encoder(model_ref, max_seq_length, dtype=dtype)
     seconds["load"] = time.perf_counter() - begin
-    run = dense_search(model, dataset.corpus, queries, depth, batch_size, prefixes, seconds, search)
+    run = dense_search(model, dataset.corpus, queries, depth, batch_size, prefixes, seconds, search, cache)
     return _finish(model_ref, split, qrels, run, len(dataset.corpus), seconds, started)
 
 

@@ -50,9 +50,9 @@ def bm25_rows(corpus: Corpus, stemmer: str | None = "english", stopwords: str | 
 def dense_rows(
     model, corpus: Corpus, batch_size: int = 16, query_prefix: str = "", passage_prefix: str = ""
 ) -> ScoreRows:
-    from .retrieval import encode
+    from .retrieval import encode, encode_passages
 
-    docs = encode(model, [passage_text(corpus[d]) for d in corpus], batch_size, passage_prefix, desc="corpus")
+    docs = encode_passages(model, [passage_text(corpus[d]) for d in corpus], batch_size, passage_prefix)
 
     def rows(queries: Sequence[str]) -> np.ndarray:
         emb = encode(model, list(queries), batch_size, query_prefix)

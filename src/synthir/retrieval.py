@@ -5,7 +5,9 @@ A run maps query id -> {doc id: score}; a hit whose id equals its query id is dr
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +16,8 @@ import torch
 
 from .beir import Corpus, Queries, passage_text
 from .errors import ConfigError
-from .models import resolve
+from .fileio import atomic_file
+from .models import cache_root, resolve
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,32 @@ def encode(model, texts: Sequence[str], batch_size: int, prefix: str = "", desc:
             normalize_embeddings=model.similarity_fn_name in (None, "cosine"),
         )
     return embeddings.float()
+
+
+def model_fingerprint(model) -> str:
+    """A hash of the weights and the input settings that shape an embedding."""
+    digest = hashlib.sha256(f"{model.max_seq_length}|{model.similarity_fn_name}|{model}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def encode_passages(model, texts: Sequence[str], batch_size: int, prefix: str = "", cache: bool = True) -> torch.Tensor:
+    """`encode` for a corpus, memoised on disk under $SYNTHIR_CACHE_DIR/embeddings (keyed by the model's weights,
+    settings, prefix and every text), so the baseline, round-trip filter and dense mining encode it once."""
+    if not cache or os.environ.get("SYNTHIR_EMBEDDING_CACHE") == "0":
+        return encode(model, texts, batch_size, prefix, "corpus")
+    digest = hashlib.sha256(model_fingerprint(model).encode() + prefix.encode())
+    for text in texts:
+        digest.update(text.encode() + b"\0")
+    path = cache_root() / "embeddings" / f"{digest.hexdigest()}.npy"
+    if path.exists():
+        return torch.from_numpy(np.load(path)).to(model.device)
+    embeddings = encode(model, texts, batch_size, prefix, "corpus")
+    with atomic_file(path, "wb") as handle:
+        np.save(handle, embeddings.cpu().numpy())
+    return embeddings
 
 
 def top_k(
@@ -134,6 +163,7 @@ def dense_search(
     prefixes: Prefixes = Prefixes(),
     timings: dict[str, float] | None = None,
     search: str = "torch",
+    cache: bool = True,
 ) -> Run:
     import time
 
@@ -143,7 +173,7 @@ def dense_search(
     query_emb = encode(model, [queries[q] for q in query_ids], batch_size, prefixes.query, "queries")
     timings["encode_queries"] = time.perf_counter() - start
     start = time.perf_counter()
-    doc_emb = encode(model, [passage_text(corpus[d]) for d in doc_ids], batch_size, prefixes.passage, "corpus")
+    doc_emb = encode_passages(model, [passage_text(corpus[d]) for d in doc_ids], batch_size, prefixes.passage, cache)
     timings["encode_corpus"] = time.perf_counter() - start
     start = time.perf_counter()
     searcher = faiss_top_k if search == "faiss" else top_k

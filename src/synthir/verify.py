@@ -56,13 +56,13 @@ def round_trip_ranks(
     model, corpus: Corpus, queries: list[str], doc_ids: list[str], k: int, batch_size: int = 32
 ) -> list[int | None]:
     """1-based rank of each query's source document in the model's top-k over the whole corpus (None: absent)."""
-    from .retrieval import encode, top_k
+    from .retrieval import encode, encode_passages, top_k
 
     if not queries:
         return []
     ids = list(corpus)
     position = {d: i for i, d in enumerate(ids)}
-    doc_emb = encode(model, [passage_text(corpus[d]) for d in ids], batch_size, desc="round-trip corpus")
+    doc_emb = encode_passages(model, [passage_text(corpus[d]) for d in ids], batch_size)
     query_emb = encode(model, queries, batch_size, desc="round-trip queries")
     _, index = top_k(query_emb, doc_emb, k)
     ranks = []
