@@ -25,8 +25,16 @@ def judge(
     prompts = [template.messages(query=q, passage=truncate_words(p, max_words)) for q, p in pairs]
     if not prompts:
         return []
+    from tqdm.auto import tqdm
+
+    step = getattr(backend, "batch_size", 16)
+    scores: list[float] = []
     try:
-        return backend.score_yes_no(prompts)
+        with tqdm(total=len(prompts), desc="judge", unit="pair") as bar:
+            for start in range(0, len(prompts), step):
+                scores += backend.score_yes_no(prompts[start : start + step])
+                bar.update(len(prompts[start : start + step]))
+        return scores
     except UnsupportedError as error:
         log.warning("%s; judging from generated answers instead", error)
     sampling = Sampling(temperature=0.0, max_tokens=4)
