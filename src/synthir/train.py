@@ -85,29 +85,46 @@ def encode_examples(
 
 
 def bucketed_batches(data: Encoded, corpus: Corpus, batch_size: int, seed: int, bucket: int = 50) -> list[list[int]]:
-    """Shuffle, then within windows of `bucket` batches sort by positive length (less padding), cut into batches
-    with no repeated positive, and shuffle the batch order. Incomplete last batches are dropped."""
+    """Shuffle, then within windows of `bucket` batches sort by positive length (less padding) and cut into batches
+    with no repeated positive; an example whose positive is already in the batch waits for a later one. Batch order
+    is shuffled; only what cannot fill a last batch of distinct positives is dropped."""
     rng = random.Random(seed)
     order = list(range(len(data.query)))
     rng.shuffle(order)
-    batches: list[list[int]] = []
     window = batch_size * bucket
-    carry: list[int] = []  # examples whose positive was already in the batch being filled
+    batches: list[list[int]] = []
+    waiting: list[int] = []
     for start in range(0, len(order), window):
-        chunk = carry + sorted(order[start : start + window], key=lambda i: len(corpus.ids[data.positives[i][0]]))
-        carry, current, seen = [], [], set()
-        for i in chunk:
-            if data.positive_key[i] in seen:
-                carry.append(i)
-                continue
-            current.append(i)
-            seen.add(data.positive_key[i])
-            if len(current) == batch_size:
-                batches.append(current)
-                current, seen = [], set()
-        carry += current
+        chunk = sorted(order[start : start + window], key=lambda i: len(corpus.ids[data.positives[i][0]]))
+        full, waiting = _fill(waiting + chunk, data.positive_key, batch_size)
+        batches += full
+    while waiting:  # the leftovers, until no further full batch forms
+        full, rest = _fill(waiting, data.positive_key, batch_size)
+        if not full:
+            break
+        batches, waiting = batches + full, rest
     rng.shuffle(batches)
     return batches
+
+
+def _fill(items: list[int], keys: list[str], batch_size: int) -> tuple[list[list[int]], list[int]]:
+    """Greedy batches of distinct keys; returns the full batches and what is left over."""
+    open_batches: list[tuple[list[int], set[str]]] = []
+    full, left = [], []
+    for i in items:
+        target = next((b for b in open_batches if keys[i] not in b[1]), None)
+        if target is None:
+            if len(open_batches) >= 4:  # bound the search: few batches are filled at once
+                left.append(i)
+                continue
+            target = ([], set())
+            open_batches.append(target)
+        target[0].append(i)
+        target[1].add(keys[i])
+        if len(target[0]) == batch_size:
+            full.append(target[0])
+            open_batches.remove(target)
+    return full, left + [i for batch, _ in open_batches for i in batch]
 
 
 def run_hash(settings: dict, triples: Path) -> str:
@@ -121,6 +138,7 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from dvclive import Live
+    from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     from .fileio import read_jsonl
@@ -158,6 +176,7 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
     live = Live(dir=str(live_dir), resume=step > 0, dvcyaml=False, save_dvc_exp=False)
     model.train()
     losses = []
+    progress = tqdm(total=total, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
     while step < total:
         epoch, position = divmod(step, steps_per_epoch)
         epoch_batches = bucketed_batches(data, corpus, params.batch_size, params.seed + epoch)
@@ -170,11 +189,14 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
         optimizer.zero_grad()
         step += 1
         losses.append(loss.item())
+        progress.update()
+        progress.set_postfix(loss=f"{losses[-1]:.4f}")
         live.log_metric("train/loss", losses[-1])
         live.log_metric("train/lr", scheduler.get_last_lr()[0])
         live.next_step()
         if params.checkpoint_steps and step % params.checkpoint_steps == 0 and step < total:
             accelerator.save_state(str(state_dir / f"step-{step}"))
+    progress.close()
     live.end()
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
