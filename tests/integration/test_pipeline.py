@@ -62,7 +62,8 @@ def project(tmp_path, shared_beir):
     project.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, project / name)
-    shutil.copytree(REPO / "stages", project / "stages")
+    for folder in ("stages", "src"):  # stages depend on the scripts and the library modules they run
+        shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["dataset"] = {"name": "scifact-mini", "path": str(_subset(shared_beir, tmp_path / "scifact-mini"))}
     params["sample"]["fraction"] = 0.03
