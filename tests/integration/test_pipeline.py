@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,8 +53,14 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 def _stale(project: Path) -> set[str]:
-    status = json.loads(_run(["dvc", "status", "--json"], project))
-    return {name.split(":")[-1] for name in status}
+    """Stages `dvc repro` would run: those `dvc status` reports changed, and everything downstream of them."""
+    changed = {name.split(":")[-1] for name in json.loads(_run(["dvc", "status", "--json"], project))}
+    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', _run(["dvc", "dag", "--dot"], project))
+    while True:
+        downstream = {b for a, b in edges if a in changed} - changed
+        if not downstream:
+            return changed
+        changed |= downstream
 
 
 @pytest.fixture
@@ -74,6 +81,8 @@ def project(tmp_path, shared_beir):
     _run(["git", "init", "-q"], project)
     _run(["dvc", "init", "-q"], project)
     _run(["dvc", "config", "core.analytics", "false"], project)
+    _run(["git", "add", "-A"], project)
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "init"], project)
     return project
 
 
