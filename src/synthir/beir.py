@@ -7,12 +7,12 @@ DataError naming the file and line. Relevance grades are kept as integer gains.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError, at
+from .fileio import json_lines
 
 Corpus = dict[str, dict[str, str]]  # doc id -> {"title": ..., "text": ...}
 Queries = dict[str, str]  # query id -> text
@@ -22,24 +22,6 @@ Qrels = dict[str, dict[str, int]]  # query id -> doc id -> gain
 def _require_file(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: not found")
-
-
-def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    _require_file(path)
-    with open(path, encoding="utf-8-sig", newline=None) as handle:
-        try:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{at(path, lineno)}: malformed JSON: {error.msg}") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{at(path, lineno)}: expected a JSON object, got {type(record).__name__}")
-                yield lineno, record
-        except UnicodeDecodeError as error:
-            raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def _field(record: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -55,7 +37,7 @@ def _field(record: dict, key: str, path: Path, lineno: int, required: bool = Tru
 
 def _read_records(path: Path, kind: str) -> Iterator[tuple[int, str, dict]]:
     seen: dict[str, int] = {}
-    for lineno, record in _json_lines(path):
+    for lineno, record in json_lines(path):
         doc_id = _field(record, "_id", path, lineno)
         if not doc_id.strip():
             raise DataError(f"{at(path, lineno)}: empty '_id'")

@@ -67,21 +67,30 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     return count
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    """Records of a JSONL file; a bad line raises DataError naming file and line."""
+def json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; BOM and CRLF tolerant. A bad line raises DataError
+    naming file and line."""
     from .errors import DataError
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: not found")
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{lineno}: malformed JSON: {error.msg}") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            yield record
+    with open(path, encoding="utf-8-sig", newline=None) as handle:
+        try:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{lineno}: malformed JSON: {error.msg}") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                yield lineno, record
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    for _, record in json_lines(path):
+        yield record
