@@ -6,6 +6,7 @@ from pathlib import Path
 
 from synthir.cli import friendly_errors
 from synthir.config import load_params
+from synthir.fileio import write_json
 from synthir.train import train
 
 
@@ -16,9 +17,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--live", type=Path, required=True, help="DVCLive folder")
     parser.add_argument("--checkpoints", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True, help="run summary: steps, samples/s, seconds")
     args = parser.parse_args()
     summary = train(load_params().train, args.triples, args.output, args.live, args.checkpoints)
-    print(json.dumps(summary, indent=2))
+    if summary:  # the main process
+        write_json(args.metrics, summary)
+        print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -75,8 +75,9 @@ def test_build_mixes_sources_with_provenance(tmp_path, data, method):
     )
     summary = build(params, folder, verified, tmp_path / "train.jsonl", tmp_path / "triples.json")
     examples = list(read_jsonl(tmp_path / "train.jsonl"))
-    assert summary["by_source"] == {"train": 5, "doc2query": 1, "syntriever": 1}
+    assert summary["by_source"] == {"train": 4, "doc2query": 1, "syntriever": 1}  # q1's set replaces its pair
     train = [e for e in examples if e["source"] == "train"]
+    assert "q1" not in {e["query_id"] for e in train}
     assert all(e["negative_method"] == method for e in examples)
     syn = next(e for e in examples if e["source"] == "syntriever")
     assert syn["positives"][1:] == ["synthetic answer", "expansion"]
@@ -93,3 +94,16 @@ def test_build_mixes_sources_with_provenance(tmp_path, data, method):
         assert d2q["negatives"] == ["a generated near miss"] and d2q["negative_ids"] == ["generated"]
     if method == "none":
         assert all(e["negatives"] == [] for e in train)
+
+
+def test_llm_negatives_filled_by_mining_where_none_were_generated(tmp_path, data):
+    folder, verified = data
+    params = TriplesParams.model_validate(
+        {"sources": ["train", "doc2query"], "negatives": {"method": "llm", "fill": "bm25", "rank_from": 0}}
+    )
+    build(params, folder, verified, tmp_path / "train.jsonl", tmp_path / "triples.json")
+    examples = {e["query_id"]: e for e in read_jsonl(tmp_path / "train.jsonl")}
+    assert examples["d7-q0"]["negative_ids"] == ["generated"]  # a generated one is kept, nothing mined
+    for i in range(5):
+        (negative,) = examples[f"q{i}"]["negative_ids"]
+        assert negative.startswith("d") and negative != f"d{i}"

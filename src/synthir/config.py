@@ -150,6 +150,8 @@ class VerifyParams(Block):
 
 class NegativeParams(Block):
     method: Literal["none", "bm25", "dense", "cross_encoder", "llm"] = "bm25"
+    fill: Literal["none", "bm25", "dense", "cross_encoder"] = "none"
+    """llm: mine with this method for examples with fewer than `num_negatives` generated negatives."""
     num_negatives: int = Field(default=1, ge=0)
     rank_from: int = Field(default=10, ge=0, description="sample candidates ranked in [rank_from, rank_to)")
     rank_to: int = Field(default=50, gt=0)

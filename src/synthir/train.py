@@ -176,6 +176,7 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
     live = Live(dir=str(live_dir), resume=step > 0, dvcyaml=False, save_dvc_exp=False)
     model.train()
     losses = []
+    loop_started = time.perf_counter()
     progress = tqdm(total=total, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
     while step < total:
         epoch, position = divmod(step, steps_per_epoch)
@@ -198,16 +199,19 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
             accelerator.save_state(str(state_dir / f"step-{step}"))
     progress.close()
     live.end()
+    loop_seconds = max(time.perf_counter() - loop_started, 1e-9)
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         unwrapped.save(str(output))
+        elapsed = time.perf_counter() - started
         summary = {
             "steps": total,
             "examples": len(examples),
             "texts": len(corpus.ids),
             "batch_size": params.batch_size,
             "final_loss": round(float(np.mean(losses[-20:])), 5) if losses else None,
-            "seconds": round(time.perf_counter() - started, 1),
+            "seconds": round(elapsed, 1),
+            "samples_per_second": round((total - resumed_from) * params.batch_size / loop_seconds, 2),
             "device": str(accelerator.device),
             "resumed_from_step": resumed_from,
         }

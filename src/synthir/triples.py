@@ -116,16 +116,20 @@ def build(params, data_dir, verified, output, metrics_path) -> dict:
     corpus, train = dataset.corpus, dataset.qrels["train"]
     read = lambda name: list(read_jsonl(Path(verified) / f"{name}.jsonl"))  # noqa: E731
     examples: list[dict] = []
-    if "train" in params.sources:
-        examples += from_train(corpus, dataset.queries, train)
+    syntriever = from_syntriever(corpus, read("syntriever")) if "syntriever" in params.sources else []
+    if "train" in params.sources:  # a Syntriever set holds its query's gold passages: it replaces the pair
+        covered = {e["query_id"] for e in syntriever}
+        examples += [e for e in from_train(corpus, dataset.queries, train) if e["query_id"] not in covered]
     if "doc2query" in params.sources:
         examples += from_doc2query(corpus, read("doc2query"), read("query_negative"))
-    if "syntriever" in params.sources:
-        examples += from_syntriever(corpus, read("syntriever"))
+    examples += syntriever
     neg = params.negatives
     rule = MiningRule(neg.num_negatives, neg.rank_from, neg.rank_to, neg.margin, neg.max_score, neg.strategy)
     if neg.method == "llm":
         use_llm_negatives(examples, neg.num_negatives)
+        short = [e for e in examples if len(e["negatives"]) < neg.num_negatives]
+        if neg.fill != "none" and short:
+            mine(short, score_rows(neg.model_copy(update={"method": neg.fill}), corpus), corpus, train, rule, params.seed)
     elif neg.method != "none":
         mine(examples, score_rows(neg, corpus), corpus, train, rule, params.seed)
     for example in examples:
