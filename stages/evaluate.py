@@ -14,7 +14,8 @@ from synthir.retrieval import Prefixes
 @friendly_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="the stage-1 retriever")
+    parser.add_argument("--aligned", help="the aligned retriever, scored instead when align.enabled is true")
     parser.add_argument("--data", required=True)
     parser.add_argument("--baseline", type=Path, required=True)
     parser.add_argument("--exclude", type=Path, help="query ids to leave out (the few-shot examples)")
@@ -24,8 +25,9 @@ def main() -> None:
     params = load_params()
     ev, model = params.evaluate, params.train
     exclude = set(args.exclude.read_text().split()) if args.exclude and args.exclude.exists() else set()
+    model_path = args.aligned if params.align.enabled and args.aligned else args.model
     result = evaluate_dense(
-        args.model,
+        model_path,
         args.data,
         split=ev.split,
         batch_size=ev.batch_size,

@@ -54,6 +54,29 @@ def test_batch_losses_match_the_loss_functions():
     assert snn == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_alignment_batch_losses_by_hand():
+    # two queries, each with its (c+, c−) at passage slots (0, 1) and (2, 3); unit vectors make cosines exact
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
+    pos, neg, tau = [[0], [2]], [[1], [3]], 0.5
+    s = (q @ p.T) / tau  # rows: query; columns c+_1, c−_1, c+_2, c−_2
+    import math
+
+    def pl(row, first, second):
+        z1 = sum(math.exp(v) for v in row)
+        z2 = sum(math.exp(v) for j, v in enumerate(row) if j != first)
+        return -(row[first] - math.log(z1) + row[second] - math.log(z2))
+
+    rows = s.tolist()
+    expected_pl = (pl(rows[0], 0, 1) + pl(rows[1], 2, 3)) / 2
+    assert batch_loss_fn("partial_pl", tau)(q, p, pos, neg).item() == pytest.approx(expected_pl, rel=1e-5)
+    bt = lambda a, b: math.log1p(math.exp(-(a - b)))  # −log σ(a − b)  # noqa: E731
+    expected_bt = (bt(rows[0][0], rows[0][1]) + bt(rows[1][2], rows[1][3])) / 2
+    assert batch_loss_fn("bt", tau)(q, p, pos, neg).item() == pytest.approx(expected_bt, rel=1e-5)
+    with pytest.raises(ValueError, match="rejected passage"):
+        batch_loss_fn("bt", tau)(q, p, pos, [[1], []])
+
+
 @pytest.fixture
 def triples(tmp_path):
     rows = [

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, ModelRefError
 from .models import check_reference
@@ -177,7 +177,8 @@ class TriplesParams(Block):
 
 
 class TrainParams(EncoderParams):
-    loss: Literal["mnrl", "snn"] = "mnrl"
+    loss: Literal["mnrl", "snn", "partial_pl", "bt"] = "mnrl"
+    """mnrl | snn for the train stage; partial_pl | bt are the alignment losses (align.loss)."""
     tau: float = Field(default=0.05, gt=0)
     lr: float = Field(default=2e-5, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
@@ -196,6 +197,37 @@ class TrainParams(EncoderParams):
     """`accelerate launch` arguments; GPUs: e.g. --num_processes=4 --mixed_precision=bf16."""
 
 
+class AlignParams(Block):
+    """Syntriever stage 2: LLM preferences over the trained retriever's top-K, then preference training."""
+
+    enabled: bool = False
+    """false: the align stages do nothing and evaluate scores the stage-1 model."""
+    k: int = Field(default=5, ge=2, description="passages retrieved per training query")
+    pairs: int = Field(default=10, gt=0, description="distinct pairs sampled among them")
+    max_queries: int = Field(default=0, ge=0, description="training queries aligned, a seeded subset (0: all)")
+    method: Literal["pointwise", "pairwise"] = "pointwise"
+    """pointwise: compare yes/no log-prob scores of each passage; pairwise: ask for both orders, keep agreement."""
+    min_margin: float = Field(default=0.0, ge=0)
+    """Drop a pair whose preference margin (log-odds) is at most this."""
+    judge: LLMParams | None = None
+    """The LLM stating preferences; required when enabled."""
+    encode_batch_size: int = Field(default=16, gt=0)
+    loss: Literal["partial_pl", "bt"] = "partial_pl"
+    tau: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=1e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    batch_size: int = Field(default=32, gt=1)
+    epochs: int = Field(default=1, gt=0)
+    seed: int = 13
+
+    @model_validator(mode="after")
+    def _judge_when_enabled(self) -> AlignParams:
+        if self.enabled and self.judge is None:
+            raise ValueError("judge: missing (required when align.enabled is true)")
+        return self
+
+
 class Params(Block):
     dataset: DatasetParams
     sample: SampleParams
@@ -203,6 +235,7 @@ class Params(Block):
     verify: VerifyParams
     triples: TriplesParams = TriplesParams()
     train: TrainParams
+    align: AlignParams = AlignParams()
     evaluate: EvaluateParams = EvaluateParams()
 
 

@@ -56,7 +56,8 @@ class Encoded:
     positives: list[list[int]]
     negatives: list[list[int]]
     positive_key: list[str]
-    """What must not repeat inside a batch (the first positive's id, or its text for synthetic ones)."""
+    """What must not repeat inside a batch: an example's `batch_key` (alignment: its query), else the first
+    positive's id, or its text for synthetic ones."""
 
 
 def encode_examples(
@@ -79,7 +80,7 @@ def encode_examples(
         positives.append([slot(passage_prefix + p) for p in e["positives"][:max_positives]])
         negatives.append([slot(passage_prefix + n) for n in e["negatives"][:max_negatives]])
         first = e["positive_ids"][0] if e.get("positive_ids") else "synthetic"
-        keys.append(first if first != "synthetic" else e["positives"][0])
+        keys.append(e.get("batch_key") or (first if first != "synthetic" else e["positives"][0]))
     corpus = Corpus.build(tokenizer, list(index), max_length)
     return corpus, Encoded(query, positives, negatives, keys)
 
@@ -222,8 +223,9 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
 
 def batch_loss_fn(name: str, tau: float):
     """Loss on one batch: query embeddings [B, d], passage embeddings [M, d] and, per query, the slots of its
-    positives and negatives among the passages. Every passage of the batch is a candidate for every query."""
-    from .losses import mnrl_from_scores, similarity, snn_from_scores
+    positives and negatives among the passages. mnrl/snn/partial_pl score every passage of the batch for every
+    query; bt compares each query's own (c+, c−) only."""
+    from .losses import bt_from_scores, mnrl_from_scores, partial_pl_from_scores, similarity, snn_from_scores
 
     def mnrl(q, p, pos_slots, neg_slots):
         first = [slots[0] for slots in pos_slots]  # column i = query i's positive
@@ -237,7 +239,21 @@ def batch_loss_fn(name: str, tau: float):
         valid = torch.ones(p.shape[0], dtype=torch.bool, device=q.device)
         return snn_from_scores(similarity(q, p, tau), positive, valid)
 
-    return {"mnrl": mnrl, "snn": snn}[name]
+    def pairs(q, p, pos_slots, neg_slots):  # one (c+, c−) per query: columns c+_1..c+_B, c−_1..c−_B
+        if any(not slots for slots in neg_slots):
+            raise ValueError(f"{name} needs a rejected passage for every example")
+        columns = [slots[0] for slots in pos_slots] + [slots[0] for slots in neg_slots]
+        return similarity(q, p[columns], tau)
+
+    def partial_pl(q, p, pos_slots, neg_slots):
+        return partial_pl_from_scores(pairs(q, p, pos_slots, neg_slots))
+
+    def bt(q, p, pos_slots, neg_slots):
+        scores = pairs(q, p, pos_slots, neg_slots)
+        rows = torch.arange(q.shape[0], device=q.device)
+        return bt_from_scores(scores[rows, rows], scores[rows, rows + q.shape[0]])
+
+    return {"mnrl": mnrl, "snn": snn, "partial_pl": partial_pl, "bt": bt}[name]
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:

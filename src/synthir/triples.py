@@ -129,7 +129,8 @@ def build(params, data_dir, verified, output, metrics_path) -> dict:
         use_llm_negatives(examples, neg.num_negatives)
         short = [e for e in examples if len(e["negatives"]) < neg.num_negatives]
         if neg.fill != "none" and short:
-            mine(short, score_rows(neg.model_copy(update={"method": neg.fill}), corpus), corpus, train, rule, params.seed)
+            fill = score_rows(neg.model_copy(update={"method": neg.fill}), corpus)
+            mine(short, fill, corpus, train, rule, params.seed)
     elif neg.method != "none":
         mine(examples, score_rows(neg, corpus), corpus, train, rule, params.seed)
     for example in examples:

@@ -22,7 +22,12 @@ def judge(
 ) -> list[float]:
     """Relevance of each (query, passage): log P(yes) − log P(no) where the backend gives log-probs, else
     +1 / −1 from a greedy one-word answer (0 when it says neither)."""
-    prompts = [template.messages(query=q, passage=truncate_words(p, max_words)) for q, p in pairs]
+    return score_prompts(backend, [template.messages(query=q, passage=truncate_words(p, max_words)) for q, p in pairs])
+
+
+def score_prompts(backend: CachedBackend, prompts: list, desc: str = "judge") -> list[float]:
+    """log P(yes) − log P(no) of each yes/no prompt (cached, committed batch by batch), else ±1 / 0 from a greedy
+    one-word answer when the backend gives no log-probs."""
     if not prompts:
         return []
     from tqdm.auto import tqdm
@@ -30,7 +35,7 @@ def judge(
     step = getattr(backend, "batch_size", 16)
     scores: list[float] = []
     try:
-        with tqdm(total=len(prompts), desc="judge", unit="pair") as bar:
+        with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
             for start in range(0, len(prompts), step):
                 scores += backend.score_yes_no(prompts[start : start + step])
                 bar.update(len(prompts[start : start + step]))

@@ -116,16 +116,17 @@ def test_repro_then_only_affected_stages_go_stale(project):
         params[block].update(values)
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
+    align = {"align_retrieve", "align_judge", "align_train"}  # downstream of train even when off (then no-ops)
     edit("train", lr=3e-5)
-    assert _stale(project) == {"train", "evaluate"}
+    assert _stale(project) == {"train", "evaluate"} | align
     edit("train", lr=2e-5)
     edit("generate", llm={**SMOLLM, "model": "HuggingFaceTB/SmolLM2-360M-Instruct"})
-    assert _stale(project) == {"generate", "verify", "triples", "train", "evaluate"}
+    assert _stale(project) == {"generate", "verify", "triples", "train", "evaluate"} | align
     edit("generate", llm=SMOLLM)
     assert _stale(project) == set()
 
     edit("sample", fraction=0.06)
-    assert _stale(project) == {"sample", "generate", "verify", "triples", "train", "evaluate"}
+    assert _stale(project) == {"sample", "generate", "verify", "triples", "train", "evaluate"} | align
     _run(["dvc", "repro"], project)
     more = (project / "data" / "sample" / "doc_ids.txt").read_text().split()
     assert more[: len(ids)] == ids  # nested
@@ -133,4 +134,16 @@ def test_repro_then_only_affected_stages_go_stale(project):
     assert (doc2query["calls"], doc2query["cache_hits"]) == (len(more) - len(ids), len(ids))
 
     edit("train", query_prefix="query: ")
-    assert _stale(project) == {"baseline", "train", "evaluate"}
+    assert _stale(project) == {"baseline", "train", "evaluate"} | align
+
+    edit("train", query_prefix="")
+    edit("align", enabled=True, max_queries=4, k=3, pairs=3, judge=SMOLLM, batch_size=4)
+    assert _stale(project) == {"evaluate"} | align  # stage 1 stays as it is
+    _run(["dvc", "repro"], project)
+    judged = _metrics(project, "align_judge")
+    assert judged["queries"] == 4 and judged["pairs"] == 12  # 4 queries x 3 pairs among k = 3
+    assert judged["llm"]["calls"] + judged["llm"]["cache_hits"] == 12  # pointwise: each passage judged once
+    assert _metrics(project, "align_train")["enabled"] is True
+    assert _metrics(project, "eval")["system"] == "models/aligned"
+    _run(["dvc", "repro", "--force", "--single-item", "align_judge"], project)  # identical rerun
+    assert _metrics(project, "align_judge")["llm"]["calls"] == 0

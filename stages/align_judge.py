@@ -1,0 +1,29 @@
+"""align_judge: the LLM's preferences over N pairs of each query's top-K, as (query, c+, c−) examples."""
+
+import argparse
+import json
+from pathlib import Path
+
+from synthir.align import judge_stage
+from synthir.beir import load_corpus
+from synthir.cli import friendly_errors
+from synthir.config import load_params
+from synthir.fileio import read_jsonl
+
+
+@friendly_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--candidates", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    candidates = list(read_jsonl(args.candidates))
+    corpus = load_corpus(args.data / "corpus.jsonl") if candidates else {}
+    summary = judge_stage(load_params().align, corpus, candidates, args.output, args.metrics)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""align_retrieve: the stage-1 retriever's top-K passages for each training query (empty when align is off)."""
+
+import argparse
+from pathlib import Path
+
+from synthir.align import retrieve_candidates, training_queries
+from synthir.cli import friendly_errors
+from synthir.config import load_params
+from synthir.fileio import read_jsonl, write_jsonl
+
+
+@friendly_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--triples", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    params = load_params()
+    align, prefixes = params.align, params.train
+    candidates = []
+    if align.enabled:
+        from synthir.beir import load_corpus
+        from synthir.retrieval import Prefixes, load_encoder
+
+        queries = training_queries(list(read_jsonl(args.triples)), align.max_queries, align.seed)
+        candidates = retrieve_candidates(
+            load_encoder(args.model),
+            load_corpus(args.data / "corpus.jsonl"),
+            queries,
+            align.k,
+            align.encode_batch_size,
+            Prefixes(prefixes.query_prefix, prefixes.passage_prefix),
+        )
+    write_jsonl(args.output, candidates)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
