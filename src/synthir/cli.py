@@ -113,7 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("preset", type=Path)
     preset.add_argument("--params", type=Path, default=Path("params.yaml"))
     preset.set_defaults(func=_cmd_preset)
+    export = commands.add_parser("export-experiments", help="save `dvc exp show --json` for the report stage")
+    export.add_argument("--output", type=Path, default=Path("report/experiments.json"))
+    export.set_defaults(func=_cmd_export)
     return parser
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .report import export_experiments
+
+    count = export_experiments(args.output)
+    print(f"{args.output}: {count} experiments; `dvc repro report` renders report/README.md")
 
 
 def _cmd_preset(args: argparse.Namespace) -> None:

@@ -228,6 +228,16 @@ class AlignParams(Block):
         return self
 
 
+class ReportParams(Block):
+    """Which experiments the report compares, and how."""
+
+    reference: str = "default"
+    """The experiment every other is compared with (name given to `dvc exp run -n`)."""
+    metrics: list[str] = Field(default=["ndcg@10", "recall@100"], min_length=1)
+    sweeps: dict[str, list[str]] = {}
+    """A plot per sweep: the runs differing from the reference only in these dotted params."""
+
+
 class Params(Block):
     dataset: DatasetParams
     sample: SampleParams
@@ -237,6 +247,7 @@ class Params(Block):
     train: TrainParams
     align: AlignParams = AlignParams()
     evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -1,0 +1,325 @@
+"""Results across experiments: a markdown table and PNG plots (matplotlib, no network) from `dvc exp show --json`.
+
+A sweep is a set of params: its runs are the reference run plus every run that differs from it only in those
+params (keys a run lacks, e.g. from an older params.yaml, are not counted as differences). Numeric sweeps (scale,
+density) are drawn as curves, the others as bars. Cost is what a run's data needed from the LLM (requests
+served, fresh or from the cache) and the wall time of its stages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SynthirError
+
+STAGE_SECONDS = {
+    "generate": ("metrics/generate.json", "seconds"),
+    "verify": ("metrics/verify.json", "seconds"),
+    "triples": ("metrics/triples.json", "seconds"),
+    "train": ("metrics/train.json", "seconds"),
+    "align_judge": ("metrics/align_judge.json", "seconds"),
+    "align_train": ("metrics/align_train.json", "seconds"),
+    "evaluate": ("metrics/eval.json", "seconds.total"),
+}
+LLM_STAGES = ("metrics/generate.json", "metrics/verify.json", "metrics/align_judge.json")
+
+
+@dataclass
+class Run:
+    name: str
+    rev: str
+    params: dict[str, object]
+    metrics: dict[str, dict]
+    baseline: str = ""
+    """The commit the experiment was run from."""
+    extra: dict = field(default_factory=dict)
+
+    def metric(self, name: str) -> float | None:
+        return _get(self.metrics.get("metrics/eval.json", {}), name)
+
+    def llm_requests(self) -> int:
+        """Completions and judgements the run's data needed: fresh calls plus cache hits, over every LLM stage."""
+        total = 0
+        for path in LLM_STAGES:
+            llm = self.metrics.get(path, {}).get("llm") or {}
+            total += int(llm.get("calls", 0)) + int(llm.get("cache_hits", 0))
+        return total
+
+    def fresh(self, key: str) -> int:
+        """A counter (calls, tokens_in, tokens_out) summed over the LLM stages, for work done in this run."""
+        return sum(int((self.metrics.get(p, {}).get("llm") or {}).get(key, 0)) for p in LLM_STAGES)
+
+    def seconds(self) -> dict[str, float]:
+        out = {}
+        for stage, (path, key) in STAGE_SECONDS.items():
+            value = _get(self.metrics.get(path, {}), key)
+            if isinstance(value, int | float):
+                out[stage] = float(value)
+        return out
+
+
+def _get(data: Mapping, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def flatten(data: Mapping, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out |= flatten(value, f"{name}.")
+        else:
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def load_experiments(path: Path) -> list[Run]:
+    """Finished experiments (with an evaluation) from a `dvc exp show --json` export; the newest of a name wins."""
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SynthirError(f"{path}: not found; export it with `synthir export-experiments`") from None
+    except json.JSONDecodeError as error:
+        raise SynthirError(f"{path}:{error.lineno}: not JSON from `dvc exp show --json`: {error.msg}") from None
+    if not isinstance(entries, list):
+        raise SynthirError(f"{path}: expected the list `dvc exp show --json` writes")
+    runs: dict[str, Run] = {}
+    for entry in entries:
+        for experiment in entry.get("experiments") or []:
+            executor = experiment.get("executor") or {}
+            if executor.get("state") not in (None, "success"):
+                continue  # queued, running or failed
+            for rev in experiment.get("revs") or []:
+                run = _run(rev, entry.get("rev", ""))
+                if run is not None and (run.name not in runs or _newer(rev, runs[run.name])):
+                    runs[run.name] = run
+    return sorted(runs.values(), key=lambda r: r.name)
+
+
+def _newer(rev: dict, run: Run) -> bool:
+    return (rev.get("data") or {}).get("timestamp", "") > run.extra.get("timestamp", "")
+
+
+def _run(rev: dict, baseline: str) -> Run | None:
+    data = rev.get("data") or {}
+    params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+    metrics = {path: (item or {}).get("data") or {} for path, item in (data.get("metrics") or {}).items()}
+    if not metrics.get("metrics/eval.json"):
+        return None
+    name = rev.get("name") or rev.get("rev", "")[:7]
+    return Run(name, rev.get("rev", ""), flatten(params), metrics, baseline, {"timestamp": data.get("timestamp", "")})
+
+
+def differences(run: Run, reference: Run) -> set[str]:
+    """Params whose values differ; a key present in only one of the two is not a difference."""
+    return {k for k in run.params.keys() & reference.params.keys() if run.params[k] != reference.params[k]}
+
+
+def sweep_runs(runs: Iterable[Run], reference: Run, keys: list[str]) -> list[Run]:
+    """The reference and the runs differing from it only in `keys` (and in at least one of them)."""
+    chosen = [reference]
+    for run in runs:
+        diff = differences(run, reference)
+        if run.name != reference.name and diff and diff <= set(keys):
+            chosen.append(run)
+    return chosen
+
+
+def label(run: Run, reference: Run, keys: list[str]) -> str:
+    diff = [k for k in keys if k in differences(run, reference)]
+    if not diff:
+        return f"{run.name} (reference)"
+    return ", ".join(f"{k.split('.')[-1]}={_short(run.params[k])}" for k in diff)
+
+
+def _short(value: object) -> str:
+    if isinstance(value, tuple):
+        return "+".join(map(str, value))
+    text = str(value)
+    return text if len(text) <= 24 else "…" + text[-20:]
+
+
+def sweep_value(run: Run, keys: list[str]):
+    """The run's value of a one-param numeric sweep (None when the sweep is not one numeric param)."""
+    if len(keys) != 1:
+        return None
+    value = run.params.get(keys[0])
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def plot_sweep(name: str, runs: list[Run], reference: Run, keys: list[str], metrics: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    numeric = all(sweep_value(r, keys) is not None for r in runs)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        base = _get(reference.metrics.get("metrics/eval.json", {}), f"baseline.{metric}")
+        if numeric:
+            points = sorted((sweep_value(r, keys), r.metric(metric)) for r in runs)
+            ax.plot([x for x, _ in points], [y for _, y in points], marker="o")
+            ax.set_xlabel(keys[0])
+        else:
+            labels = [label(r, reference, keys) for r in runs]
+            values = [r.metric(metric) for r in runs]
+            ax.bar(range(len(runs)), values, color="#4c72b0")
+            ax.set_xticks(range(len(runs)), labels, rotation=20, ha="right", fontsize=8)
+            low = min([v for v in values if v is not None] + ([base] if base is not None else []))
+            ax.set_ylim(low - 0.02, max(values) + 0.01)
+        if base is not None:
+            ax.axhline(base, color="grey", linestyle="--", linewidth=1, label="base model")
+            ax.legend(fontsize=8)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle(name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_cost(runs: list[Run], metric: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for run in runs:
+        gain = _get(run.metrics.get("metrics/eval.json", {}), f"delta.{metric}")
+        if gain is None:
+            continue
+        ax.scatter(run.llm_requests(), gain, color="#dd8452")
+        ax.annotate(run.name, (run.llm_requests(), gain), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xlabel("LLM requests behind the run's data (fresh + cached)")
+    ax.set_ylabel(f"gain in {metric} over the base model")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_training(loss_tsv: Path, out: Path) -> bool:
+    """The DVCLive loss curve as a PNG (the same data `dvc plots show` renders as HTML)."""
+    import csv
+
+    if not loss_tsv.exists():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(loss_tsv, newline="") as handle:
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(handle, delimiter="\t")]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot([s for s, _ in rows], [v for _, v in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def write_report(
+    runs: list[Run],
+    reference_name: str,
+    sweeps: Mapping[str, list[str]],
+    metrics: list[str],
+    out_dir: Path,
+    loss_tsv: Path | None = None,
+) -> dict:
+    """`out_dir`/README.md and `out_dir`/figures/*.png; returns what was drawn."""
+    from .fileio import atomic_dir, atomic_file
+
+    by_name = {r.name: r for r in runs}
+    if reference_name not in by_name:
+        known = ", ".join(by_name) or "none"
+        raise SynthirError(f"report.reference: no finished experiment named '{reference_name}' (found: {known})")
+    reference = by_name[reference_name]
+    drawn: dict[str, list[str]] = {}
+    lines = [
+        "# Results",
+        "",
+        f"{len(runs)} finished experiments; reference run `{reference.name}`. Generated by the `report` stage from",
+        "`dvc exp show --json` (see the README's *Experiments* section); every number is in the runs' metrics files.",
+        "",
+        "| run | changed params | " + " | ".join(metrics) + " | Δ " + metrics[0] + " vs base | LLM requests | "
+        "fresh LLM calls | fresh tokens in/out | stage seconds |",
+        "|---|---|" + "---|" * (len(metrics) + 5),
+    ]
+    for run in sorted(runs, key=lambda r: -(r.metric(metrics[0]) or 0)):
+        diff = sorted(differences(run, reference))
+        changed = "; ".join(f"`{k}={_short(run.params[k])}`" for k in diff) or "(reference)"
+        delta = _get(run.metrics.get("metrics/eval.json", {}), f"delta.{metrics[0]}")
+        seconds = run.seconds()
+        lines.append(
+            f"| {run.name} | {changed} | "
+            + " | ".join(_fmt(run.metric(m)) for m in metrics)
+            + f" | {_fmt(delta)} | {run.llm_requests()} | {run.fresh('calls')} | "
+            f"{run.fresh('tokens_in')}/{run.fresh('tokens_out')} | "
+            + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+            + " |"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out_dir / "figures") as figures:
+        for name, keys in sweeps.items():
+            members = sweep_runs(runs, reference, keys)
+            if len(members) < 2:
+                continue
+            plot_sweep(name, members, reference, keys, metrics, figures / f"{name}.png")
+            drawn[name] = [r.name for r in members]
+            only = "`, `".join(keys)
+            lines += ["", f"## {name}", "", f"Runs differing from `{reference.name}` only in `{only}`.", ""]
+            lines += [f"![{name}](figures/{name}.png)", ""]
+            lines += ["| run | value | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+            for run in members:
+                lines.append(
+                    f"| {run.name} | {label(run, reference, keys)} | "
+                    + " | ".join(_fmt(run.metric(m)) for m in metrics)
+                    + " |"
+                )
+        plot_cost(runs, metrics[0], figures / "cost.png")
+        lines += ["", "## Cost against gain", "", "![cost](figures/cost.png)", ""]
+        if loss_tsv is not None and plot_training(loss_tsv, figures / "training_loss.png"):
+            lines += ["## Training loss (workspace run)", "", "![training loss](figures/training_loss.png)", ""]
+        names = sorted(p.name for p in figures.glob("*.png"))
+    missing = [name for name in sweeps if name not in drawn]
+    if missing:
+        lines += ["", "Sweeps without runs yet: " + ", ".join(missing) + "."]
+    with atomic_file(out_dir / "README.md") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return {"runs": len(runs), "sweeps": drawn, "figures": names}
+
+
+def export_experiments(out: Path, all_commits: bool = True) -> int:
+    """`dvc exp show --json` (all commits: sweeps may span several) written to `out`; returns the runs found."""
+    import subprocess
+
+    from .fileio import atomic_file
+
+    cmd = ["dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SynthirError(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
+    data = [entry for entry in json.loads(done.stdout) if entry.get("experiments")]  # commits with experiments
+    with atomic_file(out) as handle:
+        handle.write(json.dumps(data, indent=1) + "\n")
+    return sum(len(entry["experiments"]) for entry in data)

@@ -1,0 +1,27 @@
+"""report: results table and PNG plots across experiments (from `synthir export-experiments`)."""
+
+import argparse
+import json
+from pathlib import Path
+
+from synthir.cli import friendly_errors
+from synthir.config import load_params
+from synthir.report import load_experiments, write_report
+
+
+@friendly_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--experiments", type=Path, required=True, help="`dvc exp show --json` output")
+    parser.add_argument("--loss", type=Path, help="the workspace run's DVCLive loss (TSV), drawn as a PNG")
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    report = load_params().report
+    summary = write_report(
+        load_experiments(args.experiments), report.reference, report.sweeps, report.metrics, args.output, args.loss
+    )
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+
+from synthir.errors import SynthirError
+from synthir.report import load_experiments, sweep_runs, write_report
+
+PARAMS = {"sample": {"fraction": 0.01}, "train": {"loss": "mnrl"}, "align": {"enabled": False, "loss": "partial_pl"}}
+
+
+def rev(name: str, ndcg: float, **changes) -> dict:
+    params = json.loads(json.dumps(PARAMS))
+    for dotted, value in changes.items():
+        block, key = dotted.split("__")
+        params[block][key] = value
+    metrics = {
+        "metrics/eval.json": {
+            "data": {
+                "ndcg@10": ndcg,
+                "recall@100": 0.9,
+                "delta": {"ndcg@10": ndcg - 0.6},
+                "baseline": {"ndcg@10": 0.6, "recall@100": 0.88},
+                "seconds": {"total": 5.0},
+            }
+        },
+        "metrics/generate.json": {
+            "data": {"llm": {"calls": 3, "cache_hits": 7, "tokens_in": 30, "tokens_out": 9}, "seconds": 12.0}
+        },
+    }
+    return {
+        "rev": f"{name:0<40}"[:40],
+        "name": name,
+        "data": {"params": {"params.yaml": {"data": params}}, "metrics": metrics, "timestamp": "2026-11-23T10:00:00"},
+    }
+
+
+def experiments(*revs, state="success") -> list[dict]:
+    return [
+        {
+            "rev": "abc",
+            "name": "main",
+            "data": {},
+            "experiments": [
+                {"executor": None if state == "success" else {"state": state}, "name": r["name"], "revs": [r]}
+                for r in revs
+            ],
+        }
+    ]
+
+
+@pytest.fixture
+def exported(tmp_path):
+    data = experiments(
+        rev("default", 0.66),
+        rev("scale-0.02", 0.67, sample__fraction=0.02),
+        rev("scale-0.005", 0.65, sample__fraction=0.005),
+        rev("align-bt", 0.68, align__enabled=True, align__loss="bt"),
+        rev("mixed", 0.70, sample__fraction=0.02, train__loss="snn"),
+    ) + experiments(rev("running", 0.99), state="running")
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_finished_runs_only(exported):
+    assert [r.name for r in load_experiments(exported)] == ["align-bt", "default", "mixed", "scale-0.005", "scale-0.02"]
+
+
+def test_a_sweep_holds_runs_differing_only_in_its_params(exported):
+    runs = {r.name: r for r in load_experiments(exported)}
+    scale = sweep_runs(runs.values(), runs["default"], ["sample.fraction"])
+    assert [r.name for r in scale] == ["default", "scale-0.005", "scale-0.02"]  # "mixed" also changes the loss
+    del runs["align-bt"].params["sample.fraction"]  # a key from another params.yaml version is not a difference
+    align = sweep_runs(runs.values(), runs["default"], ["align.enabled", "align.loss"])
+    assert [r.name for r in align] == ["default", "align-bt"]
+
+
+def test_report_writes_table_and_pngs(exported, tmp_path):
+    sweeps = {"scale": ["sample.fraction"], "alignment": ["align.enabled", "align.loss"], "density": ["x.density"]}
+    summary = write_report(load_experiments(exported), "default", sweeps, ["ndcg@10", "recall@100"], tmp_path / "r")
+    assert summary["sweeps"] == {
+        "scale": ["default", "scale-0.005", "scale-0.02"],
+        "alignment": ["default", "align-bt"],
+    }
+    for name in ("scale", "alignment", "cost"):
+        assert (tmp_path / "r" / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "r" / "README.md").read_text()
+    assert "| mixed | `sample.fraction=0.02`; `train.loss=snn` | 0.7000 | 0.9000 | 0.1000 | 10 | 3 | 30/9 |" in text
+    assert "Sweeps without runs yet: density." in text
+
+
+def test_bad_inputs_are_named(tmp_path, exported):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n{"rev": ')
+    with pytest.raises(SynthirError, match=r"bad\.json:2: not JSON"):
+        load_experiments(bad)
+    with pytest.raises(SynthirError, match=r"report\.reference: no finished experiment named 'nope'"):
+        write_report(load_experiments(exported), "nope", {}, ["ndcg@10"], tmp_path / "r")
+    with pytest.raises(SynthirError, match="synthir export-experiments"):
+        load_experiments(tmp_path / "missing.json")
