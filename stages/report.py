@@ -13,13 +13,11 @@ from synthir.report import load_experiments, write_report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--experiments", type=Path, required=True, help="`dvc exp show --json` output")
-    parser.add_argument("--loss", type=Path, help="the workspace run's DVCLive loss (TSV), drawn as a PNG")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     report = load_params().report
-    summary = write_report(
-        load_experiments(args.experiments), report.reference, report.sweeps, report.metrics, args.output, args.loss
-    )
+    runs = load_experiments(args.experiments)
+    summary = write_report(runs, report.reference, report.sweeps, report.metrics, args.output)
     print(json.dumps(summary, indent=2))
 
 

@@ -208,32 +208,6 @@ def plot_cost(runs: list[Run], metric: str, out: Path) -> None:
     plt.close(fig)
 
 
-def plot_training(loss_tsv: Path, out: Path) -> bool:
-    """The DVCLive loss curve as a PNG (the same data `dvc plots show` renders as HTML)."""
-    import csv
-
-    if not loss_tsv.exists():
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(loss_tsv, newline="") as handle:
-        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(handle, delimiter="\t")]
-    if not rows:
-        return False
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.plot([s for s, _ in rows], [v for _, v in rows])
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return True
-
-
 def _fmt(value, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -244,7 +218,6 @@ def write_report(
     sweeps: Mapping[str, list[str]],
     metrics: list[str],
     out_dir: Path,
-    loss_tsv: Path | None = None,
 ) -> dict:
     """`out_dir`/README.md and `out_dir`/figures/*.png; returns what was drawn."""
     from .fileio import atomic_dir, atomic_file
@@ -298,8 +271,6 @@ def write_report(
                 )
         plot_cost(runs, metrics[0], figures / "cost.png")
         lines += ["", "## Cost against gain", "", "![cost](figures/cost.png)", ""]
-        if loss_tsv is not None and plot_training(loss_tsv, figures / "training_loss.png"):
-            lines += ["## Training loss (workspace run)", "", "![training loss](figures/training_loss.png)", ""]
         names = sorted(p.name for p in figures.glob("*.png"))
     missing = [name for name in sweeps if name not in drawn]
     if missing:

@@ -71,6 +71,8 @@ def project(tmp_path, shared_beir):
         shutil.copy(REPO / name, project / name)
     for folder in ("stages", "src"):  # stages depend on the scripts and the library modules they run
         shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (project / "report").mkdir()  # the report stage renders the committed experiments
+    shutil.copy(REPO / "report" / "experiments.json", project / "report" / "experiments.json")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["dataset"] = {"name": "scifact-mini", "path": str(_subset(shared_beir, tmp_path / "scifact-mini"))}
     params["sample"]["fraction"] = 0.03
@@ -102,6 +104,7 @@ def test_repro_then_only_affected_stages_go_stale(project):
     assert (project / "data" / "generated" / "doc2query.jsonl").read_text().count("\n") > 0
     assert _metrics(project, "verify")["queries_in"] == generated["tasks"]["doc2query"]["records"]
     assert _stale(project) == set()
+    assert "## Cost against gain" in (project / "report" / "README.md").read_text()
 
     _run(["dvc", "repro", "--force", "--single-item", "generate"], project)  # identical rerun
     assert _metrics(project, "generate")["llm"]["calls"] == 0
