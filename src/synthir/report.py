@@ -117,9 +117,35 @@ def _run(rev: dict, baseline: str) -> Run | None:
     return Run(name, rev.get("rev", ""), flatten(params), metrics, baseline, {"timestamp": data.get("timestamp", "")})
 
 
-def differences(run: Run, reference: Run) -> set[str]:
-    """Params whose values differ; a key present in only one of the two is not a difference."""
-    return {k for k in run.params.keys() & reference.params.keys() if run.params[k] != reference.params[k]}
+def param_defaults() -> dict[str, object]:
+    """Default values of the blocks that have them: a run from before a block existed ran with its defaults
+    (no `align` block = alignment off)."""
+    from .config import AlignParams, EvaluateParams, TriplesParams
+
+    blocks = {"align": AlignParams(), "triples": TriplesParams(), "evaluate": EvaluateParams()}
+    return {k: v for name, block in blocks.items() for k, v in flatten(block.model_dump(), f"{name}.").items()}
+
+
+_MISSING = object()
+
+
+def value_of(run: Run, key: str, defaults: Mapping[str, object] | None = None):
+    defaults = param_defaults() if defaults is None else defaults
+    return run.params.get(key, defaults.get(key, _MISSING))
+
+
+def differences(run: Run, reference: Run, defaults: Mapping[str, object] | None = None) -> set[str]:
+    """Params whose values differ; a key one run lacks takes its default, else it is not compared. The `report`
+    block describes the comparison, not the run, and is left out."""
+    defaults = param_defaults() if defaults is None else defaults
+    diff = set()
+    for key in run.params.keys() | reference.params.keys():
+        if key.startswith("report."):
+            continue
+        mine, theirs = value_of(run, key, defaults), value_of(reference, key, defaults)
+        if mine is not _MISSING and theirs is not _MISSING and mine != theirs:
+            diff.add(key)
+    return diff
 
 
 def sweep_runs(runs: Iterable[Run], reference: Run, keys: list[str]) -> list[Run]:
@@ -136,7 +162,7 @@ def label(run: Run, reference: Run, keys: list[str]) -> str:
     diff = [k for k in keys if k in differences(run, reference)]
     if not diff:
         return f"{run.name} (reference)"
-    return ", ".join(f"{k.split('.')[-1]}={_short(run.params[k])}" for k in diff)
+    return ", ".join(f"{k.split('.')[-1]}={_short(value_of(run, k))}" for k in diff)
 
 
 def _short(value: object) -> str:
@@ -150,7 +176,7 @@ def sweep_value(run: Run, keys: list[str]):
     """The run's value of a one-param numeric sweep (None when the sweep is not one numeric param)."""
     if len(keys) != 1:
         return None
-    value = run.params.get(keys[0])
+    value = value_of(run, keys[0])
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
@@ -167,11 +193,14 @@ def plot_sweep(name: str, runs: list[Run], reference: Run, keys: list[str], metr
         if numeric:
             points = sorted((sweep_value(r, keys), r.metric(metric)) for r in runs)
             ax.plot([x for x, _ in points], [y for _, y in points], marker="o")
+            for x, y in points:
+                ax.annotate(f"{y:.4f}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel(keys[0])
         else:
             labels = [label(r, reference, keys) for r in runs]
             values = [r.metric(metric) for r in runs]
-            ax.bar(range(len(runs)), values, color="#4c72b0")
+            bars = ax.bar(range(len(runs)), values, color="#4c72b0")
+            ax.bar_label(bars, fmt="%.4f", fontsize=7)
             ax.set_xticks(range(len(runs)), labels, rotation=20, ha="right", fontsize=8)
             low = min([v for v in values if v is not None] + ([base] if base is not None else []))
             ax.set_ylim(low - 0.02, max(values) + 0.01)
@@ -240,7 +269,7 @@ def write_report(
     ]
     for run in sorted(runs, key=lambda r: -(r.metric(metrics[0]) or 0)):
         diff = sorted(differences(run, reference))
-        changed = "; ".join(f"`{k}={_short(run.params[k])}`" for k in diff) or "(reference)"
+        changed = "; ".join(f"`{k}={_short(value_of(run, k))}`" for k in diff) or "(reference)"
         delta = _get(run.metrics.get("metrics/eval.json", {}), f"delta.{metrics[0]}")
         seconds = run.seconds()
         lines.append(
