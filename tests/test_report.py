@@ -81,7 +81,7 @@ def test_report_writes_table_and_pngs(exported, tmp_path):
     sweeps = {"scale": ["sample.fraction"], "alignment": ["align.enabled", "align.loss"], "density": ["x.density"]}
     summary = write_report(load_experiments(exported), "default", sweeps, ["ndcg@10", "recall@100"], tmp_path / "r")
     assert summary["sweeps"] == {
-        "scale": ["default", "scale-0.005", "scale-0.02"],
+        "scale": ["scale-0.005", "default", "scale-0.02"],  # by fraction: 0.005, 0.01, 0.02
         "alignment": ["default", "align-bt"],
     }
     for name in ("scale", "alignment", "cost"):

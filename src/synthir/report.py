@@ -118,12 +118,11 @@ def _run(rev: dict, baseline: str) -> Run | None:
 
 
 def param_defaults() -> dict[str, object]:
-    """Default values of the blocks that have them: a run from before a block existed ran with its defaults
-    (no `align` block = alignment off)."""
-    from .config import AlignParams, EvaluateParams, TriplesParams
+    """The on/off switches of optional blocks: a run from before a block existed ran without it (no `align`
+    block = alignment off). Other keys a run lacks are not compared."""
+    from .config import AlignParams
 
-    blocks = {"align": AlignParams(), "triples": TriplesParams(), "evaluate": EvaluateParams()}
-    return {k: v for name, block in blocks.items() for k, v in flatten(block.model_dump(), f"{name}.").items()}
+    return {"align.enabled": AlignParams().enabled}
 
 
 _MISSING = object()
@@ -286,6 +285,8 @@ def write_report(
             members = sweep_runs(runs, reference, keys)
             if len(members) < 2:
                 continue
+            if all(sweep_value(r, keys) is not None for r in members):
+                members.sort(key=lambda r: sweep_value(r, keys))
             plot_sweep(name, members, reference, keys, metrics, figures / f"{name}.png")
             drawn[name] = [r.name for r in members]
             only = "`, `".join(keys)
