@@ -198,19 +198,14 @@ def judge_stage(params, corpus: Corpus, candidates: list[dict], output: Path, me
 
 def training_params(align, stage1, model: str):
     """TrainParams continuing from the stage-1 model with the alignment loss; prefixes and precision as stage 1."""
-    from .config import TrainParams
+    from .config import ScheduleParams, TrainParams
 
     return TrainParams(
         base_model=model,
         query_prefix=stage1.query_prefix,
         passage_prefix=stage1.passage_prefix,
         loss=align.loss,
-        tau=align.tau,
-        lr=align.lr,
-        warmup_ratio=align.warmup_ratio,
-        weight_decay=align.weight_decay,
-        batch_size=align.batch_size,
-        epochs=align.epochs,
+        **align.model_dump(include=set(ScheduleParams.model_fields)),
         num_negatives=1,
         seed=align.seed,
         mixed_precision=stage1.mixed_precision,

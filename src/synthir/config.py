@@ -176,15 +176,20 @@ class TriplesParams(Block):
     seed: int = 13
 
 
-class TrainParams(EncoderParams):
-    loss: Literal["mnrl", "snn", "partial_pl", "bt"] = "mnrl"
-    """mnrl | snn for the train stage; partial_pl | bt are the alignment losses (align.loss)."""
+class ScheduleParams(Block):
+    """Optimisation settings shared by stage-1 training and alignment."""
+
     tau: float = Field(default=0.05, gt=0)
     lr: float = Field(default=2e-5, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
     batch_size: int = Field(default=32, gt=1)
     epochs: int = Field(default=1, gt=0)
+
+
+class TrainParams(EncoderParams, ScheduleParams):
+    loss: Literal["mnrl", "snn", "partial_pl", "bt"] = "mnrl"
+    """mnrl | snn for the train stage; partial_pl | bt are the alignment losses (align.loss)."""
     max_steps: int = Field(default=0, ge=0, description="0: epochs decide")
     num_negatives: int = Field(default=1, ge=0, description="hard negatives used per example")
     max_positives: int = Field(default=3, gt=0, description="snn: positives per query (gold, synthetic, CoT)")
@@ -197,7 +202,7 @@ class TrainParams(EncoderParams):
     """`accelerate launch` arguments; GPUs: e.g. --num_processes=4 --mixed_precision=bf16."""
 
 
-class AlignParams(Block):
+class AlignParams(ScheduleParams):
     """Syntriever stage 2: LLM preferences over the trained retriever's top-K, then preference training."""
 
     enabled: bool = False
@@ -213,12 +218,7 @@ class AlignParams(Block):
     """The LLM stating preferences; required when enabled."""
     encode_batch_size: int = Field(default=16, gt=0)
     loss: Literal["partial_pl", "bt"] = "partial_pl"
-    tau: float = Field(default=0.05, gt=0)
     lr: float = Field(default=1e-5, gt=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    weight_decay: float = Field(default=0.01, ge=0)
-    batch_size: int = Field(default=32, gt=1)
-    epochs: int = Field(default=1, gt=0)
     seed: int = 13
 
     @model_validator(mode="after")

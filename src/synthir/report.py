@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from .config import AlignParams
 from .errors import SynthirError
 
 STAGE_SECONDS = {
@@ -33,9 +34,7 @@ class Run:
     rev: str
     params: dict[str, object]
     metrics: dict[str, dict]
-    baseline: str = ""
-    """The commit the experiment was run from."""
-    extra: dict = field(default_factory=dict)
+    timestamp: str = ""
 
     def metric(self, name: str) -> float | None:
         return _get(self.metrics.get("metrics/eval.json", {}), name)
@@ -97,51 +96,40 @@ def load_experiments(path: Path) -> list[Run]:
             if executor.get("state") not in (None, "success"):
                 continue  # queued, running or failed
             for rev in experiment.get("revs") or []:
-                run = _run(rev, entry.get("rev", ""))
-                if run is not None and (run.name not in runs or _newer(rev, runs[run.name])):
+                run = _run(rev)
+                if run is not None and (run.name not in runs or run.timestamp > runs[run.name].timestamp):
                     runs[run.name] = run
     return sorted(runs.values(), key=lambda r: r.name)
 
 
-def _newer(rev: dict, run: Run) -> bool:
-    return (rev.get("data") or {}).get("timestamp", "") > run.extra.get("timestamp", "")
-
-
-def _run(rev: dict, baseline: str) -> Run | None:
+def _run(rev: dict) -> Run | None:
     data = rev.get("data") or {}
     params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
     metrics = {path: (item or {}).get("data") or {} for path, item in (data.get("metrics") or {}).items()}
     if not metrics.get("metrics/eval.json"):
         return None
     name = rev.get("name") or rev.get("rev", "")[:7]
-    return Run(name, rev.get("rev", ""), flatten(params), metrics, baseline, {"timestamp": data.get("timestamp", "")})
+    return Run(name, rev.get("rev", ""), flatten(params), metrics, data.get("timestamp", ""))
 
 
-def param_defaults() -> dict[str, object]:
-    """The on/off switches of optional blocks: a run from before a block existed ran without it (no `align`
-    block = alignment off). Other keys a run lacks are not compared."""
-    from .config import AlignParams
-
-    return {"align.enabled": AlignParams().enabled}
-
-
+# The on/off switches of optional blocks: a run from before a block existed ran without it (no `align` block =
+# alignment off). Other keys a run lacks are not compared.
+SWITCH_DEFAULTS: dict[str, object] = {"align.enabled": AlignParams.model_fields["enabled"].default}
 _MISSING = object()
 
 
-def value_of(run: Run, key: str, defaults: Mapping[str, object] | None = None):
-    defaults = param_defaults() if defaults is None else defaults
-    return run.params.get(key, defaults.get(key, _MISSING))
+def value_of(run: Run, key: str):
+    return run.params.get(key, SWITCH_DEFAULTS.get(key, _MISSING))
 
 
-def differences(run: Run, reference: Run, defaults: Mapping[str, object] | None = None) -> set[str]:
-    """Params whose values differ; a key one run lacks takes its default, else it is not compared. The `report`
-    block describes the comparison, not the run, and is left out."""
-    defaults = param_defaults() if defaults is None else defaults
+def differences(run: Run, reference: Run) -> set[str]:
+    """Params whose values differ; a switch one run lacks takes its default, other missing keys are not compared.
+    The `report` block describes the comparison, not the run, and is left out."""
     diff = set()
     for key in run.params.keys() | reference.params.keys():
         if key.startswith("report."):
             continue
-        mine, theirs = value_of(run, key, defaults), value_of(reference, key, defaults)
+        mine, theirs = value_of(run, key), value_of(reference, key)
         if mine is not _MISSING and theirs is not _MISSING and mine != theirs:
             diff.add(key)
     return diff
