@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from synthir.config import EvaluateParams
 from synthir.evaluate import METRICS, aggregate, evaluate_dense, per_query_metrics
 from synthir.models import resolve
 
@@ -52,7 +53,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     start = time.perf_counter()
-    ours = evaluate_dense(args.model, args.data, args.split, args.batch_size, cache=False)  # cold, like beir
+    settings = EvaluateParams(split=args.split, batch_size=args.batch_size)
+    ours = evaluate_dense(args.model, args.data, settings, cache=False)  # cold, like beir
     ours_seconds = time.perf_counter() - start
     beir, beir_seconds = run_beir(resolve(args.model), args.data, args.split, args.beir_batch_size)
 

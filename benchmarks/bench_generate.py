@@ -18,9 +18,8 @@ from pathlib import Path
 
 from synthir.beir import load_corpus, passage_text
 from synthir.llm import Request, Sampling, make_backend
-from synthir.prompting import load_template
+from synthir.prompting import load_template, truncate_words
 from synthir.sampling import sample_ids
-from synthir.synth.doc2query import truncate_words
 
 
 def requests_for(data: Path, docs: int, max_tokens: int) -> list[Request]:

@@ -4,11 +4,11 @@ import argparse
 import json
 from pathlib import Path
 
-from synthir.align import judge_stage
 from synthir.beir import load_corpus
-from synthir.cli import friendly_errors
-from synthir.config import load_params
+from synthir.errors import friendly_errors
 from synthir.fileio import read_jsonl
+from synthir.preferences import judge_stage
+from synthir.stage import stage_params
 
 
 @friendly_errors
@@ -21,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     candidates = list(read_jsonl(args.candidates))
     corpus = load_corpus(args.data / "corpus.jsonl") if candidates else {}
-    summary = judge_stage(load_params().align, corpus, candidates, args.output, args.metrics)
+    summary = judge_stage(stage_params("align_judge").align, corpus, candidates, args.output, args.metrics)
     print(json.dumps(summary, indent=2))
 
 

@@ -4,9 +4,9 @@ import argparse
 from pathlib import Path
 
 from synthir.align import retrieve_candidates, training_queries
-from synthir.cli import friendly_errors
-from synthir.config import load_params
+from synthir.errors import friendly_errors
 from synthir.fileio import read_jsonl, write_jsonl
+from synthir.stage import stage_params
 
 
 @friendly_errors
@@ -17,8 +17,8 @@ def main() -> None:
     parser.add_argument("--triples", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
-    params = load_params()
-    align, prefixes = params.align, params.train
+    params = stage_params("align_retrieve")
+    align, stage1 = params.align, params.train
     candidates = []
     if align.enabled:
         from synthir.beir import load_corpus
@@ -31,7 +31,7 @@ def main() -> None:
             queries,
             align.k,
             align.encode_batch_size,
-            Prefixes(prefixes.query_prefix, prefixes.passage_prefix),
+            Prefixes(stage1.query_prefix, stage1.passage_prefix),
         )
     write_jsonl(args.output, candidates)
 

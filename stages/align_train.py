@@ -1,18 +1,20 @@
-"""align_train: continue training the stage-1 retriever on the LLM's preferences (run under `accelerate launch`)."""
+"""align_train: continue training the stage-1 retriever on the LLM's preferences. Like `train`, it starts itself
+under `accelerate launch` with the arguments of `train.launch`."""
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from synthir.align import training_params
-from synthir.cli import friendly_errors
-from synthir.config import load_params
+from synthir.errors import friendly_errors
 from synthir.fileio import atomic_dir, write_json
+from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
 from synthir.train import train
 
 
 @friendly_errors
-def main() -> None:
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="the stage-1 retriever")
     parser.add_argument("--preferences", type=Path, required=True)
@@ -21,13 +23,15 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    params = load_params()
+    params = stage_params("align_train")
     if not params.align.enabled:
         with atomic_dir(args.output) as folder:
             (folder / "README.md").write_text("Alignment is off (align.enabled: false): evaluate scores stage 1.\n")
         (args.live / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # the declared (empty) training curves
         write_json(args.metrics, {"enabled": False})
-        return
+        return None
+    if not launched_by_accelerate():
+        return relaunch_under_accelerate(params.train.launch, __file__, sys.argv[1:])
     summary = train(
         training_params(params.align, params.train, args.model),
         args.preferences,
@@ -38,6 +42,7 @@ def main() -> None:
     if summary:
         write_json(args.metrics, {"enabled": True, **summary})
         print(json.dumps(summary, indent=2))
+    return None
 
 
 if __name__ == "__main__":

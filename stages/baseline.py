@@ -3,11 +3,11 @@
 import argparse
 from pathlib import Path
 
-from synthir.cli import friendly_errors
-from synthir.config import load_params
-from synthir.evaluate import evaluate_bm25, evaluate_dense
+from synthir.errors import friendly_errors
+from synthir.evaluate import evaluate_bm25, evaluate_dense, skipped
 from synthir.fileio import write_json
-from synthir.retrieval import Bm25Settings, Prefixes
+from synthir.retrieval import Prefixes
+from synthir.stage import stage_params
 
 
 @friendly_errors
@@ -17,21 +17,22 @@ def main() -> None:
     parser.add_argument("--output", required=True, help="metrics JSON")
     parser.add_argument("--details", required=True, help="folder for runs and per-query metrics")
     args = parser.parse_args()
-    params = load_params()
-    model, ev = params.train, params.evaluate
+    params = stage_params("baseline")
+    model, settings = params.train, params.evaluate
+    details = Path(args.details)
+    nothing = skipped(args.data, settings.split)
+    if nothing:
+        details.mkdir(parents=True, exist_ok=True)
+        write_json(args.output, nothing)
+        return
     dense = evaluate_dense(
         model.base_model,
         args.data,
-        split=ev.split,
-        batch_size=ev.batch_size,
-        prefixes=Prefixes(model.query_prefix, model.passage_prefix),
+        settings,
+        Prefixes(model.query_prefix, model.passage_prefix),
         max_seq_length=model.max_seq_length,
-        depth=ev.depth,
-        dtype=ev.dtype,
-        search=ev.search,
     )
-    bm25 = evaluate_bm25(args.data, ev.split, ev.depth, Bm25Settings(**ev.bm25.model_dump()))
-    details = Path(args.details)
+    bm25 = evaluate_bm25(args.data, settings)
     for name, result in (("dense", dense), ("bm25", bm25)):
         result.save(details / f"{name}.json", details / f"{name}.per_query.json", details / f"{name}.run.trec")
     write_json(args.output, {"dense": dense.summary(), "bm25": bm25.summary()})

@@ -2,9 +2,9 @@
 
 import argparse
 
-from synthir.cli import friendly_errors
-from synthir.config import load_params
 from synthir.download import fetch_dataset
+from synthir.errors import friendly_errors
+from synthir.stage import stage_params
 
 
 @friendly_errors
@@ -12,7 +12,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
-    dataset = load_params().dataset
+    dataset = stage_params("download").dataset
     fetch_dataset(dataset.name, args.output, dataset.path)
 
 

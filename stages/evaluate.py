@@ -4,11 +4,11 @@ import argparse
 import json
 from pathlib import Path
 
-from synthir.cli import friendly_errors
-from synthir.config import load_params
-from synthir.evaluate import METRICS, evaluate_dense
+from synthir.errors import friendly_errors
+from synthir.evaluate import METRICS, evaluate_dense, skipped
 from synthir.fileio import write_json
 from synthir.retrieval import Prefixes
+from synthir.stage import stage_params
 
 
 @friendly_errors
@@ -22,27 +22,29 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--details", type=Path, required=True)
     args = parser.parse_args()
-    params = load_params()
-    ev, model = params.evaluate, params.train
+    params = stage_params("evaluate")
+    settings, stage1 = params.evaluate, params.train
+    nothing = skipped(args.data, settings.split)
+    if nothing:
+        args.details.mkdir(parents=True, exist_ok=True)
+        write_json(args.output, nothing)
+        return
     exclude = set(args.exclude.read_text().split()) if args.exclude and args.exclude.exists() else set()
     model_path = args.aligned if params.align.enabled and args.aligned else args.model
     result = evaluate_dense(
         model_path,
         args.data,
-        split=ev.split,
-        batch_size=ev.batch_size,
-        prefixes=Prefixes(model.query_prefix, model.passage_prefix),
-        depth=ev.depth,
-        dtype=ev.dtype,
-        search=ev.search,
+        settings,
+        Prefixes(stage1.query_prefix, stage1.passage_prefix),
         exclude_queries=exclude,
     )
     result.save(args.details / "eval.json", args.details / "eval.per_query.json", args.details / "eval.run.trec")
-    baseline = json.loads(args.baseline.read_text())["dense"]
     summary = result.summary()
-    summary["delta"] = {m: round(summary[m] - baseline[m], 6) for m in METRICS}
-    summary["baseline"] = {m: baseline[m] for m in METRICS}
-    summary["excluded_query_ids"] = len(exclude)
+    baseline = json.loads(args.baseline.read_text()).get("dense")
+    if baseline:
+        summary["delta"] = {m: round(summary[m] - baseline[m], 6) for m in METRICS}
+        summary["baseline"] = {m: baseline[m] for m in METRICS}
+    summary["excluded_query_ids"] = len(result.excluded)  # few-shot examples that were in this split
     write_json(args.output, summary)
 
 

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from synthir.cli import friendly_errors
-from synthir.config import load_params
+from synthir.errors import friendly_errors
+from synthir.stage import stage_params
 from synthir.synth.pipeline import generate
 
 
@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
     doc_ids = args.sample.read_text(encoding="utf-8").split()
-    generate(load_params().generate, args.data, doc_ids, args.output, args.metrics)
+    generate(stage_params("generate").generate, args.data, doc_ids, args.output, args.metrics)
 
 
 if __name__ == "__main__":

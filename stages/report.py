@@ -4,9 +4,9 @@ import argparse
 import json
 from pathlib import Path
 
-from synthir.cli import friendly_errors
-from synthir.config import load_params
+from synthir.errors import friendly_errors
 from synthir.report import load_experiments, write_report
+from synthir.stage import stage_params
 
 
 @friendly_errors
@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--experiments", type=Path, required=True, help="`dvc exp show --json` output")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
-    report = load_params().report
+    report = stage_params("report").report
     runs = load_experiments(args.experiments)
     summary = write_report(runs, report.reference, report.sweeps, report.metrics, args.output)
     print(json.dumps(summary, indent=2))

@@ -3,10 +3,10 @@
 import argparse
 
 from synthir.beir import load_corpus
-from synthir.cli import friendly_errors
-from synthir.config import load_params
+from synthir.errors import friendly_errors
 from synthir.fileio import atomic_file
 from synthir.sampling import sample_ids
+from synthir.stage import stage_params
 
 
 @friendly_errors
@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
-    sample = load_params().sample
+    sample = stage_params("sample").sample
     ids = sample_ids(load_corpus(f"{args.data}/corpus.jsonl"), sample.fraction, sample.seed)
     with atomic_file(args.output) as handle:
         handle.writelines(f"{doc_id}\n" for doc_id in ids)

@@ -1,17 +1,19 @@
-"""train: fine-tune the base retriever on the triples (run under `accelerate launch`)."""
+"""train: fine-tune the base retriever on the triples. It starts itself under `accelerate launch` with the
+arguments of `train.launch` (an argument list, never a shell)."""
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from synthir.cli import friendly_errors
-from synthir.config import load_params
+from synthir.errors import friendly_errors
 from synthir.fileio import write_json
+from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
 from synthir.train import train
 
 
 @friendly_errors
-def main() -> None:
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--triples", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
@@ -19,10 +21,14 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True, help="run summary: steps, samples/s, seconds")
     args = parser.parse_args()
-    summary = train(load_params().train, args.triples, args.output, args.live, args.checkpoints)
+    params = stage_params("train").train
+    if not launched_by_accelerate():
+        return relaunch_under_accelerate(params.launch, __file__, sys.argv[1:])
+    summary = train(params, args.triples, args.output, args.live, args.checkpoints)
     if summary:  # the main process
         write_json(args.metrics, summary)
         print(json.dumps(summary, indent=2))
+    return None
 
 
 if __name__ == "__main__":

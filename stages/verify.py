@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from synthir.cli import friendly_errors
-from synthir.config import load_params
+from synthir.errors import friendly_errors
+from synthir.stage import stage_params
 from synthir.verify import verify_outputs
 
 
@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    verify_outputs(load_params().verify, args.data, args.generated, args.output, args.metrics)
+    verify_outputs(stage_params("verify").verify, args.data, args.generated, args.output, args.metrics)
 
 
 if __name__ == "__main__":

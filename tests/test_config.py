@@ -28,6 +28,44 @@ def test_repository_params_are_valid():
         (lambda p: p["train"].update(base_model="./no/such/dir"), "train.base_model: .*no such file or folder"),
         (lambda p: p["evaluate"].update(depth=10), "evaluate.depth: Input should be greater than or equal to 100"),
         (lambda p: p["evaluate"]["bm25"].update(b=2), "evaluate.bm25.b"),
+        (lambda p: p["evaluate"]["bm25"].update(stemmer="klingon"), "evaluate.bm25.stemmer: unknown stemmer"),
+        (lambda p: p["evaluate"]["bm25"].update(stopwords="xx"), "evaluate.bm25.stopwords: unknown stopword list"),
+        (
+            lambda p: p["triples"]["negatives"].update(rank_from=50),
+            r"triples.negatives: rank_from \(50\) must be below",
+        ),
+        (lambda p: p["train"].update(lr=float("inf")), "train.lr: Input should be a finite number"),
+        (lambda p: p["train"].update(tau=float("nan")), "train.tau: Input should be a finite number"),
+        (lambda p: p["train"].update(epochs=True), "train.epochs: Input should be a valid integer"),
+        (lambda p: p["train"].update(batch_size="32"), "train.batch_size: Input should be a valid integer"),
+        (lambda p: p["sample"].update(fraction="0.5"), "sample.fraction: Input should be a valid number"),
+        (lambda p: p["align"].update(enabled="yes"), "align.enabled: Input should be a valid boolean"),
+        (lambda p: p["generate"]["llm"].update(backend="openai"), r"generate.llm: base_url: missing \(required by"),
+        (
+            lambda p: p["generate"]["llm"].update(model="mistralai/Mistral-7B-Instruct-v0.3"),
+            "generate.llm: model: 'mistralai/Mistral-7B-Instruct-v0.3' is not a GGUF file; the llamacpp backend",
+        ),
+        (
+            lambda p: p["generate"]["llm"].update(backend="openai", base_url="localhost:8000/v1"),
+            "generate.llm.base_url: 'localhost:8000/v1' is not an http",
+        ),
+        (
+            lambda p: p["verify"]["judge"].update(backend="openai", base_url="http://host:port/v1"),
+            "verify.judge.base_url: 'http://host:port/v1' is not a URL",
+        ),
+        (
+            lambda p: p["train"].update(launch="--cpu; touch /tmp/x; true"),
+            "train.launch: '--cpu;' is not an accelerate",
+        ),
+        (lambda p: p["train"].update(launch="--cpu $(touch /tmp/x)"), "train.launch: .* is not an accelerate option"),
+        (lambda p: p["train"].update(launch="--cpu `id`"), "train.launch: '`id`' is not an accelerate option"),
+        (lambda p: p["train"].update(launch="--cpu | tee x"), r"train.launch: '\|' is not an accelerate option"),
+        (lambda p: p["train"].update(launch="--cpu 'a b'"), "train.launch: 'a b' is not an accelerate option"),
+        (
+            lambda p: p["generate"].update(prompts_dir="src/synthir/prompts/generat"),
+            "generate.prompts_dir: .* not a folder",
+        ),
+        (lambda p: p["dataset"].update(path="/no/such/folder"), "dataset.path: '/no/such/folder' is not a folder"),
     ],
 )
 def test_bad_values_name_the_key(params, edit, message):
@@ -42,3 +80,43 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path.write_text("sample:\n  fraction: 0.5\n  seed: [1,\n")
     with pytest.raises(ConfigError, match=r"params.yaml:\d+: invalid YAML"):
         load_params(path)
+
+
+def test_launch_accepts_accelerate_options():
+    from synthir.config import launch_arguments
+
+    assert launch_arguments("--cpu --num_processes=1") == ["--cpu", "--num_processes=1"]
+    assert launch_arguments("--multi_gpu --num_processes 4 --mixed_precision bf16 --gpu_ids 0,1,2,3") == [
+        "--multi_gpu",
+        "--num_processes",
+        "4",
+        "--mixed_precision",
+        "bf16",
+        "--gpu_ids",
+        "0,1,2,3",
+    ]
+
+
+def test_numbers_are_read_as_dvc_reads_them(tmp_path):
+    """YAML 1.2 (ruamel, as DVC): `2e-5` is a number, not the string PyYAML would make of it."""
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("lr: 2.0e-5", "lr: 2e-5"))
+    assert load_params(path).train.lr == 2e-5
+
+
+def test_a_repeated_block_is_an_error_naming_its_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    path.write_text(text + "\nsample:\n  fraction: 0.5\n")
+    line = text.count("\n") + 2
+    with pytest.raises(ConfigError, match=rf"params.yaml:{line}: duplicate key 'sample' \(DVC rejects the file too\)"):
+        load_params(path)
+
+
+def test_params_file_that_is_a_folder_or_not_utf8(tmp_path):
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"folder.yaml: is a folder"):
+        load_params(tmp_path / "folder.yaml")
+    (tmp_path / "latin1.yaml").write_bytes(b"sample:\n  fraction: 0.5 # caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text"):
+        load_params(tmp_path / "latin1.yaml")

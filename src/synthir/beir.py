@@ -1,27 +1,35 @@
 """BEIR-format data: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
 
 Readers tolerate a UTF-8 BOM, CRLF line ends and blank lines; everything else that is wrong raises a
-DataError naming the file and line. Relevance grades are kept as integer gains.
+DataError naming the file and line. Relevance grades are kept as integer gains. A folder may hold only
+corpus.jsonl (a corpus without labels): queries and qrels are then absent.
 """
 
 from __future__ import annotations
 
-import csv
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError, at
-from .fileio import json_lines
+from .fileio import decode_line, json_lines, require_file
 
 Corpus = dict[str, dict[str, str]]  # doc id -> {"title": ..., "text": ...}
 Queries = dict[str, str]  # query id -> text
 Qrels = dict[str, dict[str, int]]  # query id -> doc id -> gain
 
 
-def _require_file(path: Path) -> None:
-    if not path.is_file():
-        raise DataError(f"{path}: not found")
+GAIN_LIMIT = 2**31 - 1
+"""Relevance grades beyond a C int overflow trec_eval."""
+_SPACE = re.compile(r"\s")
+
+
+def _check_id(value: str, key: str, path: Path, lineno: int) -> None:
+    if not value.strip():
+        raise DataError(f"{at(path, lineno)}: empty '{key}'")
+    if _SPACE.search(value):
+        raise DataError(f"{at(path, lineno)}: {key} {value!r} contains whitespace (TREC run files cannot hold it)")
 
 
 def _field(record: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -39,8 +47,7 @@ def _read_records(path: Path, kind: str) -> Iterator[tuple[int, str, dict]]:
     seen: dict[str, int] = {}
     for lineno, record in json_lines(path):
         doc_id = _field(record, "_id", path, lineno)
-        if not doc_id.strip():
-            raise DataError(f"{at(path, lineno)}: empty '_id'")
+        _check_id(doc_id, "_id", path, lineno)
         if doc_id in seen:
             raise DataError(f"{at(path, lineno)}: duplicate {kind} id '{doc_id}' (first on line {seen[doc_id]})")
         seen[doc_id] = lineno
@@ -76,30 +83,39 @@ def load_queries(path: str | Path) -> Queries:
     return queries
 
 
+def _qrels_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, tab-separated cells) of each non-blank line, the header skipped."""
+    with open(require_file(path), "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = decode_line(raw, path, lineno).rstrip("\r\n")
+            if not line.strip():
+                continue
+            row = [cell.strip() for cell in line.split("\t")]
+            if lineno == 1 and row[:2] == ["query-id", "corpus-id"]:
+                continue
+            yield lineno, row
+
+
 def load_qrels(path: str | Path) -> Qrels:
     """Tab-separated `query-id, corpus-id, score` with an optional header line."""
     path = Path(path)
     qrels: Qrels = {}
-    _require_file(path)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        for lineno, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != 3:
-                raise DataError(f"{at(path, lineno)}: expected 3 tab-separated columns, got {len(row)}")
-            query_id, doc_id, score = (cell.strip() for cell in row)
-            if lineno == 1 and (query_id, doc_id) == ("query-id", "corpus-id"):
-                continue
-            try:
-                gain = int(score)
-            except ValueError:
-                raise DataError(f"{at(path, lineno)}: score must be an integer, got {score!r}") from None
-            if not query_id or not doc_id:
-                raise DataError(f"{at(path, lineno)}: empty query or corpus id")
-            previous = qrels.setdefault(query_id, {}).get(doc_id)
-            if previous is not None and previous != gain:
-                raise DataError(f"{at(path, lineno)}: ({query_id}, {doc_id}) judged twice: {previous} and {gain}")
-            qrels[query_id][doc_id] = gain
+    for lineno, row in _qrels_rows(path):
+        if len(row) != 3:
+            raise DataError(f"{at(path, lineno)}: expected 3 tab-separated columns, got {len(row)}")
+        query_id, doc_id, score = row
+        try:
+            gain = int(score)
+        except ValueError:
+            raise DataError(f"{at(path, lineno)}: score must be an integer, got {score!r}") from None
+        if abs(gain) > GAIN_LIMIT:
+            raise DataError(f"{at(path, lineno)}: score {score} is out of range (at most {GAIN_LIMIT} in magnitude)")
+        _check_id(query_id, "query-id", path, lineno)
+        _check_id(doc_id, "corpus-id", path, lineno)
+        previous = qrels.setdefault(query_id, {}).get(doc_id)
+        if previous is not None and previous != gain:
+            raise DataError(f"{at(path, lineno)}: ({query_id}, {doc_id}) judged twice: {previous} and {gain}")
+        qrels[query_id][doc_id] = gain
     if not qrels:
         raise DataError(f"{path}: no judgements")
     return qrels
@@ -107,19 +123,13 @@ def load_qrels(path: str | Path) -> Qrels:
 
 def check_qrels_ids(path: Path, qrels: Qrels, corpus: Corpus, queries: Queries) -> None:
     """Every judged query and document must exist; the error names the qrels line."""
-    missing_q = {q for q in qrels if q not in queries}
-    missing_d = {d for judged in qrels.values() for d in judged if d not in corpus}
-    if not missing_q and not missing_d:
+    if all(q in queries and all(d in corpus for d in judged) for q, judged in qrels.items()):
         return
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        for lineno, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            if len(row) != 3:
-                continue
-            query_id, doc_id = row[0].strip(), row[1].strip()
-            if query_id in missing_q:
-                raise DataError(f"{at(path, lineno)}: query id '{query_id}' is not in queries.jsonl")
-            if doc_id in missing_d:
-                raise DataError(f"{at(path, lineno)}: corpus id '{doc_id}' is not in corpus.jsonl")
+    for lineno, (query_id, doc_id, _) in _qrels_rows(path):
+        if query_id not in queries:
+            raise DataError(f"{at(path, lineno)}: query id '{query_id}' is not in queries.jsonl")
+        if doc_id not in corpus:
+            raise DataError(f"{at(path, lineno)}: corpus id '{doc_id}' is not in corpus.jsonl")
 
 
 @dataclass
@@ -147,16 +157,22 @@ def split_names(folder: str | Path) -> list[str]:
     return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
 
 
+def has_split(folder: str | Path, split: str) -> bool:
+    return (Path(folder) / "qrels" / f"{split}.tsv").is_file()
+
+
 def load_dataset(folder: str | Path, splits: list[str] | None = None) -> Dataset:
-    """Load and validate a BEIR folder (all splits unless named)."""
+    """Load and validate a BEIR folder (all splits unless named). Only corpus.jsonl is required; queries.jsonl
+    is required where there are qrels to check."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     corpus = load_corpus(folder / "corpus.jsonl")
-    queries = load_queries(folder / "queries.jsonl")
     names = split_names(folder) if splits is None else splits
-    if not names:
-        raise DataError(f"{folder}: no qrels/*.tsv")
+    queries_path = folder / "queries.jsonl"
+    if not queries_path.exists() and not names:
+        return Dataset(folder, corpus, {}, {})
+    queries = load_queries(queries_path)
     qrels = {}
     for name in names:
         path = folder / "qrels" / f"{name}.tsv"

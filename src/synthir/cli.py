@@ -3,58 +3,53 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from .errors import SynthirError
-
-
-def friendly_errors(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Print a SynthirError as one line and exit 1, instead of a traceback."""
-
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs) -> int:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        try:
-            return main(*args, **kwargs) or 0
-        except SynthirError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-
-    return wrapper
+from .errors import ConfigError, friendly_errors
 
 
 def _sidecar(output: Path, suffix: str) -> Path:
     return output.with_name(output.stem + suffix)
 
 
+def _settings(args: argparse.Namespace):
+    """The evaluation settings from the flags, validated like params.yaml; errors name the flag."""
+    from pydantic import ValidationError
+
+    from .config import Bm25Params, EvaluateParams
+
+    if args.output is not None and args.output.is_dir():
+        raise ConfigError(f"--output: '{args.output}' is a folder; give a file path for the metrics JSON")
+    values = {"split": args.split, "depth": args.depth}
+    try:
+        if args.command == "bm25":
+            values["bm25"] = Bm25Params(
+                k1=args.k1, b=args.b, stemmer=args.stemmer or None, stopwords=args.stopwords or None
+            )
+        else:
+            values.update(batch_size=args.batch_size, dtype=args.dtype, search=args.search)
+        return EvaluateParams(**values)
+    except ValidationError as error:
+        problems = [f"--{str(e['loc'][-1]).replace('_', '-')}: {e['msg']} (got {e['input']!r})" for e in error.errors()]
+        raise ConfigError("; ".join(problems)) from None
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_dense
     from .retrieval import Prefixes
 
-    result = evaluate_dense(
-        args.model,
-        args.data,
-        split=args.split,
-        batch_size=args.batch_size,
-        prefixes=Prefixes(args.query_prefix, args.passage_prefix),
-        max_seq_length=args.max_seq_length,
-        depth=args.depth,
-        dtype=args.dtype,
-        search=args.search,
-    )
-    _report(result, args.output)
+    settings = _settings(args)
+    if args.max_seq_length is not None and args.max_seq_length <= 0:
+        raise ConfigError(f"--max-seq-length: must be a positive number of tokens (got {args.max_seq_length})")
+    prefixes = Prefixes(args.query_prefix, args.passage_prefix)
+    _report(evaluate_dense(args.model, args.data, settings, prefixes, args.max_seq_length), args.output)
 
 
 def _cmd_bm25(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_bm25
-    from .retrieval import Bm25Settings
 
-    settings = Bm25Settings(args.k1, args.b, args.stemmer or None, args.stopwords or None)
-    _report(evaluate_bm25(args.data, args.split, args.depth, settings), args.output)
+    _report(evaluate_bm25(args.data, _settings(args)), args.output)
 
 
 def _report(result, output: Path | None) -> None:
@@ -72,13 +67,16 @@ def _cmd_download(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import Bm25Params, EvaluateParams
+
+    evaluation = EvaluateParams()
     parser = argparse.ArgumentParser(prog="synthir", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--data", type=Path, required=True, help="a BEIR folder")
-        sub.add_argument("--split", default="test")
-        sub.add_argument("--depth", type=int, default=100, help="hits kept per query")
+        sub.add_argument("--split", default=evaluation.split)
+        sub.add_argument("--depth", type=int, default=evaluation.depth, help="hits kept per query (at least 100)")
         sub.add_argument(
             "--output",
             type=Path,
@@ -88,20 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     dense = commands.add_parser("evaluate", help="evaluate a sentence-transformers model (exact search)")
     dense.add_argument("--model", required=True, help="hub id, local path or pkg:<package>/<path>")
     common(dense)
-    dense.add_argument("--batch-size", type=int, default=16)
+    dense.add_argument("--batch-size", type=int, default=evaluation.batch_size)
     dense.add_argument("--query-prefix", default="")
     dense.add_argument("--passage-prefix", default="")
     dense.add_argument("--max-seq-length", type=int)
-    dense.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    dense.add_argument("--search", default="torch", choices=["torch", "faiss"])
+    dense.add_argument("--dtype", default=evaluation.dtype, choices=["auto", "float32", "float16", "bfloat16"])
+    dense.add_argument("--search", default=evaluation.search, choices=["torch", "faiss"])
     dense.set_defaults(func=_cmd_evaluate)
 
     bm25 = commands.add_parser("bm25", help="evaluate BM25 (bm25s, stemmed, title + text)")
     common(bm25)
-    bm25.add_argument("--k1", type=float, default=1.5)
-    bm25.add_argument("--b", type=float, default=0.75)
-    bm25.add_argument("--stemmer", default="english", help="a Snowball language, or '' for none")
-    bm25.add_argument("--stopwords", default="en", help="a bm25s stopword list, or '' for none")
+    defaults = Bm25Params()
+    bm25.add_argument("--k1", type=float, default=defaults.k1)
+    bm25.add_argument("--b", type=float, default=defaults.b)
+    bm25.add_argument("--stemmer", default=defaults.stemmer, help="a Snowball language, or '' for none")
+    bm25.add_argument("--stopwords", default=defaults.stopwords, help="a bm25s stopword list, or '' for none")
     bm25.set_defaults(func=_cmd_bm25)
 
     download = commands.add_parser("download", help="fetch a BEIR dataset (or validate a local one)")

@@ -5,10 +5,12 @@ Stage scripts call `load_params()`; library code receives plain values and never
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 from typing import Literal
+from urllib.parse import SplitResult, urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, ModelRefError
@@ -16,13 +18,59 @@ from .models import check_reference
 
 
 class Block(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict: a number must be written as a number (no `"5"` or `true` for 5), and never inf or NaN."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+_OPTION = re.compile(r"^--?[A-Za-z][A-Za-z0-9_-]*(=[A-Za-z0-9_.,:/@+-]*)?$")
+_VALUE = re.compile(r"^[A-Za-z0-9_.,:/@+-]+$")
+
+
+def launch_arguments(launch: str) -> list[str]:
+    """`accelerate launch` options as an argument list: `--name`, `--name=value` or `--name value`, made of
+    plain characters only, so nothing in them can reach a shell."""
+    try:
+        tokens = shlex.split(launch)
+    except ValueError as error:
+        raise ConfigError(f"not a list of accelerate options ({error})") from None
+    previous_is_option = False
+    for token in tokens:
+        if _OPTION.match(token):
+            previous_is_option = "=" not in token
+        elif previous_is_option and _VALUE.match(token) and not token.startswith("-"):
+            previous_is_option = False
+        else:
+            raise ConfigError(
+                f"'{token}' is not an accelerate option (expected --name, --name=value or --name value, "
+                f"letters, digits and _.,:/@+- only)"
+            )
+    return tokens
+
+
+def split_http_url(value: str) -> SplitResult:
+    """`value`'s parts if it is an http(s) URL with a host; a ValueError saying what is wrong otherwise."""
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as error:
+        raise ValueError(f"'{value}' is not a URL ({error})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"'{value}' is not an http(s) URL with a host, e.g. http://localhost:8000/v1")
+    return parts
 
 
 class DatasetParams(Block):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     path: str | None = None
-    """A local BEIR folder: makes `name` a custom dataset instead of a registry entry."""
+    """A local BEIR folder (or one holding only corpus.jsonl): makes `name` a custom dataset."""
+
+    @field_validator("path")
+    @classmethod
+    def _is_folder(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_dir():
+            raise ValueError(f"'{value}' is not a folder")
+        return value
 
 
 class SampleParams(Block):
@@ -49,16 +97,40 @@ class EncoderParams(Block):
 
 
 class Bm25Params(Block):
+    """BM25 over title + text (bm25s, Lucene scoring): the one home of its defaults."""
+
     k1: float = Field(default=1.5, gt=0)
     b: float = Field(default=0.75, ge=0, le=1)
     stemmer: str | None = "english"
+    """A Snowball language (PyStemmer), or null for none."""
     stopwords: str | None = "en"
+    """A bm25s stopword list (en, de, fr, ...), or null for none."""
+
+    @field_validator("stemmer")
+    @classmethod
+    def _known_stemmer(cls, value: str | None) -> str | None:
+        import Stemmer
+
+        if value is not None and value not in Stemmer.algorithms():
+            raise ValueError(f"unknown stemmer '{value}' (known: {', '.join(Stemmer.algorithms())})")
+        return value
+
+    @field_validator("stopwords")
+    @classmethod
+    def _known_stopwords(cls, value: str | None) -> str | None:
+        import bm25s
+
+        try:
+            bm25s.tokenize(["probe"], stopwords=value, show_progress=False)
+        except ValueError:
+            raise ValueError(f"unknown stopword list '{value}' (bm25s knows en, de, nl, fr, es, pt, ...)") from None
+        return value
 
 
 class EvaluateParams(Block):
     split: str = "test"
     batch_size: int = Field(default=16, gt=0)
-    depth: int = Field(default=100, ge=100, description="hits kept per query (recall@100 needs 100)")
+    depth: int = Field(default=100, ge=100, description="hits kept per query (recall@100 and map@100 need 100)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     search: Literal["torch", "faiss"] = "torch"
     bm25: Bm25Params = Bm25Params()
@@ -77,6 +149,25 @@ class LLMParams(Block):
     """Backend-specific settings: n_ctx, n_parallel (llamacpp), tensor_parallel_size (vllm), max_concurrency..."""
     batch_size: int = Field(default=16, gt=0)
     """Requests per backend call; each batch is committed to the cache as it returns."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_http_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _backend_can_reach_model(self) -> LLMParams:
+        if self.backend == "openai" and self.base_url is None:
+            raise ValueError("base_url: missing (required by the openai backend, e.g. http://localhost:8000/v1)")
+        local = self.model.startswith(("pkg:", "/", "./", "../", "~")) or Path(self.model).exists()
+        if self.backend == "llamacpp" and not local:
+            raise ValueError(
+                f"model: '{self.model}' is not a GGUF file; the llamacpp backend runs a local .gguf path or a "
+                f"pkg: reference (a hub id needs backend hf or vllm)"
+            )
+        return self
 
     @field_validator("model")
     @classmethod
@@ -120,7 +211,16 @@ class GenerateParams(Block):
     max_failure_rate: float = Field(default=0.05, ge=0, le=1)
     """The stage fails when more than this share of LLM requests still fail after retries."""
     prompts_dir: str | None = None
-    """A folder of prompt templates overriding the bundled ones (same file names)."""
+    """The folder of generate's prompt templates (null: the bundled src/synthir/prompts/generate). An override
+    holds every template of the enabled tasks, under the bundled file names."""
+
+    @field_validator("prompts_dir")
+    @classmethod
+    def _prompts_folder(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"'{value}' is not a folder")
+        return value
+
     doc2query: Doc2QueryParams = Doc2QueryParams()
     query_negative: QueryNegativeParams = QueryNegativeParams()
     syntriever: SyntrieverParams = SyntrieverParams()
@@ -169,6 +269,12 @@ class NegativeParams(Block):
     """cross_encoder offline: the LLM's pointwise yes/no score reranks BM25's top `rerank_depth`."""
     rerank_depth: int = Field(default=30, gt=0)
 
+    @model_validator(mode="after")
+    def _rank_range(self) -> NegativeParams:
+        if self.rank_from >= self.rank_to:
+            raise ValueError(f"rank_from ({self.rank_from}) must be below rank_to ({self.rank_to})")
+        return self
+
 
 class TriplesParams(Block):
     sources: list[Literal["train", "doc2query", "syntriever"]] = Field(default=["train", "doc2query"], min_length=1)
@@ -200,6 +306,15 @@ class TrainParams(EncoderParams, ScheduleParams):
     checkpoint_steps: int = Field(default=0, ge=0, description="save resumable state every N steps (0: never)")
     launch: str = "--cpu --num_processes=1"
     """`accelerate launch` arguments; GPUs: e.g. --num_processes=4 --mixed_precision=bf16."""
+
+    @field_validator("launch")
+    @classmethod
+    def _accelerate_options(cls, value: str) -> str:
+        try:
+            launch_arguments(value)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return value
 
 
 class AlignParams(ScheduleParams):
@@ -274,14 +389,34 @@ def parse_params(data: object, source: str = "params.yaml") -> Params:
         raise ConfigError(format_validation_error(error, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
+def read_yaml(path: Path) -> object:
+    """YAML 1.2 as DVC reads it (ruamel.yaml): `2e-5` is a number, `yes` a string, a repeated key an error."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import MarkedYAMLError
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found") from None
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a YAML file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except DuplicateKeyError as error:
+        key = re.search(r'duplicate key "([^"]*)"', str(error.problem))
+        name = f"'{key.group(1)}' " if key else ""
+        raise ConfigError(
+            f"{path}:{error.problem_mark.line + 1}: duplicate key {name}(DVC rejects the file too)"
+        ) from None
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {error.problem}") from None
-    return parse_params(data, str(path))
+        raise ConfigError(f"{where}: invalid YAML: {error.problem or error.context}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    return parse_params(read_yaml(path), str(path))

@@ -10,15 +10,13 @@ import hashlib
 import logging
 import os
 import shutil
-import stat
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from .archive import safe_extract
 from .beir import load_dataset, split_names
-from .errors import ChecksumError, DataError, UnsafeArchiveError
-from .fileio import atomic_dir
-from .models import cache_root
+from .errors import ChecksumError, DataError
+from .fileio import atomic_dir, cache_root, file_digest, require_file
 
 log = logging.getLogger(__name__)
 
@@ -69,42 +67,10 @@ REGISTRY: dict[str, Source] = {
 }
 
 
-def file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(path: Path, algorithm: str, expected: str) -> None:
     actual = file_digest(path, algorithm)
     if actual != expected:
         raise ChecksumError(f"{path}: {algorithm} is {actual}, expected {expected}")
-
-
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a zip, refusing absolute paths, `..`, links and anything that would land outside `dest`.
-
-    Every member is checked before anything is written."""
-    dest = Path(dest)
-    with zipfile.ZipFile(archive) as zipped:
-        members = zipped.infolist()
-        root = dest.resolve()
-        for info in members:
-            name = info.filename
-            parts = PurePosixPath(name.replace("\\", "/")).parts
-            if name.startswith(("/", "\\")) or (parts and ":" in parts[0]):
-                raise UnsafeArchiveError(f"{archive}: member '{name}' has an absolute path")
-            if ".." in parts:
-                raise UnsafeArchiveError(f"{archive}: member '{name}' climbs out with '..'")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise UnsafeArchiveError(f"{archive}: member '{name}' is a symbolic link")
-            if not (root / name).resolve().is_relative_to(root):
-                raise UnsafeArchiveError(f"{archive}: member '{name}' would be written outside {dest}")
-        dest.mkdir(parents=True, exist_ok=True)
-        for info in members:
-            zipped.extract(info, dest)
 
 
 def _http_download(url: str, target: Path, md5: str) -> None:
@@ -134,13 +100,15 @@ def _http_download(url: str, target: Path, md5: str) -> None:
 
 
 def _beir_files(folder: Path) -> list[str]:
-    names = ["corpus.jsonl", "queries.jsonl"]
+    """The BEIR files a folder holds: corpus.jsonl (required), queries.jsonl and qrels where present."""
+    require_file(folder / "corpus.jsonl")
+    names = ["corpus.jsonl"] + (["queries.jsonl"] if (folder / "queries.jsonl").exists() else [])
     return names + [f"qrels/{split}.tsv" for split in split_names(folder)]
 
 
 def _copy_beir(source: Path, dest: Path) -> None:
-    (dest / "qrels").mkdir(parents=True, exist_ok=True)
     for name in _beir_files(source):
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / name, dest / name)
 
 

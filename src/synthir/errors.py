@@ -1,6 +1,12 @@
-"""Errors a user can act on: each names the file (and line) or the setting at fault."""
+"""Errors a user can act on: each names the file (and line) or the setting at fault, and how they end a command."""
 
 from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
 
 
 class SynthirError(Exception):
@@ -8,7 +14,7 @@ class SynthirError(Exception):
 
 
 class ConfigError(SynthirError):
-    """A params.yaml value is missing, unknown or out of range."""
+    """A params.yaml value, a command-line flag or a prompt file is missing, unknown or out of range."""
 
 
 class DataError(SynthirError):
@@ -20,7 +26,7 @@ class ChecksumError(DataError):
 
 
 class UnsafeArchiveError(DataError):
-    """An archive member would escape the target folder or is a link."""
+    """An archive member would escape the target folder, is a link, or inflates past a bound."""
 
 
 class ModelRefError(SynthirError):
@@ -30,3 +36,29 @@ class ModelRefError(SynthirError):
 def at(path: object, line: int | None = None) -> str:
     """`path:line` prefix for messages."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+def describe_os_error(error: OSError) -> str:
+    """`file: reason` for an operating-system error (disk full, permission denied, a folder where a file
+    should be)."""
+    reason = (error.strerror or os.strerror(error.errno)) if error.errno else str(error)
+    names = [name for name in (error.filename, error.filename2) if name]
+    return f"{' -> '.join(map(str, names))}: {reason}" if names else reason
+
+
+def friendly_errors(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Run a command: a SynthirError or an operating-system error (disk full, permissions) is printed as one
+    line and the command returns 1, instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            return main(*args, **kwargs) or 0
+        except SynthirError as error:
+            print(f"error: {error}", file=sys.stderr)
+        except OSError as error:
+            print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
+
+    return wrapper

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytrec_eval
 
-from .beir import Qrels, load_dataset
+from .beir import Qrels, has_split, load_dataset
+from .config import EvaluateParams
 from .fileio import atomic_file, write_json
-from .retrieval import Bm25Settings, Prefixes, Run, bm25_search, dense_search, load_encoder
+from .retrieval import Prefixes, Run, bm25_search, dense_search, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Evaluation:
     num_queries: int
     num_docs: int
     seconds: dict[str, float] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
+    """Queries of the split left out of the evaluation (e.g. few-shot examples shown to the generator)."""
 
     def summary(self) -> dict:
         """The metrics file: metric names -> floats, plus counts and timing."""
@@ -118,13 +121,9 @@ def _finish(system, split, qrels, run, num_docs, seconds, started) -> Evaluation
 def evaluate_dense(
     model_ref: str,
     data_dir: str | Path,
-    split: str = "test",
-    batch_size: int = 16,
+    settings: EvaluateParams = EvaluateParams(),
     prefixes: Prefixes = Prefixes(),
     max_seq_length: int | None = None,
-    depth: int = 100,
-    dtype: str = "auto",
-    search: str = "torch",
     model=None,
     exclude_queries: set[str] = frozenset(),
     cache: bool = True,
@@ -132,24 +131,34 @@ def evaluate_dense(
     """Encode corpus and the split's queries with a sentence-transformers model; exact search; metrics.
     `exclude_queries` (e.g. few-shot examples shown to the generator) are left out of the split."""
     started = time.perf_counter()
-    dataset = load_dataset(data_dir, [split])
-    queries, qrels = dataset.split(split)
+    dataset = load_dataset(data_dir, [settings.split])
+    queries, qrels = dataset.split(settings.split)
+    excluded = sorted(q for q in qrels if q in exclude_queries)
     queries = {q: t for q, t in queries.items() if q not in exclude_queries}
     qrels = {q: j for q, j in qrels.items() if q not in exclude_queries}
     seconds: dict[str, float] = {}
     begin = time.perf_counter()
-    model = model or load_encoder(model_ref, max_seq_length, dtype=dtype)
+    model = model or load_encoder(model_ref, max_seq_length, dtype=settings.dtype)
     seconds["load"] = time.perf_counter() - begin
-    run = dense_search(model, dataset.corpus, queries, depth, batch_size, prefixes, seconds, search, cache)
-    return _finish(model_ref, split, qrels, run, len(dataset.corpus), seconds, started)
+    run = dense_search(
+        model, dataset.corpus, queries, settings.depth, settings.batch_size, prefixes, seconds, settings.search, cache
+    )
+    evaluation = _finish(model_ref, settings.split, qrels, run, len(dataset.corpus), seconds, started)
+    evaluation.excluded = excluded
+    return evaluation
 
 
-def evaluate_bm25(
-    data_dir: str | Path, split: str = "test", depth: int = 100, settings: Bm25Settings = Bm25Settings()
-) -> Evaluation:
+def evaluate_bm25(data_dir: str | Path, settings: EvaluateParams = EvaluateParams()) -> Evaluation:
     started = time.perf_counter()
-    dataset = load_dataset(data_dir, [split])
-    queries, qrels = dataset.split(split)
+    dataset = load_dataset(data_dir, [settings.split])
+    queries, qrels = dataset.split(settings.split)
     seconds: dict[str, float] = {}
-    run = bm25_search(dataset.corpus, queries, depth, settings, seconds)
-    return _finish("bm25", split, qrels, run, len(dataset.corpus), seconds, started)
+    run = bm25_search(dataset.corpus, queries, settings.depth, settings.bm25, seconds)
+    return _finish("bm25", settings.split, qrels, run, len(dataset.corpus), seconds, started)
+
+
+def skipped(data_dir: str | Path, split: str) -> dict | None:
+    """The metrics file of an evaluation that cannot run (no qrels for the split), else None."""
+    if has_split(data_dir, split):
+        return None
+    return {"skipped": f"no {split} qrels: evaluation skipped", "split": split}

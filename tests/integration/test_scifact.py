@@ -4,6 +4,7 @@ import pytest
 import pytrec_eval
 
 from synthir.beir import load_qrels
+from synthir.config import EvaluateParams
 from synthir.evaluate import evaluate_bm25, evaluate_dense, read_trec_run
 from tests.conftest import MINILM
 
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_minilm_reproduces_mteb_and_pytrec_eval_agrees(shared_beir, tmp_path):
     scifact = shared_beir / "scifact"
-    result = evaluate_dense(MINILM, scifact, "test", batch_size=32)
+    result = evaluate_dense(MINILM, scifact, EvaluateParams(batch_size=32))
     assert result.num_queries == 300 and result.num_docs == 5183
     assert result.metrics["ndcg@10"] == pytest.approx(0.64508, abs=0.003)  # MTEB: 0.64508
 
@@ -32,5 +33,5 @@ def test_minilm_reproduces_mteb_and_pytrec_eval_agrees(shared_beir, tmp_path):
 
 
 def test_bm25_lands_in_the_published_range(shared_beir):
-    result = evaluate_bm25(shared_beir / "scifact", "test")
+    result = evaluate_bm25(shared_beir / "scifact")
     assert 0.665 <= result.metrics["ndcg@10"] <= 0.690

@@ -14,6 +14,7 @@ import pytest
 from synthir.llm import (
     CachedBackend,
     CompletionCache,
+    LLMError,
     Request,
     Sampling,
     UnsupportedError,
@@ -42,14 +43,49 @@ def test_default_path_is_under_the_cache_root(monkeypatch, tmp_path: Path) -> No
     assert default_cache_path() == tmp_path / "llm.sqlite"
 
 
-def test_key_covers_model_input_sampling_and_index() -> None:
-    base = cache_key("m", "p", SAMPLING.as_dict(), 0)
-    assert base == cache_key("m", "p", dict(reversed(SAMPLING.as_dict().items())), 0)
-    assert len({base, cache_key("m2", "p", SAMPLING.as_dict(), 0), cache_key("m", "p2", SAMPLING.as_dict(), 0)}) == 3
-    assert base != cache_key("m", "p", Sampling(seed=6).as_dict(), 0)
-    assert base != cache_key("m", "p", SAMPLING.as_dict(), 1)
+IDENTITY = {"backend": "openai", "server": "http://a:8000/v1", "model": "m"}
+
+
+def test_key_covers_identity_input_sampling_and_index() -> None:
+    base = cache_key(IDENTITY, "p", SAMPLING.as_dict(), 0)
+    assert base == cache_key(dict(reversed(IDENTITY.items())), "p", dict(reversed(SAMPLING.as_dict().items())), 0)
+    others = [{**IDENTITY, "model": "m2"}, {**IDENTITY, "server": "http://b:8000/v1"}, {**IDENTITY, "backend": "vllm"}]
+    keys = {
+        base,
+        cache_key(IDENTITY, "p2", SAMPLING.as_dict(), 0),
+        *(cache_key(o, "p", SAMPLING.as_dict(), 0) for o in others),
+    }
+    assert len(keys) == 5
+    assert base != cache_key(IDENTITY, "p", Sampling(seed=6).as_dict(), 0)
+    assert base != cache_key(IDENTITY, "p", SAMPLING.as_dict(), 1)
     messages = [{"role": "user", "content": "p"}]
-    assert cache_key("m", messages, {}, 0) != cache_key("m", "p", {}, 0)
+    assert cache_key(IDENTITY, messages, {}, 0) != cache_key(IDENTITY, "p", {}, 0)
+
+
+def test_key_is_stable_across_releases() -> None:
+    """Changing what goes into a key silently empties everyone's cache: do it on purpose, then update this."""
+    key = cache_key(IDENTITY, [{"role": "user", "content": "p"}], Sampling(seed=3).as_dict(), 2)
+    assert key == "bc239108a574b3c3d31465900c9cef9c4f870f11e147e206c818d3702786858b"
+
+
+def test_identity_names_backend_kind_server_and_model(tmp_path: Path) -> None:
+    cached, _ = make(tmp_path)
+    assert cached.identity == {"backend": "ScriptedBackend", "server": None, "model": "fake/model"}
+    fake = ScriptedBackend()
+    fake.identity = {"backend": "openai", "server": "http://a:8000/v1", "model": "fake/model"}  # type: ignore[attr-defined]
+    assert CachedBackend(fake, cached.cache).identity == fake.identity
+
+
+def test_switching_server_misses_the_cache(tmp_path: Path) -> None:
+    """Same model name, another server: its completions are not the old server's."""
+    first, second = ScriptedBackend(), ScriptedBackend()
+    first.identity = {"backend": "openai", "server": "http://a:8000/v1", "model": "fake/model"}  # type: ignore[attr-defined]
+    second.identity = {**first.identity, "server": "http://b:8000/v1"}  # type: ignore[attr-defined]
+    cache = CompletionCache(tmp_path / "llm.sqlite")
+    CachedBackend(first, cache).generate([Request(prompt="q", sampling=SAMPLING)])
+    again = CachedBackend(second, cache)
+    again.generate([Request(prompt="q", sampling=SAMPLING)])
+    assert again.stats.cache_hits == 0 and [r.prompt for r in second.requests] == ["q"]
 
 
 def test_identical_rerun_makes_no_backend_calls(tmp_path: Path) -> None:
@@ -95,11 +131,13 @@ def test_failures_are_counted_and_not_cached(tmp_path: Path) -> None:
     assert [c.failed for c in out] == [False, True, False]
     assert out[1].error == "scripted failure" and out[1].texts == []
     assert cached.stats.failures == 1 and len(cached.cache) == 2
+    assert cached.stats.first_error == cached.stats.as_dict()["first_error"] == "scripted failure"
 
     rerun, fake = make(tmp_path)
     out = rerun.generate(requests)
     assert [r.prompt for r in fake.requests] == ["flaky"]
     assert not any(c.failed for c in out) and rerun.stats.cache_hits == 2
+    assert rerun.stats.first_error is None and rerun.stats.as_dict()["first_error"] is None
 
 
 def test_batches_are_bounded_and_logprobs_round_trip(tmp_path: Path) -> None:
@@ -125,6 +163,19 @@ def test_yes_no_scores_are_cached(tmp_path: Path) -> None:
 
     with pytest.raises(UnsupportedError, match="NoScores cannot score"):
         CachedBackend(NoScores(), again.cache).score_yes_no(["a"])  # type: ignore[arg-type]
+
+
+def test_yes_no_backend_crash_is_an_llm_error_with_the_reason(tmp_path: Path) -> None:
+    cached, fake = make(tmp_path)
+
+    def crash(prompts):
+        raise RuntimeError("CUDA out of memory")
+
+    fake.score_yes_no = crash  # type: ignore[method-assign]
+    with pytest.raises(LLMError) as caught:
+        cached.score_yes_no(["a"])
+    assert str(caught.value) == "fake/model: yes/no scoring failed: RuntimeError: CUDA out of memory"
+    assert cached.stats.first_error == str(caught.value)
 
 
 CHILD = textwrap.dedent(
@@ -185,10 +236,11 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted_run(tmp_path: Path) ->
     output, calls = rerun.communicate(timeout=60)
     assert output == expected
     assert int(calls) == 40 - done  # at most the lost in-flight batch (4) + what was never started
-    with sqlite3.connect(db) as conn:
+    select = "SELECT key, text FROM completions ORDER BY key"
+    with sqlite3.connect(db) as conn, sqlite3.connect(tmp_path / "ref.sqlite") as ref:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        total, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM completions").fetchone()
-    assert total == distinct == 40
+        stored, reference = conn.execute(select).fetchall(), ref.execute(select).fetchall()
+    assert len(stored) == 40 and stored == reference  # same samples under the same keys as the uninterrupted run
 
 
 def test_rerun_after_kill_calls_only_the_missing(tmp_path: Path) -> None:
@@ -210,7 +262,9 @@ def test_rerun_after_kill_calls_only_the_missing(tmp_path: Path) -> None:
     cached.backend.generate = crashing  # type: ignore[method-assign]
     with pytest.raises(Crash):
         cached.generate(requests)
-    assert len(CompletionCache(db)) == 6
-    rerun, _ = make(tmp_path)
-    rerun.generate(requests)
-    assert rerun.stats.calls == 4 <= 3 + 4 and rerun.stats.cache_hits == 6
+    assert len(CompletionCache(db)) == 6  # the two batches that returned, committed before the crash
+    rerun, fake = make(tmp_path)
+    assert texts(rerun.generate(requests)) == texts(make(tmp_path / "uninterrupted")[0].generate(requests))
+    # exactly the lost in-flight batch (doc 6-8) and the one never started (doc 9), nothing committed before
+    assert [r.prompt for r in fake.requests] == ["doc 6", "doc 7", "doc 8", "doc 9"]
+    assert rerun.stats.calls == 4 and rerun.stats.cache_hits == 6

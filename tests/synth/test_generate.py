@@ -1,15 +1,18 @@
 import json
+import shutil
 
 import pytest
 
+from synthir.beir import passage_text
 from synthir.config import GenerateParams, VerifyParams
-from synthir.errors import SynthirError
+from synthir.errors import ConfigError, SynthirError
 from synthir.fileio import read_jsonl
 from synthir.llm import CachedBackend, Completion, CompletionCache
+from synthir.prompting import load_template
 from synthir.sampling import sample_ids
 from synthir.synth.pipeline import generate
 from synthir.verify import verify_outputs
-from tests.conftest import write_beir
+from tests.conftest import MINILM, REPO, write_beir
 from tests.synth.fakes import ScriptedLLM
 
 CORPUS = [
@@ -25,7 +28,7 @@ QRELS = {"train": [("t1", "d1", 1), ("t2", "d2", 1)], "test": [("e1", "d3", 1)]}
 
 def params(**overrides) -> GenerateParams:
     base = {
-        "llm": {"backend": "llamacpp", "model": "org/unused", "batch_size": 4},
+        "llm": {"backend": "hf", "model": "org/unused", "batch_size": 4},
         "seed": 5,
         "doc2query": {"density": 2, "oversample": 2, "few_shot": 1},
         "syntriever": {"enabled": True},
@@ -56,7 +59,8 @@ def test_outputs_carry_provenance_and_few_shot_ids(data, tmp_path):
     first = queries[0]
     assert first["id"] == "d4-q0" and first["query"].startswith("what about")
     provenance = first["provenance"]
-    assert provenance["model"] == "scripted/llm" and provenance["backend"] == "llamacpp"
+    assert provenance["model"] == "scripted/llm" and provenance["backend"] == "scripted"
+    assert provenance["server"] is None  # a local backend; the openai backend names its server here
     assert provenance["template"].startswith("doc2query@") and provenance["sampling"]["temperature"] == 0.7
     assert provenance["few_shot_ids"] in (["t1"], ["t2"]) and isinstance(provenance["sample"], int)
     few_shot = (tmp_path / "out" / "few_shot_ids.txt").read_text().split()
@@ -100,11 +104,49 @@ class FailingLLM(ScriptedLLM):
         return [Completion.failure("HTTP 500") for _ in requests]
 
 
-def test_too_many_failures_fail_the_stage_without_outputs(data, tmp_path):
-    with pytest.raises(SynthirError, match=r"LLM requests failed \(> generate.max_failure_rate 0.05\)"):
+def test_too_many_failures_fail_the_stage_and_write_nothing(data, tmp_path):
+    (tmp_path / "out.json").write_text("previous run's metrics\n")
+    with pytest.raises(
+        SynthirError, match=r"LLM requests failed \(> generate.max_failure_rate 0.05\); first error: HTTP 500"
+    ):
         run(data, tmp_path, FailingLLM(), ["d4"])
     assert not (tmp_path / "out").exists()
-    assert json.loads((tmp_path / "out.json").read_text())["failed"] > 0
+    assert (tmp_path / "out.json").read_text() == "previous run's metrics\n"
+
+
+def test_zero_shot_on_a_corpus_without_labels(tmp_path):
+    folder = write_beir(tmp_path / "corpus-only", CORPUS, queries=[], qrels={})
+    (folder / "queries.jsonl").unlink()
+    zero_shot = params(doc2query={"few_shot": 0}, syntriever={"enabled": False})
+    llm = ScriptedLLM()
+    run(folder, tmp_path, llm, ["d4", "d5"], zero_shot)
+    assert len(llm.requests[0].messages) == 2  # system + the passage: no example turns
+    queries = list(read_jsonl(tmp_path / "out" / "doc2query.jsonl"))
+    assert [q["doc_id"] for q in queries] == ["d4", "d5"] and queries[0]["provenance"]["few_shot_ids"] == []
+    assert (tmp_path / "out" / "few_shot_ids.txt").read_text() == ""
+    for overrides, key in (
+        ({"doc2query": {"few_shot": 2}, "syntriever": {"enabled": False}}, "generate.doc2query.few_shot: 2"),
+        ({"doc2query": {"few_shot": 0}}, "generate.syntriever.enabled: True"),
+    ):
+        with pytest.raises(ConfigError, match=rf"{key} needs labeled train queries, and .* has no qrels/train.tsv"):
+            run(folder, tmp_path, ScriptedLLM(), ["d4"], params(**overrides), "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_an_override_prompts_folder_is_used_and_recorded(data, tmp_path):
+    folder = tmp_path / "prompts"
+    shutil.copytree(REPO / "src" / "synthir" / "prompts" / "generate", folder)
+    edited = (folder / "doc2query.txt").read_text().replace("Reply with the query only.", "Reply tersely.")
+    (folder / "doc2query.txt").write_text(edited)
+    llm = ScriptedLLM()
+    p = params(prompts_dir=str(folder), syntriever={"enabled": False})
+    run(data, tmp_path, llm, ["d4"], p)
+    assert "Reply tersely." in llm.requests[0].messages[0]["content"]
+    template = next(read_jsonl(tmp_path / "out" / "doc2query.jsonl"))["provenance"]["template"]
+    assert template == load_template("doc2query", folder).version != load_template("doc2query").version
+    (folder / "query_negative.txt").unlink()
+    with pytest.raises(ConfigError, match=r"query_negative.txt: not found; a prompts folder must hold every"):
+        run(data, tmp_path, ScriptedLLM(), ["d4"], p, "incomplete")
 
 
 def test_verify_relabels_scores_and_round_trips(data, tmp_path, tiny_encoder):
@@ -130,7 +172,7 @@ def test_verify_relabels_scores_and_round_trips(data, tmp_path, tiny_encoder):
     )
     verify = VerifyParams.model_validate(
         {
-            "judge": {"backend": "llamacpp", "model": "org/unused"},
+            "judge": {"backend": "hf", "model": "org/unused"},
             "min_query_score": 0.0,
             "round_trip": {"model": tiny_encoder, "k": len(CORPUS)},
         }
@@ -150,18 +192,45 @@ def test_verify_relabels_scores_and_round_trips(data, tmp_path, tiny_encoder):
     assert summary["dropped_by_score"] == 1 and summary["relabeled"] == 1
 
 
-def test_round_trip_drops_queries_whose_source_is_not_retrieved(data, tmp_path, tiny_encoder):
+def test_round_trip_drops_queries_whose_source_is_not_retrieved(data, tmp_path):
+    """A query that is its source's own text retrieves it first; one that is another document's text does not.
+    (The real MiniLM: the tiny random encoder embeds every text alike.)"""
     generated = tmp_path / "generated"
     generated.mkdir()
-    rows = [{"id": f"d{i}-q0", "doc_id": f"d{i}", "query": f"unrelated words {i}"} for i in range(12)]
+    text = {d["_id"]: passage_text(d) for d in CORPUS}
+    rows = [
+        {"id": f"d{i}-q0", "doc_id": f"d{i}", "query": text[f"d{i}" if i % 2 == 0 else f"d{(i + 1) % 12}"]}
+        for i in range(12)
+    ]
     (generated / "doc2query.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     verify = VerifyParams.model_validate(
         {
-            "judge": {"backend": "llamacpp", "model": "org/unused"},
+            "judge": {"backend": "hf", "model": "org/unused"},
             "score_queries": False,
-            "round_trip": {"model": tiny_encoder, "k": 1},
+            "round_trip": {"model": MINILM, "k": 1},
         }
     )
     summary = verify_outputs(verify, data, generated, tmp_path / "verified", tmp_path / "v.json", None)
-    assert summary["queries_kept"] + summary["dropped_by_round_trip"] == 12
-    assert all(q["round_trip_rank"] == 1 for q in read_jsonl(tmp_path / "verified" / "doc2query.jsonl"))
+    kept = list(read_jsonl(tmp_path / "verified" / "doc2query.jsonl"))
+    assert [q["id"] for q in kept] == [f"d{i}-q0" for i in range(0, 12, 2)]
+    assert [q["round_trip_rank"] for q in kept] == [1] * 6
+    assert (summary["queries_kept"], summary["dropped_by_round_trip"]) == (6, 6)
+
+
+def test_syntriever_sets_pass_unjudged_when_relabeling_is_off(data, tmp_path):
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    sets = [
+        {"id": "t1", "query": "q", "positive": "made-up passage", "negative": "neg one"},
+        {"id": "t2", "query": "q"},
+    ]
+    (generated / "syntriever.jsonl").write_text("".join(json.dumps(s) + "\n" for s in sets))
+    verify = VerifyParams.model_validate(
+        {"judge": {"backend": "hf", "model": "org/unused"}, "relabel": False, "round_trip": {"enabled": False}}
+    )
+    llm = ScriptedLLM()
+    summary = verify_outputs(verify, data, generated, tmp_path / "verified", tmp_path / "v.json", cached(llm, tmp_path))
+    out = {s["id"]: s for s in read_jsonl(tmp_path / "verified" / "syntriever.jsonl")}
+    assert out["t1"]["positive"] == "made-up passage" and out["t1"]["negatives"] == ["neg one"]
+    assert out["t1"]["positive_score"] is None and not out["t1"]["relabeled"]
+    assert summary["relabeled"] == 0 and llm.scored == []

@@ -8,14 +8,16 @@ from .base import (
     Request,
     Sampling,
     UnsupportedError,
+    backend_identity,
     make_backend,
     sample_seed,
     yes_no_margin,
 )
-from .cache import CachedBackend, CacheStats, CompletionCache, cache_key, default_cache_path
+from .cache import CachedBackend, CacheError, CacheStats, CompletionCache, cache_key, default_cache_path, open_backend
 
 __all__ = [
     "Backend",
+    "CacheError",
     "CacheStats",
     "CachedBackend",
     "Completion",
@@ -25,9 +27,11 @@ __all__ = [
     "Request",
     "Sampling",
     "UnsupportedError",
+    "backend_identity",
     "cache_key",
     "default_cache_path",
     "make_backend",
+    "open_backend",
     "sample_seed",
     "yes_no_margin",
 ]

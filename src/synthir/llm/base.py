@@ -121,7 +121,9 @@ class Completion:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Every backend: a backend-independent `model_id`, batched `generate`, and optional yes/no scoring."""
+    """Every backend: a backend-independent `model_id`, batched `generate`, and optional yes/no scoring.
+
+    Optionally a class attribute `kind` or an `identity` dict: see `backend_identity`."""
 
     model_id: str
 
@@ -155,6 +157,19 @@ def _logsumexp(values: Iterable[float]) -> float:
     if peak == -math.inf:
         return peak
     return peak + math.log(sum(math.exp(v - peak) for v in values))
+
+
+def backend_identity(backend: Backend) -> dict[str, str | None]:
+    """Who produces a backend's texts: {"backend": kind, "server": URL or None, "model": model id}.
+
+    A backend may define `identity` itself (the openai backend names its server); local backends (`kind` set on
+    the class) have no server: their model reference is their identity. Anything else is named by its class.
+    """
+    identity = getattr(backend, "identity", None)
+    if identity is not None:
+        return dict(identity)
+    kind = getattr(backend, "kind", None) or type(backend).__name__
+    return {"backend": kind, "server": None, "model": backend.model_id}
 
 
 _BACKENDS = {

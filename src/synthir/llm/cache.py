@@ -1,8 +1,14 @@
 """Content-addressed completion cache (SQLite, WAL) and the `CachedBackend` wrapper that reads it first.
 
-Key = sha256 of canonical JSON of (model id, prompt or messages, sampling.as_dict(), sample index). Each backend
-batch is committed as soon as it returns, so a killed process loses at most the batch in flight; WAL keeps the
-file consistent. Failed completions are never stored, so a rerun retries them.
+Key = sha256 of canonical JSON of (identity, prompt or messages, sampling.as_dict(), sample index). The identity
+(`backend_identity`) is {"backend": kind, "server": ..., "model": model id}: for the openai backend the server is
+its normalised base_url (lower-case scheme and host, no credentials, ending in /v1), so the same model name
+behind another server is another key. Local backends (vllm, hf, llamacpp) have no server: the model reference
+(a pinned pkg: ref, hub id or path) stands for the weights; the resolved file is left out so that a cache stays
+valid on another machine or checkout. Each backend batch is committed as soon as it returns, so a killed process
+loses at most the batch in flight; WAL keeps the file consistent. Failed completions are never stored, so a
+rerun retries them. A file that cannot be used (not SQLite, damaged, read-only, a folder, disk full, locked)
+raises a `CacheError` naming the file and the cause.
 """
 
 from __future__ import annotations
@@ -13,13 +19,17 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import cache_root
-from .base import Backend, Completion, Prompt, Request, Sampling, UnsupportedError
+from ..fileio import cache_root
+from .base import Backend, Completion, LLMError, Prompt, Request, Sampling, UnsupportedError, backend_identity
+
+if TYPE_CHECKING:
+    from ..config import LLMParams
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +46,38 @@ CREATE TABLE IF NOT EXISTS completions (
 """
 
 
+_MOVE_AWAY = "move it away or set SYNTHIR_CACHE_DIR"
+_CAUSES: dict[int, tuple[str, str, str]] = {
+    # SQLite primary result code: (SQLite's message, what it means for the cache, what to do)
+    26: ("file is not a database", "not an SQLite database (corrupt?)", _MOVE_AWAY),
+    11: ("database disk image is malformed", "damaged (truncated or corrupt)", _MOVE_AWAY),
+    8: (
+        "attempt to write a readonly database",
+        "read-only (the file or its folder cannot be written)",
+        "make it writable or set SYNTHIR_CACHE_DIR",
+    ),
+    13: ("database or disk is full", "disk full", "free some space or set SYNTHIR_CACHE_DIR"),
+    14: ("unable to open database file", "cannot be opened", "check its folder is writable or set SYNTHIR_CACHE_DIR"),
+    5: ("database is locked", "locked by another process for over {timeout:g}s", "retry when it is done"),
+    10: ("disk I/O error", "disk I/O error", "check the disk or set SYNTHIR_CACHE_DIR"),
+}
+
+
+class CacheError(LLMError):
+    """The completion cache file cannot be read or written; the message names the file and the cause."""
+
+
 def default_cache_path() -> Path:
     return cache_root() / "llm.sqlite"
 
 
-def cache_key(model_id: str, prompt: Prompt, sampling: dict[str, Any], index: int) -> str:
-    """sha256 of the canonical JSON of what determines one sample."""
-    payload = {"model": model_id, "input": prompt, "sampling": sampling, "sample": index}
+def cache_key(identity: Mapping[str, Any], prompt: Prompt, sampling: dict[str, Any], index: int) -> str:
+    """sha256 of the canonical JSON of what determines one sample; `identity` is `backend_identity(...)`.
+
+    Keys made before the identity (backend, server) was part of them (model id only) never match: entries cached
+    by older versions are recomputed once.
+    """
+    payload = {"identity": dict(identity), "input": prompt, "sampling": sampling, "sample": index}
     canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -62,16 +97,51 @@ class CompletionCache:
 
     def __init__(self, path: str | Path | None = None, timeout: float = 60.0) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes in WAL mode
-        self._db.execute(_SCHEMA)
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise CacheError(f"{self.path}: is a folder, not a cache file — {_MOVE_AWAY}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = f"{exc.filename} is a file" if isinstance(exc, FileExistsError) else exc.strerror or exc
+            raise CacheError(f"{self.path}: cannot create its folder ({why}) — set SYNTHIR_CACHE_DIR") from None
+        size, expected = _sizes(self.path)
+        if size < expected:  # SQLite would only notice on reading a missing page
+            raise CacheError(f"{self.path}: damaged (truncated: {size} of {expected} bytes) — {_MOVE_AWAY}")
+        with self._plainly():
+            db = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes in WAL mode
+                db.execute(_SCHEMA)
+            except sqlite3.Error:
+                db.close()  # an open handle would keep the (bad) file locked
+                raise
+        return db
+
+    @contextmanager
+    def _plainly(self) -> Iterator[None]:
+        """sqlite3 errors become a CacheError naming the file and saying what is wrong in plain words."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise CacheError(self._explain(exc)) from None
+
+    def _explain(self, exc: sqlite3.Error) -> str:
+        code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11; else matched by SQLite's message
+        code = code & 0xFF if code is not None else next((c for c, v in _CAUSES.items() if str(exc) == v[0]), None)
+        if code not in _CAUSES:
+            return f"{self.path}: SQLite error: {exc} — {_MOVE_AWAY}"
+        _, meaning, advice = _CAUSES[code]
+        return f"{self.path}: {meaning.format(timeout=self.timeout)} — {advice}"
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         found: dict[str, Entry] = {}
-        with self._lock:
+        with self._lock, self._plainly():
             for start in range(0, len(keys), 500):
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
@@ -92,17 +162,18 @@ class CompletionCache:
             (key, model_id, e.text, e.tokens_in, e.tokens_out, json.dumps(e.logprobs) if e.logprobs else None, now)
             for key, e in items
         ]
-        with self._lock:
+        with self._lock, self._plainly():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite has already rolled back after some errors (disk full)
+                    self._db.execute("ROLLBACK")
                 raise
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._plainly():
             return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
     def close(self) -> None:
@@ -119,6 +190,23 @@ class CompletionCache:
         return f"CompletionCache({str(self.path)!r})"
 
 
+def _sizes(path: Path) -> tuple[int, int]:
+    """(file size, size its SQLite header promises); the promise is 0 where unknown: no readable file, not SQLite
+    or a header size SQLite itself would not trust, or while a WAL file exists (a checkpoint may be under way)."""
+    try:
+        if not path.is_file() or Path(f"{path}-wal").exists():
+            return 0, 0
+        with path.open("rb") as file:
+            header = file.read(100)
+        size = path.stat().st_size
+    except OSError:
+        return 0, 0  # SQLite will say what is wrong
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0") or header[24:28] != header[92:96]:
+        return size, 0  # a stale version counter means the size field is not valid
+    page_size = int.from_bytes(header[16:18], "big")
+    return size, (65536 if page_size == 1 else page_size) * int.from_bytes(header[28:32], "big")
+
+
 @dataclass
 class CacheStats:
     calls: int = 0
@@ -131,9 +219,16 @@ class CacheStats:
     """Requests the backend returned failed."""
     tokens_in: int = 0
     tokens_out: int = 0
+    first_error: str | None = None
+    """The error of the first failed request (or yes/no scoring), for messages and metrics."""
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | str | None]:
         return asdict(self)
+
+    def note_failure(self, error: str, count: int = 1) -> None:
+        self.failures += count
+        if self.first_error is None:
+            self.first_error = error
 
 
 @dataclass
@@ -163,6 +258,8 @@ class CachedBackend:
         self.batch_size = batch_size
         self.per_sample_seeds = per_sample_seeds
         self.model_id = backend.model_id
+        self.identity = backend_identity(backend)
+        """{"backend", "server", "model"}: part of every cache key, and what provenance should record."""
         self.stats = CacheStats()
 
     def generate(self, requests: list[Request]) -> list[Completion]:
@@ -182,8 +279,9 @@ class CachedBackend:
                 self.stats.tokens_in += result.tokens_in
                 self.stats.tokens_out += result.tokens_out
                 if result.failed or len(result.texts) < len(task.sample_indices):
-                    self.stats.failures += 1
-                    errors.setdefault(task.request_index, result.error or "backend returned too few texts")
+                    error = result.error or f"{self.model_id}: backend returned too few texts"
+                    self.stats.note_failure(error)
+                    errors.setdefault(task.request_index, error)
                     continue
                 counts = result.per_text_tokens()
                 for j, index in enumerate(task.sample_indices):
@@ -199,14 +297,14 @@ class CachedBackend:
         if not callable(getattr(self.backend, "score_yes_no", None)):
             raise UnsupportedError(f"{type(self.backend).__name__} cannot score yes/no (no log-probs)")
         marker = {"score_yes_no": True}
-        keys = [cache_key(self.model_id, p, marker, 0) for p in prompts]
+        keys = [cache_key(self.identity, p, marker, 0) for p in prompts]
         found = self.cache.get_many(keys)
         self.stats.cache_hits += len(found)
         missing = [i for i, k in enumerate(keys) if k not in found]
         scores = {k: float(e.text) for k, e in found.items()}
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
-            values = self.backend.score_yes_no([prompts[i] for i in chunk])
+            values = self._score([prompts[i] for i in chunk])
             self.stats.batches += 1
             self.stats.calls += len(chunk)
             fresh = [(keys[i], Entry(repr(float(v)), 0, 0)) for i, v in zip(chunk, values, strict=True)]
@@ -214,8 +312,22 @@ class CachedBackend:
             scores.update({keys[i]: float(v) for i, v in zip(chunk, values, strict=True)})
         return [scores[k] for k in keys]
 
+    def _score(self, prompts: list[Prompt]) -> list[float]:
+        """The backend's scores; its failures become one LLMError with the reason (noted in the stats)."""
+        try:
+            return self.backend.score_yes_no(prompts)
+        except UnsupportedError:
+            raise  # not a failure: the caller judges from generated answers instead
+        except LLMError as exc:
+            self.stats.note_failure(str(exc), len(prompts))
+            raise
+        except Exception as exc:
+            error = f"{self.model_id}: yes/no scoring failed: {type(exc).__name__}: {exc}"
+            self.stats.note_failure(error, len(prompts))
+            raise LLMError(error) from exc
+
     def _key(self, request: Request, index: int) -> str:
-        return cache_key(self.model_id, request.input, request.sampling.as_dict(), index)
+        return cache_key(self.identity, request.input, request.sampling.as_dict(), index)
 
     def _tasks(self, requests: list[Request], samples: list[list[Entry | None]]) -> Iterator[_Task]:
         for r_index, (request, row) in enumerate(zip(requests, samples, strict=True)):
@@ -251,20 +363,15 @@ def _single(request: Request, sampling: Sampling, n: int) -> Request:
     return Request(prompt=request.prompt, messages=request.messages, n=n, sampling=sampling)
 
 
-def open_backend(
-    kind: str,
-    model: str,
-    options: dict[str, Any] | None = None,
-    batch_size: int = 16,
-    cache_path: str | Path | None = None,
-    **connection: Any,
-) -> CachedBackend:
-    """A backend behind the completion cache; bad backend options raise one clear LLMError."""
-    from .base import LLMError, make_backend
+def open_backend(params: LLMParams, cache_path: str | Path | None = None) -> CachedBackend:
+    """The backend a params block (`generate.llm`, `verify.judge`, ...) names, behind the completion cache; bad
+    backend options raise one clear LLMError."""
+    from .base import make_backend
 
-    settings = {**(options or {}), **{k: v for k, v in connection.items() if v is not None}}
+    connection = {"base_url": params.base_url, "api_key_env": params.api_key_env}
+    settings = {**params.options, **{k: v for k, v in connection.items() if v is not None}}
     try:
-        backend = make_backend(kind, model, **settings)
+        backend = make_backend(params.backend, params.model, **settings)
     except TypeError as error:
-        raise LLMError(f"{kind} backend: bad option ({error}); options: {sorted(settings)}") from None
-    return CachedBackend(backend, CompletionCache(cache_path or default_cache_path()), batch_size=batch_size)
+        raise LLMError(f"{params.backend} backend: bad option ({error}); options: {sorted(settings)}") from None
+    return CachedBackend(backend, CompletionCache(cache_path or default_cache_path()), batch_size=params.batch_size)

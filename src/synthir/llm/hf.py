@@ -67,6 +67,9 @@ class _StopStrings(StoppingCriteria):
 class HFBackend:
     """`AutoModelForCausalLM` + tokenizer from a model reference (hub id, local path or pkg:)."""
 
+    kind = "hf"
+    """Backend kind; local, so no server in its identity (see `backend_identity`)."""
+
     def __init__(
         self,
         model: str,

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class LlamaCppBackend:
+    kind = "llamacpp"
+    """Backend kind; local, so no server in its identity (see `backend_identity`)."""
+
     def __init__(
         self,
         model: str,

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class VLLMBackend:
+    kind = "vllm"
+    """Backend kind; local, so no server in its identity (see `backend_identity`)."""
+
     def __init__(
         self,
         model: str,

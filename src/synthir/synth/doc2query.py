@@ -6,14 +6,9 @@ import random
 
 from ..beir import Corpus, Qrels, Queries, passage_text
 from ..llm import Request, Sampling
-from ..prompting import Template
+from ..prompting import Template, truncate_words
 from .parse import clean_query, dedup, words
 from .runner import TaskRunner, TaskStats
-
-
-def truncate_words(text: str, limit: int) -> str:
-    tokens = text.split()
-    return text if len(tokens) <= limit else " ".join(tokens[:limit]) + " ..."
 
 
 def few_shot_examples(

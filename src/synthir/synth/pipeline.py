@@ -5,29 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..beir import load_dataset
-from ..config import GenerateParams, LLMParams, SamplingParams
-from ..errors import SynthirError
+from ..beir import Dataset, has_split, load_dataset
+from ..config import GenerateParams, SamplingParams
+from ..errors import ConfigError, SynthirError
 from ..fileio import atomic_file, write_json, write_jsonl
-from ..llm import CachedBackend, Sampling
-from ..llm.cache import open_backend
-from ..prompting import load_template
+from ..llm import CachedBackend, Sampling, open_backend
+from ..prompting import check_prompts_dir, load_template
 from .doc2query import few_shot_examples, generate_queries
 from .query_negative import generate_negatives
 from .runner import TaskRunner, TaskStats
-from .syntriever import PARTS, generate_sets, training_queries
-
-
-def connect(llm: LLMParams, cache_path: str | Path | None = None) -> CachedBackend:
-    return open_backend(
-        llm.backend,
-        llm.model,
-        dict(llm.options),
-        llm.batch_size,
-        cache_path,
-        base_url=llm.base_url,
-        api_key_env=llm.api_key_env,
-    )
+from .syntriever import generate_sets, training_queries
 
 
 def sampling_of(params: SamplingParams, seed: int) -> Sampling:
@@ -42,12 +29,15 @@ def generate(
     metrics_path: Path,
     backend: CachedBackend | None = None,
 ) -> dict[str, TaskStats]:
-    """Run doc2query, then query_negative on its queries, then syntriever; write `out_dir/<task>.jsonl`."""
+    """Run doc2query, then query_negative on its queries, then syntriever; write `out_dir/<task>.jsonl`.
+    Nothing is written when the stage fails."""
     started = time.perf_counter()
-    dataset = load_dataset(data_dir, ["train"] if needs_train(params) else [])
-    backend = backend or connect(params.llm)
-    runner = TaskRunner(backend, params.llm.backend)
-    template = lambda name: load_template(name, params.prompts_dir)  # noqa: E731
+    dataset = _load(params, data_dir)
+    folder = params.prompts_dir
+    if folder is not None:
+        check_prompts_dir(folder, "generate.prompts_dir")
+    backend = backend or open_backend(params.llm)
+    runner = TaskRunner(backend)
     stats: dict[str, TaskStats] = {}
     outputs: dict[str, list[dict]] = {}
 
@@ -62,7 +52,7 @@ def generate(
     )
     outputs["doc2query"], stats["doc2query"] = generate_queries(
         runner,
-        template("doc2query"),
+        load_template("doc2query", folder),
         dataset.corpus,
         doc_ids,
         examples,
@@ -74,12 +64,19 @@ def generate(
     )
     if params.query_negative.enabled:
         outputs["query_negative"], stats["query_negative"] = generate_negatives(
-            runner, template("query_negative"), outputs["doc2query"], sampling_of(params.query_negative, params.seed)
+            runner,
+            load_template("query_negative", folder),
+            outputs["doc2query"],
+            sampling_of(params.query_negative, params.seed),
         )
     if params.syntriever.enabled:
         syn = params.syntriever
         query_ids = training_queries(dataset.queries, dataset.qrels["train"], syn.max_queries, params.seed)
-        templates = {part: template(f"syntriever_{part}") for part in PARTS}
+        templates = {
+            "cot": load_template("syntriever_cot", folder),
+            "positive": load_template("syntriever_positive", folder),
+            "negative": load_template("syntriever_negative", folder),
+        }
         outputs["syntriever"], stats["syntriever"] = generate_sets(
             runner,
             templates,
@@ -92,6 +89,12 @@ def generate(
 
     requests = sum(s.requests for s in stats.values())
     failed = sum(s.failed for s in stats.values())
+    if requests and failed / requests > params.max_failure_rate:
+        raise SynthirError(
+            f"{failed} of {requests} LLM requests failed (> generate.max_failure_rate {params.max_failure_rate}); "
+            f"first error: {backend.stats.first_error}. Successful completions are cached, so a rerun retries only "
+            f"the failures; nothing was written"
+        )
     summary = {
         "tasks": {name: s.as_dict() for name, s in stats.items()},
         "llm": backend.stats.as_dict(),
@@ -99,12 +102,6 @@ def generate(
         "failed": failed,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    if requests and failed / requests > params.max_failure_rate:
-        write_json(metrics_path, summary)
-        raise SynthirError(
-            f"{failed} of {requests} LLM requests failed (> generate.max_failure_rate {params.max_failure_rate}); "
-            f"successful completions are cached, so a rerun retries only the failures"
-        )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, records in outputs.items():
         write_jsonl(out_dir / f"{name}.jsonl", records)
@@ -114,5 +111,20 @@ def generate(
     return stats
 
 
-def needs_train(params: GenerateParams) -> bool:
-    return params.doc2query.few_shot > 0 or params.syntriever.enabled
+def _load(params: GenerateParams, data_dir: Path) -> Dataset:
+    """The corpus, plus the labeled train split where few-shot examples or Syntriever sets need it."""
+    needs = [
+        (key, value)
+        for key, value in (
+            ("generate.doc2query.few_shot", params.doc2query.few_shot),
+            ("generate.syntriever.enabled", params.syntriever.enabled),
+        )
+        if value
+    ]
+    if needs and not has_split(data_dir, "train"):
+        key, value = needs[0]
+        raise ConfigError(
+            f"{key}: {value} needs labeled train queries, and {data_dir} has no qrels/train.tsv; for a corpus "
+            f"without labels set generate.doc2query.few_shot: 0 (zero-shot) and generate.syntriever.enabled: false"
+        )
+    return load_dataset(data_dir, ["train"] if needs else [])

@@ -30,9 +30,8 @@ class TaskStats:
 class TaskRunner:
     """Sends a task's requests in batches (each committed to the cache as it returns) and counts."""
 
-    def __init__(self, backend: CachedBackend, backend_kind: str) -> None:
+    def __init__(self, backend: CachedBackend) -> None:
         self.backend = backend
-        self.backend_kind = backend_kind
 
     def run(self, requests: list[Request], stats: TaskStats, desc: str) -> list[Completion]:
         before = self.backend.stats.as_dict()
@@ -49,13 +48,14 @@ class TaskRunner:
         stats.seconds += time.perf_counter() - started
         after = self.backend.stats.as_dict()
         for key, value in after.items():
-            stats.llm[key] = stats.llm.get(key, 0) + value - before.get(key, 0)
+            if isinstance(value, int):  # the counters, not the first error's text
+                stats.llm[key] = stats.llm.get(key, 0) + value - before.get(key, 0)
         return results
 
     def provenance(self, template: Template, sampling: Sampling, sample: int, **extra) -> dict:
+        """Who wrote a record (backend, server, model: the cache's identity) and how."""
         return {
-            "model": self.backend.model_id,
-            "backend": self.backend_kind,
+            **self.backend.identity,
             "template": template.version,
             "sampling": sampling.as_dict(),
             "sample": sample,

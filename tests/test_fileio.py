@@ -1,0 +1,48 @@
+import os
+import stat
+
+import pytest
+
+from synthir.errors import DataError
+from synthir.fileio import atomic_dir, atomic_file, write_json
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_atomic_outputs_get_the_permissions_of_a_plain_write(tmp_path, umask_022):
+    write_json(tmp_path / "metrics.json", {"a": 1})
+    assert _mode(tmp_path / "metrics.json") == 0o644
+    with atomic_dir(tmp_path / "model") as folder:
+        (folder / "weights").write_text("w")
+    assert _mode(tmp_path / "model") == 0o755
+    os.umask(0o077)
+    write_json(tmp_path / "private.json", {})
+    assert _mode(tmp_path / "private.json") == 0o600
+
+
+def test_a_folder_where_the_output_file_belongs_is_named(tmp_path):
+    (tmp_path / "out.json").mkdir()
+    with (
+        pytest.raises(DataError, match=r"out.json: is a folder, expected a file path"),
+        atomic_file(tmp_path / "out.json"),
+    ):
+        pass
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_a_failed_write_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_text("previous")
+    with pytest.raises(RuntimeError), atomic_file(path) as handle:
+        handle.write("half")
+        raise RuntimeError
+    assert path.read_text() == "previous" and os.listdir(tmp_path) == ["out.txt"]

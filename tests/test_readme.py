@@ -1,0 +1,62 @@
+"""The README's experiment commands are valid params: every `-S key=value` of a `dvc exp run` line, with the
+others on its line, passes the same validation as params.yaml."""
+
+import copy
+import re
+import shlex
+
+import pytest
+import yaml
+from ruamel.yaml import YAML
+
+from synthir.config import parse_params
+from tests.conftest import REPO
+
+_BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
+_LOOP = re.compile(r"^for (\w+) in ([^;]+); do (.*); done$")
+
+
+def _commands(text: str) -> list[str]:
+    """Every `dvc exp run` command of the README's bash blocks, continuation lines joined, loops unrolled."""
+    commands = []
+    for block in _BLOCK.findall(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            loop = _LOOP.match(line)
+            unrolled = (
+                [loop.group(3).replace(f"${loop.group(1)}", v) for v in loop.group(2).split()] if loop else [line]
+            )
+            commands += [c for c in unrolled if c.startswith("dvc exp run")]
+    return commands
+
+
+def _set(params: dict, dotted: str, value: object) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        params = params.setdefault(part, {})
+    params[last] = value
+
+
+def _overrides(command: str) -> list[tuple[str, object]]:
+    args = shlex.split(command)
+    pairs = [args[i + 1].partition("=") for i, arg in enumerate(args) if arg == "-S"]
+    return [(key, YAML(typ="safe", pure=True).load(value)) for key, _, value in pairs]  # DVC parses values as YAML
+
+
+COMMANDS = _commands((REPO / "README.md").read_text(encoding="utf-8"))
+
+
+def test_the_readme_has_experiment_commands():
+    assert len(COMMANDS) >= 10 and sum(bool(_overrides(c)) for c in COMMANDS) >= 8
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if _overrides(c)])
+def test_every_set_param_in_the_readme_is_valid(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # relative paths in params (prompts_dir) are relative to the project
+    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+    for key, value in _overrides(command):
+        if key == "dataset.path":  # the README makes this folder first
+            (tmp_path / value).mkdir()
+            value = str(tmp_path / value)
+        _set(params, key, value)
+    parse_params(params, f"README: {command}")
