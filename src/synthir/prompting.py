@@ -93,6 +93,10 @@ def parse_template(name: str, text: str, source: str | None = None) -> Template:
     if "user" not in sections:
         raise ConfigError(f"{source}: needs a '### user' section")
     _check_fields(name, text, sections["user"], source)
+    try:  # format specs and conversions ({passage:d}, {passage!x}) fail only when rendered: render once now
+        sections["user"].format(**dict.fromkeys(TEMPLATE_FIELDS[name], "text"))
+    except (ValueError, IndexError, KeyError) as error:
+        raise ConfigError(f"{source}: the user section does not render: {error}") from None
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return Template(name, sections.get("system", ""), sections["user"], sha)
 

@@ -176,6 +176,14 @@ class CompletionCache:
         with self._lock, self._plainly():
             return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
+    def items(self) -> list[tuple[str, str, Entry]]:
+        """Every (key, model id, entry), ordered by key."""
+        with self._lock, self._plainly():
+            rows = self._db.execute(
+                "SELECT key, model_id, text, tokens_in, tokens_out, logprobs FROM completions ORDER BY key"
+            ).fetchall()
+        return [(k, m, Entry(t, i, o, json.loads(lp) if lp else None)) for k, m, t, i, o, lp in rows]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
