@@ -10,7 +10,7 @@ from synthir.align import training_params
 from synthir.errors import friendly_errors
 from synthir.fileio import atomic_dir, write_json
 from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
-from synthir.train import train
+from synthir.train import train, write_empty_curves
 
 
 @friendly_errors
@@ -27,7 +27,7 @@ def main() -> int | None:
     if not params.align.enabled:
         with atomic_dir(args.output) as folder:
             (folder / "README.md").write_text("Alignment is off (align.enabled: false): evaluate scores stage 1.\n")
-        (args.live / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # the declared (empty) training curves
+        write_empty_curves(args.live)  # the declared training curves, with no steps
         write_json(args.metrics, {"enabled": False})
         return None
     if not launched_by_accelerate():

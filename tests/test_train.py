@@ -119,3 +119,17 @@ def test_train_resumes_from_its_last_checkpoint(tmp_path, tiny_encoder, triples)
     assert first["resumed_from_step"] == 0 and any((tmp_path / "ckpt").glob("*/step-2"))
     again = train(params, triples, tmp_path / "b", tmp_path / "live-b", tmp_path / "ckpt")
     assert again["resumed_from_step"] == 2 and again["steps"] == 3
+
+
+def test_a_run_that_did_not_happen_has_empty_curves_of_the_same_names(tmp_path, tiny_encoder, triples):
+    from synthir.train import write_empty_curves
+
+    params = TrainParams(base_model=tiny_encoder, batch_size=4, max_steps=1)
+    train(params, triples, tmp_path / "model", tmp_path / "ran", tmp_path / "ckpt")
+    write_empty_curves(tmp_path / "off")
+    ran = sorted(p.relative_to(tmp_path / "ran") for p in (tmp_path / "ran" / "plots").rglob("*.tsv"))
+    off = sorted(p.relative_to(tmp_path / "off") for p in (tmp_path / "off" / "plots").rglob("*.tsv"))
+    assert ran == off and len(off) == 2
+    for path in off:
+        header = (tmp_path / "off" / path).read_text()
+        assert header == (tmp_path / "ran" / path).read_text().splitlines(keepends=True)[0]

@@ -21,6 +21,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
+LOSS_CURVE, LR_CURVE = "train/loss", "train/lr"
+"""The DVCLive metrics a run logs per step: `<live>/plots/metrics/train/{loss,lr}.tsv`."""
+
 
 @dataclass
 class Corpus:
@@ -193,8 +196,8 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
         losses.append(loss.item())
         progress.update()
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
-        live.log_metric("train/loss", losses[-1])
-        live.log_metric("train/lr", scheduler.get_last_lr()[0])
+        live.log_metric(LOSS_CURVE, losses[-1])
+        live.log_metric(LR_CURVE, scheduler.get_last_lr()[0])
         live.next_step()
         if params.checkpoint_steps and step % params.checkpoint_steps == 0 and step < total:
             accelerator.save_state(str(state_dir / f"step-{step}"))
@@ -219,6 +222,16 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
         write_model_card(output, params, triples, summary, resolve(params.base_model))
         return summary
     return {}
+
+
+def write_empty_curves(live_dir: Path) -> None:
+    """The curves of a run that did not happen (alignment off): DVCLive's files with a header and no steps, so
+    the declared plots exist, can be committed, and `dvc plots show` draws them empty."""
+    from .fileio import atomic_file
+
+    for curve in (LOSS_CURVE, LR_CURVE):
+        with atomic_file(live_dir / "plots" / "metrics" / f"{curve}.tsv") as handle:
+            handle.write(f"step\t{curve.rpartition('/')[2]}\n")
 
 
 def batch_loss_fn(name: str, tau: float):

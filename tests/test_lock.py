@@ -1,0 +1,64 @@
+"""The committed dvc.lock and metrics are the record of the committed code: `dvc status` may report only data
+this checkout lacks (a fresh clone has no DVC cache), never a changed command, params value or code dependency,
+and every metrics and plots file dvc.yaml declares is committed and matches the lock."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def _dvc_status() -> dict:
+    dvc = Path(sys.executable).with_name("dvc")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run([str(dvc), "status", "--json"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout or "{}")
+
+
+def _committed_outputs() -> set[str]:
+    """Outputs kept in git rather than the DVC cache: metrics, plots, `cache: false` outs."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    paths = set()
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                if isinstance(entry, dict):
+                    ((path, options),) = entry.items()
+                    if kind != "outs" or (options or {}).get("cache") is False:
+                        paths.add(path)
+                elif kind != "outs":
+                    paths.add(entry)
+    return paths
+
+
+def _is_code(path: str) -> bool:
+    return path.startswith(("src/", "stages/")) or path == "params.yaml"
+
+
+def test_dvc_status_reports_only_missing_data():
+    committed = _committed_outputs()
+    problems = []
+    for stage, changes in _dvc_status().items():
+        for change in changes:
+            if not isinstance(change, dict):
+                problems.append(f"{stage}: {change}")  # "changed command", "always changed"
+                continue
+            for path, state in change.get("changed deps", {}).items():
+                if _is_code(path) or state not in ("deleted", "modified"):
+                    problems.append(f"{stage}: dependency {path}: {state}")
+            for path, state in change.get("changed outs", {}).items():
+                if path in committed:
+                    problems.append(f"{stage}: committed output {path}: {state}")
+    assert problems == [], "rerun `dvc repro` and commit dvc.lock with the metrics (README: Checking ...)"
+
+
+def test_every_declared_metrics_file_is_committed():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.splitlines()
+    missing = [p for p in sorted(_committed_outputs()) if not any(t == p or t.startswith(p + "/") for t in tracked)]
+    assert missing == []
