@@ -214,3 +214,15 @@ def test_a_corpus_alone_is_fetched_without_qrels(tmp_path, beir_dir):
         qrels.unlink()
     dest = fetch_dataset("mine", tmp_path / "raw" / "mine", beir_dir)
     assert sorted(p.name for p in dest.iterdir()) == ["corpus.jsonl"]
+
+
+def test_a_bad_file_inside_a_zip_is_named_by_the_zip(tmp_path, monkeypatch, beir_dir):
+    with (beir_dir / "corpus.jsonl").open("a") as handle:
+        handle.write('{"_id": "d 9", "text": "an id with a space"}\n')
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    monkeypatch.setitem(REGISTRY, "tiny", Source(_zip_folder(beir_dir, mirror / "tiny.zip", "tiny")))
+    monkeypatch.setenv("SYNTHIR_DATA_MIRROR", str(mirror))
+    with pytest.raises(DataError, match=rf"^{mirror}/tiny.zip:tiny/corpus.jsonl:4: _id 'd 9' contains whitespace"):
+        fetch_dataset("tiny", tmp_path / "raw" / "tiny")
+    assert _leftovers(tmp_path / "raw") == []

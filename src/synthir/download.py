@@ -124,7 +124,7 @@ def _from_zip(archive: Path, name: str, md5: str | None, dest: Path) -> str:
         if not (inner / "corpus.jsonl").exists():
             raise DataError(f"{archive}: no corpus.jsonl at the top or under {name}/")
         _copy_beir(inner, dest)
-        return f"{archive}:{inner.relative_to(unpacked).as_posix()}".rstrip(".")
+        return f"{archive}:{name}" if inner != unpacked else str(archive)
     finally:
         shutil.rmtree(unpacked, ignore_errors=True)
 

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
-from .config import Params, launch_arguments, load_params
+from .config import Params, launch_arguments, load_params, read_yaml
 from .errors import ConfigError
 
 ALL = None
@@ -26,14 +25,12 @@ ALL = None
 def declared_params(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[str]:
     """The dotted params.yaml keys that dvc.yaml declares for `stage`."""
     dvc_file = Path(dvc_file)
-    try:
-        stages = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"]
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{dvc_file}: not found (stage scripts run from the project root, e.g. by `dvc repro`)"
-        ) from None
-    except (yaml.YAMLError, KeyError, TypeError):
-        raise ConfigError(f"{dvc_file}: not a DVC pipeline file with a `stages` mapping") from None
+    if not dvc_file.exists():
+        raise ConfigError(f"{dvc_file}: not found (stage scripts run from the project root, e.g. by `dvc repro`)")
+    pipeline = read_yaml(dvc_file)
+    stages = pipeline.get("stages") if isinstance(pipeline, dict) else None
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{dvc_file}: not a DVC pipeline file with a `stages` mapping")
     if stage not in stages:
         raise ConfigError(f"{dvc_file}: no stage '{stage}'")
     keys: list[str] = []
