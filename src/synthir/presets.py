@@ -1,4 +1,4 @@
-"""Presets: partial params files merged into params.yaml (e.g. presets/gpu.yaml for the papers' settings).
+"""Presets: partial params files merged into params.yaml (e.g. presets/gpu.yaml, the pipeline at GPU scale).
 
 params.yaml is edited as a round trip (ruamel.yaml): its comments, key order and layout survive the merge.
 """
@@ -52,9 +52,10 @@ def apply_preset(preset: str | Path, params: str | Path = "params.yaml") -> dict
     editor.representer.add_representer(type(None), _null)
     document = editor.load(params.read_text(encoding="utf-8"))
     merged = merge(document, overlay)
-    parse_params(YAML(typ="safe", pure=True).load(_dump(editor, merged)), f"{params} + {preset}")
+    text = _dump(editor, merged)
+    parse_params(YAML(typ="safe", pure=True).load(text), f"{params} + {preset}")  # validated before it is written
     with atomic_file(params) as handle:
-        handle.write(_dump(editor, merged))
+        handle.write(text)
     return merged
 
 
