@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from synthir.align import retrieve_candidates, training_queries
-from synthir.errors import friendly_errors
+from synthir.errors import ConfigError, friendly_errors
 from synthir.fileio import read_jsonl, write_jsonl
 from synthir.stage import stage_params
 
@@ -24,7 +24,14 @@ def main() -> None:
         from synthir.beir import load_corpus
         from synthir.retrieval import Prefixes, load_encoder
 
-        queries = training_queries(list(read_jsonl(args.triples)), align.max_queries, align.seed)
+        examples = list(read_jsonl(args.triples))
+        queries = training_queries(examples, align.query_sources, align.max_queries, align.seed)
+        if not queries:
+            present = sorted({e.get("source") for e in examples})
+            raise ConfigError(
+                f"align.query_sources: {align.query_sources} selects no query of {args.triples} (its sources: "
+                f"{present}); add doc2query to align on pseudo-queries"
+            )
         candidates = retrieve_candidates(
             load_encoder(args.model),
             load_corpus(args.data / "corpus.jsonl"),

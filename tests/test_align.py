@@ -4,9 +4,10 @@ import pytest
 
 from synthir.align import training_queries
 from synthir.config import AlignParams
+from synthir.examples import batch_keys
 from synthir.fileio import read_jsonl
-from synthir.llm import CachedBackend, CompletionCache, LLMError
-from synthir.preferences import judge_stage, preference_examples, preferences, sample_pairs
+from synthir.llm import CachedBackend, Completion, CompletionCache, LLMError
+from synthir.preferences import judge_stage, parse_choice, preference_examples, preferences, sample_pairs
 from synthir.prompting import load_template
 
 from .synth.fakes import ScriptedLLM
@@ -48,10 +49,21 @@ def test_sample_pairs_are_distinct_and_capped():
 
 
 def test_training_queries_are_distinct_and_a_seeded_subset():
-    examples = [{"query_id": f"q{i % 5}", "query": f"text {i % 5}"} for i in range(20)]
-    assert training_queries(examples, 0, 1) == {f"q{i}": f"text {i}" for i in range(5)}
-    subset = training_queries(examples, 3, 1)
-    assert len(subset) == 3 and subset == training_queries(examples, 3, 1)
+    examples = [{"query_id": f"q{i % 5}", "query": f"text {i % 5}", "source": "train"} for i in range(20)]
+    assert training_queries(examples, ["train"], 0, 1) == {f"q{i}": f"text {i}" for i in range(5)}
+    subset = training_queries(examples, ["train"], 3, 1)
+    assert len(subset) == 3 and subset == training_queries(examples, ["train"], 3, 1)
+
+
+def test_alignment_uses_the_labeled_training_queries_only_unless_asked():
+    """Syntriever aligns its training queries; pseudo-queries join only when align.query_sources names them."""
+    examples = [
+        {"query_id": "q1", "query": "labeled", "source": "train"},
+        {"query_id": "q2", "query": "labeled too", "source": "syntriever"},
+        {"query_id": "d7-q0", "query": "pseudo", "source": "doc2query"},
+    ]
+    assert set(training_queries(examples, AlignParams().query_sources, 0, 1)) == {"q1", "q2"}
+    assert set(training_queries(examples, ["doc2query"], 0, 1)) == {"d7-q0"}
 
 
 def test_pointwise_preferences_prefer_the_relevant_passage(tmp_path):
@@ -97,7 +109,8 @@ def test_preference_examples_keep_each_query_in_its_own_batch_slot():
         }
     ]
     (example,) = preference_examples(prefs, CORPUS)
-    assert example["batch_key"] == "q1" and example["positive_ids"] == ["d2"] and example["negative_ids"] == ["d0"]
+    assert batch_keys(example) == ("query:q1", "positive:d2")
+    assert example["positive_ids"] == ["d2"] and example["negative_ids"] == ["d0"]
     assert example["positives"] == ["passage 2 RELEVANT"] and example["ranks"] == [2, 1]
 
 
@@ -138,3 +151,44 @@ def test_disabled_alignment_writes_empty_outputs(tmp_path):
 def test_enabled_alignment_needs_a_judge():
     with pytest.raises(ValueError, match="judge: missing"):
         AlignParams(enabled=True)
+
+
+class ForcedChoiceLLM(ScriptedLLM):
+    """Test double for the paper's prompt: names the passage containing RELEVANT, or "Passage #1" every time in
+    `biased` mode (a pure position bias)."""
+
+    def __init__(self, biased: bool = False) -> None:
+        super().__init__()
+        self.biased = biased
+
+    def _answer(self, request):
+        text = request.messages[-1]["content"]
+        first, second = text.split("Passage #1:")[1].split("Passage #2:")
+        relevant_second = "RELEVANT" in second.split("Based on")[0] and "RELEVANT" not in first
+        choice = 1 if self.biased or not relevant_second else 2
+        return Completion([f"Passage #{choice}"], tokens_in=10, tokens_out=3)
+
+
+def test_parse_choice_reads_the_passage_number():
+    assert parse_choice("Passage #2") == 2 and parse_choice("passage 1.") == 1 and parse_choice("#1") == 1
+    assert parse_choice("Both Passage #1 and Passage #2") is None and parse_choice("neither") is None
+
+
+def test_forced_choice_asks_each_pair_once_in_a_seeded_order_and_measures_position_bias(tmp_path):
+    template = load_template("prefer_forced_choice")
+    fake = ForcedChoiceLLM()
+    args = (template, CORPUS, CANDIDATES, "forced_choice", 10, 0.0, 7)
+    prefs, stats = preferences(cached(fake, tmp_path), *args, swap_check=1.0)
+    bias = stats["position_bias"]
+    assert bias["answers"] == 18 and bias["swap_checked"] == 9  # 9 pairs, each also asked the other way round
+    relevant = {"d2", "d3"}
+    mixed = [p for p in prefs if len({p["preferred"], p["rejected"]} & relevant) == 1]
+    assert len(mixed) == 6 and all(p["preferred"] in relevant for p in mixed)  # wherever it was shown
+    assert len(fake.requests) == 18 and all(r.sampling.temperature == 0.0 for r in fake.requests)
+    again, _ = preferences(cached(ForcedChoiceLLM(), tmp_path / "again"), *args, swap_check=1.0)
+    assert again == prefs  # the order is a function of the seed
+    _, biased = preferences(cached(ForcedChoiceLLM(biased=True), tmp_path / "b"), *args, swap_check=1.0)
+    assert biased["position_bias"]["first_position_rate"] == 1.0  # always the first shown
+    assert biased["position_bias"]["swap_agreement_rate"] == 0.0  # so the two orders never agree
+    once, stats = preferences(cached(ForcedChoiceLLM(), tmp_path / "once"), *args, swap_check=0.0)
+    assert stats["position_bias"]["answers"] == 9 and len(once) == 9

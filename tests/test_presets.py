@@ -25,6 +25,28 @@ def test_gpu_preset_merges_into_a_valid_params_file(tmp_path):
     assert yaml.safe_load(params.read_text())["train"]["query_prefix"] == "query: "
 
 
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ("syntriever", {"train.batch_size": 60, "align.batch_size": 100, "align.method": "forced_choice"}),
+        ("dagr", {"triples.negatives.method": "none", "verify.round_trip.enabled": False}),
+        ("drg", {"triples.negatives.method": "llm", "report.metrics": ["ndcg@10", "p@10", "recall@100"]}),
+    ],
+)
+def test_paper_presets_merge_into_valid_params(tmp_path, preset, expected):
+    from synthir.config import load_params
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    apply_preset(REPO / "presets" / f"{preset}.yaml", params)
+    merged = load_params(params)
+    for key, value in expected.items():
+        got = merged
+        for part in key.split("."):
+            got = getattr(got, part)
+        assert got == value, key
+
+
 def test_invalid_preset_leaves_params_untouched(tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", params)

@@ -20,8 +20,19 @@ def test_every_bundled_template_loads_and_fills_its_fields():
     for name, fields in TEMPLATE_FIELDS.items():
         template = load_template(name)
         messages = template.messages(**{field: f"<{field}>" for field in fields})
-        assert all(f"<{field}>" in messages[-1]["content"] for field in fields), name
+        required = fields - {"domain"}  # how generated passages should read: a template may leave it out
+        assert all(f"<{field}>" in messages[-1]["content"] for field in required), name
+        assert not any("{" in m["content"] for m in messages), name
         assert bundled_template_path(name).parent.name in ("generate", "judge")
+
+
+def test_the_domain_fills_the_system_prompt_and_scifact_renders_as_before():
+    """generate.domain replaces the hard-coded "scientific abstract"; SciFact's value renders the old text, so the
+    committed completions stay cache hits."""
+    template = load_template("query_negative")
+    system = template.messages(query="q", domain="a scientific abstract")[0]["content"]
+    assert "(3 to 5 sentences, in the style of a scientific abstract)" in system
+    assert "forum answer" in template.messages(query="q", domain="a forum answer")[0]["content"]
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,11 @@ def test_small_closures_keep_reruns_small():
 
 
 def test_templates_are_found_from_literal_names():
-    assert template_names(SRC / "synthir" / "preferences.py") == {"verify_relevance", "prefer_passage"}
+    assert template_names(SRC / "synthir" / "preferences.py") == {
+        "verify_relevance",
+        "prefer_passage",
+        "prefer_forced_choice",
+    }
     judge = _relative(code_of(REPO / "stages" / "verify.py"))
     assert "src/synthir/prompts/judge/verify_relevance.txt" in judge
     assert not {p for p in judge if p.startswith("src/synthir/prompts/generate")}

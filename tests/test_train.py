@@ -17,16 +17,17 @@ def test_pad_is_one_vectorised_copy():
     assert batch["attention_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
 
 
-def test_batches_are_full_and_never_repeat_a_positive():
+def test_batches_cover_every_example_once_and_never_repeat_a_query_or_positive():
     import numpy as np
 
-    keys = [f"doc{i % 7}" for i in range(70)]  # ten examples share each positive
+    keys = [(f"query:q{i % 11}", f"positive:doc{i % 7}") for i in range(70)]  # ten examples share each positive
     corpus = Corpus([np.arange(1 + i % 5) for i in range(70)], 0)
     data = Encoded(list(range(70)), [[i] for i in range(70)], [[] for _ in range(70)], keys)
     batches = bucketed_batches(data, corpus, batch_size=7, seed=1, bucket=2)
-    assert batches and all(len(b) == 7 for b in batches)
-    assert all(len({keys[i] for i in b}) == 7 for b in batches)
-    assert len({i for b in batches for i in b}) == sum(len(b) for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(70))  # nothing dropped, nothing twice
+    assert sum(len(b) == 7 for b in batches) >= 8  # full batches first; only the leftovers form smaller ones
+    for batch in batches:
+        assert all(len({keys[i][part] for i in batch}) == len(batch) for part in (0, 1))
 
 
 def test_batch_losses_match_the_loss_functions():
@@ -83,7 +84,7 @@ def triples(tmp_path):
         {
             "query_id": f"q{i}",
             "query": f"question about topic {i}",
-            "positive_ids": [f"d{i}"],
+            "positive_ids": [f"d{i}", "synthetic"],
             "positives": [f"topic {i} is explained here in some detail", f"synthetic passage {i}"],
             "negatives": [f"unrelated passage {i}"],
             "source": "train",
@@ -133,3 +134,52 @@ def test_a_run_that_did_not_happen_has_empty_curves_of_the_same_names(tmp_path, 
     for path in off:
         header = (tmp_path / "off" / path).read_text()
         assert header == (tmp_path / "ran" / path).read_text().splitlines(keepends=True)[0]
+
+
+def _example(query_id: str, gold: str, negative_ids: list[str], positives: int = 1) -> dict:
+    return {
+        "query_id": query_id,
+        "query": f"query {query_id}",
+        "positive_ids": [gold] + ["synthetic"] * (positives - 1),
+        "positives": [f"gold {gold}"] + [f"synthetic positive {i} of {query_id}" for i in range(positives - 1)],
+        "negative_ids": negative_ids,
+        "negatives": [f"{kind} negative of {query_id}" for kind in negative_ids],
+        "source": "syntriever",
+    }
+
+
+def test_every_syntriever_negative_reaches_the_loss_and_num_negatives_bounds_the_mined_ones():
+    """Bug: negatives[:num_negatives] cut the relabeled hallucination (Syntriever's point) and mined negatives."""
+    from synthir.train import encode_examples
+    from tests.conftest import minilm_tokenizer
+
+    examples = [_example("q1", "d1", ["synthetic", "relabeled", "d7", "d8"], positives=3)]
+    _, data = encode_examples(examples, minilm_tokenizer(), 64, "", "", True, 1)
+    assert len(data.negatives[0]) == 3  # synthetic + relabeled + one mined (num_negatives: 1)
+    assert data.negative_kinds[0] == ["synthetic", "relabeled", "mined"]
+    assert data.positive_kinds[0] == ["document", "synthetic", "synthetic"]
+
+
+def test_alignment_trains_on_every_judged_pair_once_per_epoch():
+    """Bug: with max_queries equal to the batch size, batches of distinct queries dropped most pairs."""
+    from synthir.preferences import preference_examples
+    from synthir.train import bucketed_batches, encode_examples
+    from tests.conftest import minilm_tokenizer
+
+    rng = __import__("random").Random(0)
+    corpus = {f"d{i}": {"title": "", "text": f"passage {i}"} for i in range(200)}
+    prefs = []
+    for q in range(32):  # 32 queries with 1-10 pairs each: 174 pairs
+        for _ in range(1 + (q * 7) % 10):
+            a, b = rng.sample(range(200), 2)
+            prefs.append(
+                {"query_id": f"q{q}", "query": f"query {q}", "preferred": f"d{a}", "rejected": f"d{b}", "margin": 1.0}
+                | {"preferred_rank": 1, "rejected_rank": 2}
+            )
+    examples = preference_examples(prefs, corpus)
+    text_corpus, data = encode_examples(examples, minilm_tokenizer(), 32, "", "", True, 1)
+    batches = bucketed_batches(data, text_corpus, batch_size=32, seed=13)
+    trained = sorted(i for batch in batches for i in batch)
+    assert trained == list(range(len(examples))), f"{len(examples) - len(set(trained))} pairs never trained"
+    for batch in batches:  # partial Plackett-Luce needs one pair per query in a batch
+        assert len({examples[i]["query_id"] for i in batch}) == len(batch)

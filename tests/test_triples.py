@@ -59,6 +59,7 @@ def data(tmp_path):
                 "positive": "synthetic answer",
                 "cot": "expansion",
                 "negatives": ["synthetic miss", "relabeled"],
+                "negative_kinds": ["synthetic", "relabeled"],
                 "relabeled": True,
             }
         )
@@ -139,3 +140,73 @@ def test_a_corpus_without_labels_trains_on_doc2query_alone(tmp_path, data):
     with pytest.raises(ConfigError, match=r"triples.sources: \['train', 'doc2query'\] needs labeled train queries"):
         build(TriplesParams(), folder, verified, tmp_path / "refused.jsonl", tmp_path / "refused.json")
     assert not (tmp_path / "refused.jsonl").exists()
+
+
+def test_syntriever_sets_keep_the_synthetic_positives_for_every_gold_passage():
+    """Bug: gold + p+ + CoT were cut at max_positives: with two gold passages the CoT was lost, with three p+ too."""
+    from synthir.train import encode_examples
+    from synthir.triples import from_syntriever
+    from tests.conftest import minilm_tokenizer
+
+    corpus = {f"d{i}": {"title": "", "text": f"gold passage {i}"} for i in range(3)}
+    sets = [
+        {
+            "query_id": "q1",
+            "query": "a query",
+            "positive_doc_ids": ["d0", "d1", "d2"],
+            "positive": "synthetic answer",
+            "cot": "step by step",
+            "negatives": ["synthetic miss", "rejected answer"],
+            "negative_kinds": ["synthetic", "relabeled"],
+        }
+    ]
+    examples = from_syntriever(corpus, sets)
+    _, data = encode_examples(examples, minilm_tokenizer(), 32, "", "", True, 1)
+    assert len(data.positives) == 3 and all(len(p) == 3 for p in data.positives)  # one example per gold
+    assert [e["positives"][0] for e in examples] == ["gold passage 0", "gold passage 1", "gold passage 2"]
+    assert all(e["positives"][1:] == ["synthetic answer", "step by step"] for e in examples)
+    assert all(e["negative_ids"] == ["synthetic", "relabeled"] for e in examples)
+
+
+def test_cross_encoder_negatives_are_never_unscored_documents():
+    """Bug: candidates beyond rerank_depth scored -inf and were chosen, i.e. the corpus's first documents."""
+    doc_ids = [f"d{i}" for i in range(60)]
+    row = np.full(60, -np.inf)
+    row[30:60] = np.linspace(5, 1, 30)  # only 30 documents reranked (the last 30 in corpus order)
+    rule = MiningRule(num_negatives=20, rank_from=10, rank_to=50)
+    chosen = choose(row, doc_ids, set(), rule, random.Random(0))
+    assert chosen and all(np.isfinite(score) for _, score in chosen)
+    assert {d for d, _ in chosen} <= {f"d{i}" for i in range(40, 60)}  # ranks 10-29 of the reranked list
+
+
+def test_a_rank_range_deeper_than_the_reranked_list_is_refused():
+    from synthir.config import NegativeParams
+
+    with pytest.raises(ValueError, match=r"rank_to \(50\) reaches beyond rerank_depth \(30\)"):
+        NegativeParams(method="cross_encoder", rank_to=50, rerank_depth=30)
+    with pytest.raises(ValueError, match="rerank_depth"):
+        NegativeParams(method="llm", fill="cross_encoder", rank_to=50, rerank_depth=30)
+    assert NegativeParams(method="bm25", rank_to=50, rerank_depth=30).rank_to == 50  # BM25 ranks every document
+
+
+def test_relabeled_hallucinations_reach_the_triples_and_the_loss(tmp_path, data, tiny_encoder):
+    """Syntriever §2.2: a query's two hard negatives (synthetic and relabeled) are both trained on, beside the
+    mined one that triples.negatives adds."""
+    from synthir.config import TrainParams
+    from synthir.train import train
+
+    folder, verified = data
+    params = TriplesParams.model_validate(
+        {"sources": ["train", "syntriever"], "negatives": {"method": "bm25", "rank_from": 0}}
+    )
+    summary = build(params, folder, verified, tmp_path / "train.jsonl", tmp_path / "triples.json")
+    assert summary["negatives_by_kind"] == {"mined": 5, "relabeled": 1, "synthetic": 1}
+    trained = train(
+        TrainParams(base_model=tiny_encoder, loss="snn", batch_size=2, num_negatives=1),
+        tmp_path / "train.jsonl",
+        tmp_path / "model",
+        tmp_path / "live",
+        tmp_path / "ckpt",
+    )
+    assert trained["in_loss"]["negatives"] == {"mined": 5, "relabeled": 1, "synthetic": 1}
+    assert trained["in_loss"]["positives"] == {"document": 5, "synthetic": 2}  # q1: gold + p+ + CoT

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from .beir import Corpus
 
 
-def training_queries(examples: Sequence[dict], max_queries: int, seed: int) -> dict[str, str]:
-    """Distinct (query id → text) of the training examples; a seeded subset when `max_queries` > 0."""
+def training_queries(examples: Sequence[dict], sources: Sequence[str], max_queries: int, seed: int) -> dict[str, str]:
+    """Distinct (query id → text) of the training examples from `sources` (Syntriever aligns the labeled training
+    queries: train, syntriever); a seeded subset when `max_queries` > 0."""
     queries: dict[str, str] = {}
     for example in examples:
-        queries.setdefault(example["query_id"], example["query"])
+        if example.get("source") in sources:
+            queries.setdefault(example["query_id"], example["query"])
     if 0 < max_queries < len(queries):
         chosen = set(random.Random(seed).sample(sorted(queries), max_queries))
         queries = {q: t for q, t in queries.items() if q in chosen}

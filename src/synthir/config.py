@@ -187,6 +187,8 @@ class SamplingParams(Block):
 
 
 class Doc2QueryParams(SamplingParams):
+    enabled: bool = True
+    """false: no pseudo-queries (e.g. Syntriever, which works from the labeled training queries)."""
     density: int = Field(default=1, gt=0, description="pseudo-queries kept per sampled document")
     few_shot: int = Field(default=2, ge=0, description="train-split examples in the prompt (0: zero-shot)")
     oversample: int = Field(default=1, ge=1, description="samples drawn per kept query, to survive dedup")
@@ -203,6 +205,9 @@ class SyntrieverParams(SamplingParams):
     enabled: bool = False
     max_queries: int = Field(default=0, ge=0, description="training queries used (0: all)")
     max_tokens: int = Field(default=160, gt=0)
+    prompts: Literal["paper", "concise"] = "paper"
+    """paper: the CoT query is full step-by-step reasoning and the positive comprehensive and detailed (Syntriever,
+    App. D); concise: a 1-3 sentence expansion and a 3-5 sentence positive (a fraction of the tokens on a CPU)."""
 
 
 class GenerateParams(Block):
@@ -210,6 +215,9 @@ class GenerateParams(Block):
     seed: int = 13
     max_failure_rate: float = Field(default=0.05, ge=0, le=1)
     """The stage fails when more than this share of LLM requests still fail after retries."""
+    domain: str = "a document from the collection"
+    """What the corpus's documents are, completing "in the style of ...": generated passages are written as they
+    read (e.g. "a scientific abstract", "an answer on a personal-finance forum")."""
     prompts_dir: str | None = None
     """The folder of generate's prompt templates (null: the bundled src/synthir/prompts/generate). An override
     holds every template of the enabled tasks, under the bundled file names."""
@@ -239,6 +247,9 @@ class VerifyParams(Block):
     """Syntriever self-verification: a synthetic positive the judge rejects becomes a hard negative."""
     relabel_margin: float = 0.0
     """log P(yes) - log P(no) below which a synthetic positive is relabeled."""
+    relabel_question: Literal["relevant", "supports"] = "relevant"
+    """relevant: the paper's "Is the above passage relevant to the aforementioned question?"; supports: the
+    stricter "Does the passage answer or directly support the query?" that scores pseudo-queries."""
     score_queries: bool = True
     """Score every (pseudo-query, source document) pair with the judge's yes/no log-probs."""
     min_query_score: float | None = None
@@ -267,12 +278,20 @@ class NegativeParams(Block):
     batch_size: int = Field(default=16, gt=0)
     judge: LLMParams | None = None
     """cross_encoder offline: the LLM's pointwise yes/no score reranks BM25's top `rerank_depth`."""
-    rerank_depth: int = Field(default=30, gt=0)
+    rerank_depth: int = Field(default=50, gt=0)
+    """cross_encoder: how many of BM25's top candidates are rescored; `rank_to` may not reach beyond them."""
 
     @model_validator(mode="after")
     def _rank_range(self) -> NegativeParams:
         if self.rank_from >= self.rank_to:
             raise ValueError(f"rank_from ({self.rank_from}) must be below rank_to ({self.rank_to})")
+        reranked = "cross_encoder" in (self.method, self.fill)
+        if reranked and self.rank_to > self.rerank_depth:
+            raise ValueError(
+                f"rank_to ({self.rank_to}) reaches beyond rerank_depth ({self.rerank_depth}): the cross-encoder "
+                f"scores only BM25's top {self.rerank_depth}, so ranks past it would be unscored documents; "
+                f"raise rerank_depth or lower rank_to"
+            )
         return self
 
 
@@ -288,6 +307,8 @@ class ScheduleParams(Block):
     tau: float = Field(default=0.05, gt=0)
     lr: float = Field(default=2e-5, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear warmup over this many steps; 0: `warmup_ratio` of the run (as in transformers' TrainingArguments)."""
     weight_decay: float = Field(default=0.01, ge=0)
     batch_size: int = Field(default=32, gt=1)
     epochs: int = Field(default=1, gt=0)
@@ -297,8 +318,9 @@ class TrainParams(EncoderParams, ScheduleParams):
     loss: Literal["mnrl", "snn", "partial_pl", "bt"] = "mnrl"
     """mnrl | snn for the train stage; partial_pl | bt are the alignment losses (align.loss)."""
     max_steps: int = Field(default=0, ge=0, description="0: epochs decide")
-    num_negatives: int = Field(default=1, ge=0, description="hard negatives used per example")
-    max_positives: int = Field(default=3, gt=0, description="snn: positives per query (gold, synthetic, CoT)")
+    num_negatives: int = Field(default=1, ge=0)
+    """Mined or generated hard negatives used per example; a Syntriever set's own negatives (synthetic and
+    relabeled) are all used. snn uses every positive of an example, mnrl the first."""
     seed: int = 13
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
@@ -325,8 +347,18 @@ class AlignParams(ScheduleParams):
     k: int = Field(default=5, ge=2, description="passages retrieved per training query")
     pairs: int = Field(default=10, gt=0, description="distinct pairs sampled among them")
     max_queries: int = Field(default=0, ge=0, description="training queries aligned, a seeded subset (0: all)")
-    method: Literal["pointwise", "pairwise"] = "pointwise"
-    """pointwise: compare yes/no log-prob scores of each passage; pairwise: ask for both orders, keep agreement."""
+    query_sources: list[Literal["train", "doc2query", "syntriever"]] = Field(
+        default=["train", "syntriever"], min_length=1
+    )
+    """Which triples sources' queries are aligned: Syntriever aligns the labeled training queries only; a corpus
+    without labels aligns its pseudo-queries (doc2query)."""
+    method: Literal["pointwise", "pairwise", "forced_choice"] = "pointwise"
+    """pointwise: compare yes/no log-prob scores of each passage; pairwise: "is A more relevant than B?" in both
+    orders, agreement kept; forced_choice: Syntriever's prompt ("Only answer as Passage #1 or Passage #2"), asked
+    once per pair in a seeded random order."""
+    swap_check: float = Field(default=0.2, ge=0, le=1)
+    """forced_choice: the share of pairs asked again in the swapped order, to measure position bias and
+    self-agreement (the first answer alone trains, as in the paper)."""
     min_margin: float = Field(default=0.0, ge=0)
     """Drop a pair whose preference margin (log-odds) is at most this."""
     judge: LLMParams | None = None

@@ -1,6 +1,7 @@
 """Hard-negative mining: BM25, dense (base retriever), cross-encoder (or the LLM's pointwise yes/no score).
 
-Every method scores candidates for a query; a candidate is eligible if it ranks in [rank_from, rank_to), is not a
+Every method scores candidates for a query; a candidate is eligible if it ranks in [rank_from, rank_to), has a
+score (a reranker scores only the first stage's top `rerank_depth`; the rest are -inf and never chosen), is not a
 known positive, and (false-negative guard) scores at most `max_score` and at least `margin` below the positive.
 """
 
@@ -61,7 +62,8 @@ def choose(
     eligible = []
     for rank, index in enumerate(order[: rule.rank_to]):
         doc_id = doc_ids[index]
-        if rank >= rule.rank_from and doc_id not in positives and row[index] <= ceiling:
+        unscored = not np.isfinite(row[index])
+        if rank >= rule.rank_from and not unscored and doc_id not in positives and row[index] <= ceiling:
             eligible.append((doc_id, float(row[index])))
     if rule.strategy == "random" and len(eligible) > rule.num_negatives:
         return sorted(rng.sample(eligible, rule.num_negatives), key=lambda e: -e[1])

@@ -1,19 +1,21 @@
 """LLM preferences over pairs of the stage-1 retriever's top-K (Syntriever stage 2, the `align_judge` stage).
 
-Small LLMs are strongly position-biased on "A or B?" prompts, so a preference comes either from pointwise yes/no
-log-prob scores of each passage, or from a pairwise question asked in both orders, keeping only pairs whose two
-answers agree. Every judgement goes through the LLM cache: a rerun or a resumed run repeats none.
+Small LLMs are strongly position-biased on "A or B?" prompts, so a preference comes from pointwise yes/no log-prob
+scores of each passage, from a pairwise question asked in both orders (only pairs whose two answers agree are
+kept), or as in the Syntriever paper from one forced choice ("Passage #1 or Passage #2") in a seeded random order,
+with the position bias measured. Every judgement goes through the LLM cache: a rerun or a resumed run repeats none.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import re
 import time
 from pathlib import Path
 
 from .beir import Corpus, passage_text
-from .llm import CachedBackend, open_backend
+from .llm import CachedBackend, Request, Sampling, open_backend
 from .prompting import Template, truncate_words
 from .verify import judge, score_prompts
 
@@ -66,6 +68,64 @@ def pairwise_margins(
     return margins, agreed
 
 
+_CHOICE = re.compile(r"passage\s*#?\s*([12])\b|#\s*([12])\b|^\s*([12])\b", re.IGNORECASE)
+
+
+def parse_choice(answer: str) -> int | None:
+    """1 or 2 from "Passage #1" / "Passage #2" (or a bare "#2", "2"); None when the answer names neither or both."""
+    found = {int(next(g for g in m.groups() if g)) for m in _CHOICE.finditer(answer)}
+    return found.pop() if len(found) == 1 else None
+
+
+def forced_choice_margins(
+    backend: CachedBackend,
+    template: Template,
+    corpus: Corpus,
+    candidates: list[dict],
+    plans: list[list[tuple]],
+    rng: random.Random,
+    swap_check: float,
+    max_words: int = 120,
+) -> tuple[list[list[float]], dict]:
+    """Syntriever's pairwise preference (App. D.4): the two passages shown once, in a seeded random order, and the
+    answer must be "Passage #1" or "Passage #2". Margin +1 when passage i wins, −1 when j wins, 0 when the answer
+    names neither. A `swap_check` share of pairs is asked again in the other order: the stats report how often the
+    first-shown passage was chosen (0.5 without position bias) and how often the two orders agree."""
+    asks, prompts = [], []  # per prompt: (query index, pair index, whether passage i is shown first)
+    for q, (record, plan) in enumerate(zip(candidates, plans, strict=True)):
+        text = [truncate_words(passage_text(corpus[d]), max_words) for d in record["doc_ids"]]
+        for p, (i, j) in enumerate(plan):
+            i_first = rng.random() < 0.5
+            orders = [i_first] + ([not i_first] if rng.random() < swap_check else [])
+            for order in orders:
+                a, b = (i, j) if order else (j, i)
+                asks.append((q, p, order))
+                prompts.append(template.messages(query=record["query"], passage_1=text[a], passage_2=text[b]))
+    sampling = Sampling(temperature=0.0, max_tokens=8)
+    answers = backend.generate([Request(messages=m, sampling=sampling) for m in prompts])
+    margins = [[0.0] * len(plan) for plan in plans]
+    seen: dict[tuple[int, int], int] = {}  # (query, pair) -> the winner by the first answer (+1 i, −1 j, 0 none)
+    counts = {"answers": len(asks), "unparsed": 0, "first_position_chosen": 0, "swap_checked": 0, "swap_agreed": 0}
+    for (q, p, i_first), answer in zip(asks, answers, strict=True):
+        choice = parse_choice(answer.texts[0]) if answer.texts else None
+        counts["unparsed"] += choice is None
+        counts["first_position_chosen"] += choice == 1
+        winner = 0 if choice is None else 1 if (choice == 1) == i_first else -1
+        if (q, p) in seen:
+            counts["swap_checked"] += 1
+            counts["swap_agreed"] += winner != 0 and winner == seen[(q, p)]
+            continue
+        seen[(q, p)] = winner
+        margins[q][p] = float(winner)
+    parsed = max(counts["answers"] - counts["unparsed"], 1)
+    stats = {
+        **counts,
+        "first_position_rate": round(counts["first_position_chosen"] / parsed, 4),
+        "swap_agreement_rate": round(counts["swap_agreed"] / max(counts["swap_checked"], 1), 4),
+    }
+    return margins, stats
+
+
 def preferences(
     backend: CachedBackend,
     template: Template,
@@ -75,6 +135,7 @@ def preferences(
     n_pairs: int,
     min_margin: float,
     seed: int,
+    swap_check: float = 0.0,
 ) -> tuple[list[dict], dict]:
     """One record per decided pair: (query, preferred, rejected, margin, ranks); stats with agreement rates."""
     rng = random.Random(seed)
@@ -82,8 +143,12 @@ def preferences(
     counts = {"queries": len(candidates), "pairs": sum(map(len, plans)), "decided": 0, "preferred_higher_ranked": 0}
     if method == "pointwise":
         margins = pointwise_margins(backend, template, corpus, candidates, plans)
-    else:
+    elif method == "pairwise":
         margins, counts["agreed"] = pairwise_margins(backend, template, corpus, candidates, plans)
+    else:
+        margins, counts["position_bias"] = forced_choice_margins(
+            backend, template, corpus, candidates, plans, rng, swap_check
+        )
     kept: list[dict] = []
     for record, plan, row in zip(candidates, plans, margins, strict=True):
         for (i, j), margin in zip(plan, row, strict=True):
@@ -113,7 +178,7 @@ def preferences(
 
 
 def preference_examples(prefs: list[dict], corpus: Corpus) -> list[dict]:
-    """Training examples: c+ as the positive, c− as the negative; a batch holds each query once."""
+    """Training examples: c+ as the positive, c− as the negative (a batch holds each query once)."""
     return [
         {
             "query_id": p["query_id"],
@@ -122,7 +187,6 @@ def preference_examples(prefs: list[dict], corpus: Corpus) -> list[dict]:
             "positives": [passage_text(corpus[p["preferred"]])],
             "negative_ids": [p["rejected"]],
             "negatives": [passage_text(corpus[p["rejected"]])],
-            "batch_key": p["query_id"],
             "margin": p["margin"],
             "ranks": [p["preferred_rank"], p["rejected_rank"]],
             "source": "align",
@@ -141,8 +205,12 @@ def judge_stage(params, corpus: Corpus, candidates: list[dict], output: Path, me
     summary: dict = {"enabled": params.enabled}
     if params.enabled and candidates:
         backend = backend or open_backend(params.judge)
-        pointwise = params.method == "pointwise"
-        template = load_template("verify_relevance") if pointwise else load_template("prefer_passage")
+        if params.method == "pointwise":
+            template = load_template("verify_relevance")
+        elif params.method == "pairwise":
+            template = load_template("prefer_passage")
+        else:
+            template = load_template("prefer_forced_choice")
         prefs, counts = preferences(
             backend,
             template,
@@ -152,6 +220,7 @@ def judge_stage(params, corpus: Corpus, candidates: list[dict], output: Path, me
             params.pairs,
             params.min_margin,
             params.seed,
+            params.swap_check,
         )
         summary |= {"method": params.method, **counts, "llm": backend.stats.as_dict()}
     write_jsonl(output, preference_examples(prefs, corpus))

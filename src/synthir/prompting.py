@@ -2,8 +2,8 @@
 
 The bundled templates live in `prompts/generate/` (what the generate stage formats; `generate.prompts_dir`
 replaces that folder) and `prompts/judge/` (the LLM judge's questions). A template has a `### system` and a
-`### user` section; `{field}` placeholders are filled with str.format, so literal braces in the user section are
-written `{{` `}}`. Few-shot examples become earlier user/assistant turns. Every template is checked when loaded:
+`### user` section; `{field}` placeholders are filled with str.format in both, so literal braces are written
+`{{` `}}`. Few-shot examples become earlier user/assistant turns. Every template is checked when loaded:
 unknown placeholders, positional ones (`{0}`) and unbalanced braces are errors naming the file and line.
 """
 
@@ -20,12 +20,17 @@ from .errors import ConfigError
 
 TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "doc2query": frozenset({"passage"}),
-    "query_negative": frozenset({"query"}),
-    "syntriever_cot": frozenset({"query"}),
-    "syntriever_positive": frozenset({"query"}),
-    "syntriever_negative": frozenset({"query"}),
+    "query_negative": frozenset({"query", "domain"}),
+    "syntriever_cot": frozenset({"query", "domain"}),
+    "syntriever_positive": frozenset({"query", "domain"}),
+    "syntriever_negative": frozenset({"query", "domain"}),
+    "syntriever_cot_concise": frozenset({"query", "domain"}),
+    "syntriever_positive_concise": frozenset({"query", "domain"}),
+    "syntriever_negative_concise": frozenset({"query", "domain"}),
     "verify_relevance": frozenset({"query", "passage"}),
+    "relabel_relevant": frozenset({"query", "passage"}),
     "prefer_passage": frozenset({"query", "passage_a", "passage_b"}),
+    "prefer_forced_choice": frozenset({"query", "passage_1", "passage_2"}),
 }
 """Every template synthir formats, and the fields it fills in."""
 
@@ -53,7 +58,7 @@ class Template:
 
     def messages(self, examples: list[tuple[dict[str, str], str]] = (), **fields: str) -> list[dict[str, str]]:
         """Chat messages: system, then (user, assistant) per few-shot example, then the user turn."""
-        messages = [{"role": "system", "content": self.system}]
+        messages = [{"role": "system", "content": self.system.format(**fields)}]
         for example_fields, answer in examples:
             messages += [
                 {"role": "user", "content": self.user.format(**example_fields)},
@@ -66,11 +71,11 @@ def _line_of(text: str, needle: str) -> int:
     return text[: max(text.find(needle), 0)].count("\n") + 1
 
 
-def _check_fields(name: str, text: str, user: str, source: str) -> None:
-    """Every placeholder of the user section must be one of the fields this template gets."""
+def _check_fields(name: str, text: str, section: str, source: str) -> None:
+    """Every placeholder of a section must be one of the fields this template gets."""
     allowed = TEMPLATE_FIELDS[name]
     try:
-        parsed = list(string.Formatter().parse(user))
+        parsed = list(string.Formatter().parse(section))
     except ValueError as error:
         raise ConfigError(f"{source}: {error} (write literal braces as {{{{ and }}}})") from None
     for _, field, _, _ in parsed:
@@ -92,11 +97,12 @@ def parse_template(name: str, text: str, source: str | None = None) -> Template:
     sections = dict(zip(parts[1::2], (p.strip() for p in parts[2::2]), strict=True))
     if "user" not in sections:
         raise ConfigError(f"{source}: needs a '### user' section")
-    _check_fields(name, text, sections["user"], source)
-    try:  # format specs and conversions ({passage:d}, {passage!x}) fail only when rendered: render once now
-        sections["user"].format(**dict.fromkeys(TEMPLATE_FIELDS[name], "text"))
-    except (ValueError, IndexError, KeyError) as error:
-        raise ConfigError(f"{source}: the user section does not render: {error}") from None
+    for section in ("system", "user"):
+        _check_fields(name, text, sections.get(section, ""), source)
+        try:  # format specs and conversions ({passage:d}, {passage!x}) fail only when rendered: render once now
+            sections.get(section, "").format(**dict.fromkeys(TEMPLATE_FIELDS[name], "text"))
+        except (ValueError, IndexError, KeyError) as error:
+            raise ConfigError(f"{source}: the {section} section does not render: {error}") from None
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return Template(name, sections.get("system", ""), sections["user"], sha)
 

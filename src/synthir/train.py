@@ -13,11 +13,14 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,27 @@ class Encoded:
     query: list[int]
     positives: list[list[int]]
     negatives: list[list[int]]
-    positive_key: list[str]
-    """What must not repeat inside a batch: an example's `batch_key` (alignment: its query), else the first
-    positive's id, or its text for synthetic ones."""
+    keys: list[tuple[str, ...]]
+    """What examples of one batch may not share (`synthir.examples.batch_keys`)."""
+    positive_kinds: list[list[str]] = field(default_factory=list)
+    negative_kinds: list[list[str]] = field(default_factory=list)
+
+    def kinds_trained(self, batches: list[list[int]]) -> dict[str, dict[str, int]]:
+        """How many positives and negatives of each kind (`synthir.examples`) the batches put into the loss."""
+        positives, negatives = Counter(), Counter()
+        for i in (i for batch in batches for i in batch):
+            positives.update(self.positive_kinds[i])
+            negatives.update(self.negative_kinds[i])
+        return {"positives": dict(sorted(positives.items())), "negatives": dict(sorted(negatives.items()))}
+
+
+def trained_negatives(example: dict, num_negatives: int) -> list[int]:
+    """Positions of the negatives an example trains on: every Syntriever negative (synthetic and relabeled), and
+    the first `num_negatives` of the others (mined or generated)."""
+    ids = _padded(example.get("negative_ids", []), len(example["negatives"]), "mined")
+    own = [i for i, d in enumerate(ids) if d in SYNTRIEVER_NEGATIVES]
+    others = [i for i, d in enumerate(ids) if d not in SYNTRIEVER_NEGATIVES][:num_negatives]
+    return sorted(own + others)
 
 
 def encode_examples(
@@ -69,29 +90,41 @@ def encode_examples(
     max_length: int,
     query_prefix: str,
     passage_prefix: str,
-    max_positives: int,
-    max_negatives: int,
+    all_positives: bool,
+    num_negatives: int,
 ) -> tuple[Corpus, Encoded]:
+    """Tokenize every distinct text once. `all_positives`: every positive of an example (snn), else the first
+    (mnrl, and the alignment losses' c+)."""
     index: dict[str, int] = {}
 
     def slot(text: str) -> int:
         return index.setdefault(text, len(index))
 
-    query, positives, negatives, keys = [], [], [], []
+    data = Encoded([], [], [], [])
     for e in examples:
-        query.append(slot(query_prefix + e["query"]))
-        positives.append([slot(passage_prefix + p) for p in e["positives"][:max_positives]])
-        negatives.append([slot(passage_prefix + n) for n in e["negatives"][:max_negatives]])
-        first = e["positive_ids"][0] if e.get("positive_ids") else "synthetic"
-        keys.append(e.get("batch_key") or (first if first != "synthetic" else e["positives"][0]))
-    corpus = Corpus.build(tokenizer, list(index), max_length)
-    return corpus, Encoded(query, positives, negatives, keys)
+        kept_positives = range(len(e["positives"]) if all_positives else 1)
+        kept_negatives = trained_negatives(e, num_negatives)
+        positive_ids = _padded(e.get("positive_ids", []), len(e["positives"]), "document")
+        negative_ids = _padded(e.get("negative_ids", []), len(e["negatives"]), "mined")
+        data.query.append(slot(query_prefix + e["query"]))
+        data.positives.append([slot(passage_prefix + e["positives"][i]) for i in kept_positives])
+        data.negatives.append([slot(passage_prefix + e["negatives"][i]) for i in kept_negatives])
+        data.keys.append(batch_keys(e))
+        data.positive_kinds.append([positive_kind(positive_ids[i]) for i in kept_positives])
+        data.negative_kinds.append([negative_kind(negative_ids[i]) for i in kept_negatives])
+    return Corpus.build(tokenizer, list(index), max_length), data
+
+
+def _padded(ids: list[str], length: int, filler: str) -> list[str]:
+    """An example's ids, one per item (hand-written triples may leave them out)."""
+    return list(ids[:length]) + [filler] * (length - len(ids))
 
 
 def bucketed_batches(data: Encoded, corpus: Corpus, batch_size: int, seed: int, bucket: int = 50) -> list[list[int]]:
-    """Shuffle, then within windows of `bucket` batches sort by positive length (less padding) and cut into batches
-    with no repeated positive; an example whose positive is already in the batch waits for a later one. Batch order
-    is shuffled; only what cannot fill a last batch of distinct positives is dropped."""
+    """One epoch's batches. Shuffle, then within windows of `bucket` batches sort by positive length (less
+    padding) and cut into batches whose examples share no key (query, first positive); an example that conflicts
+    waits for a later batch. Every example is in exactly one batch: what cannot fill a full batch of distinct keys
+    forms smaller last batches. Batch order is shuffled."""
     rng = random.Random(seed)
     order = list(range(len(data.query)))
     rng.shuffle(order)
@@ -100,35 +133,56 @@ def bucketed_batches(data: Encoded, corpus: Corpus, batch_size: int, seed: int, 
     waiting: list[int] = []
     for start in range(0, len(order), window):
         chunk = sorted(order[start : start + window], key=lambda i: len(corpus.ids[data.positives[i][0]]))
-        full, waiting = _fill(waiting + chunk, data.positive_key, batch_size)
+        full, waiting = _fill(waiting + chunk, data.keys, batch_size)
         batches += full
-    while waiting:  # the leftovers, until no further full batch forms
-        full, rest = _fill(waiting, data.positive_key, batch_size)
+    while waiting:  # the leftovers: full batches while they form, then smaller ones
+        full, rest = _fill(waiting, data.keys, batch_size)
         if not full:
-            break
+            full, rest = _fill(waiting, data.keys, batch_size, max_open=len(waiting), flush=True)
         batches, waiting = batches + full, rest
     rng.shuffle(batches)
     return batches
 
 
-def _fill(items: list[int], keys: list[str], batch_size: int) -> tuple[list[list[int]], list[int]]:
-    """Greedy batches of distinct keys; returns the full batches and what is left over."""
+def _fill(
+    items: list[int], keys: list[tuple[str, ...]], batch_size: int, max_open: int = 4, flush: bool = False
+) -> tuple[list[list[int]], list[int]]:
+    """Greedy batches of examples with disjoint keys, at most `max_open` filled at once; returns the full batches
+    (with `flush`, the unfilled ones too) and what is left over."""
     open_batches: list[tuple[list[int], set[str]]] = []
     full, left = [], []
     for i in items:
-        target = next((b for b in open_batches if keys[i] not in b[1]), None)
+        target = next((b for b in open_batches if b[1].isdisjoint(keys[i])), None)
         if target is None:
-            if len(open_batches) >= 4:  # bound the search: few batches are filled at once
+            if len(open_batches) >= max_open:
                 left.append(i)
                 continue
             target = ([], set())
             open_batches.append(target)
         target[0].append(i)
-        target[1].add(keys[i])
+        target[1].update(keys[i])
         if len(target[0]) == batch_size:
             full.append(target[0])
             open_batches.remove(target)
+    if flush:
+        return full + [batch for batch, _ in open_batches], left
     return full, left + [i for batch, _ in open_batches for i in batch]
+
+
+def batch_schedule(
+    data: Encoded, corpus: Corpus, batch_size: int, seed: int, epochs: int, max_steps: int
+) -> list[list[int]]:
+    """Every step's batch, built once: epoch e's batches (seed + e), epoch after epoch, for `epochs` epochs or,
+    when `max_steps` is set, until that many steps."""
+    steps: list[list[int]] = []
+    epoch = 0
+    while (len(steps) < max_steps) if max_steps else (epoch < epochs):
+        epoch_batches = bucketed_batches(data, corpus, batch_size, seed + epoch)
+        if not epoch_batches:
+            break
+        steps += epoch_batches
+        epoch += 1
+    return steps[:max_steps] if max_steps else steps
 
 
 def run_hash(settings: dict, triples: Path) -> str:
@@ -162,16 +216,16 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
         model.max_seq_length,
         params.query_prefix,
         params.passage_prefix,
-        params.max_positives if params.loss == "snn" else 1,
+        params.loss == "snn",
         params.num_negatives,
     )
-    batches = bucketed_batches(data, corpus, params.batch_size, params.seed)
-    steps_per_epoch = len(batches)
-    total = params.max_steps or steps_per_epoch * params.epochs
+    schedule = batch_schedule(data, corpus, params.batch_size, params.seed, params.epochs, params.max_steps)
+    total = len(schedule)
     if total == 0:
         raise ValueError(f"{triples}: {len(examples)} examples make no batch of {params.batch_size}")
     optimizer = torch.optim.AdamW(_param_groups(model, params.weight_decay), lr=params.lr)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(params.warmup_ratio * total), total)
+    warmup = params.warmup_steps or math.ceil(params.warmup_ratio * total)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     loss_fn = batch_loss_fn(params.loss, params.tau)
 
@@ -183,10 +237,7 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
     loop_started = time.perf_counter()
     progress = tqdm(total=total, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
     while step < total:
-        epoch, position = divmod(step, steps_per_epoch)
-        epoch_batches = bucketed_batches(data, corpus, params.batch_size, params.seed + epoch)
-        batch = epoch_batches[position]
-        loss = _batch_loss(model, corpus, data, batch, loss_fn, accelerator.device)
+        loss = _batch_loss(model, corpus, data, schedule[step], loss_fn, accelerator.device)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -214,6 +265,7 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
             "texts": len(corpus.ids),
             "batch_size": params.batch_size,
             "final_loss": round(float(np.mean(losses[-20:])), 5) if losses else None,
+            "in_loss": data.kinds_trained(schedule),
             "seconds": round(elapsed, 1),
             "samples_per_second": round((total - resumed_from) * params.batch_size / loop_seconds, 2),
             "device": str(accelerator.device),

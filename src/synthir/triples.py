@@ -1,8 +1,9 @@
 """Training examples from any mix of sources, with hard negatives from one mining method.
 
 An example is a query with positive passages (the first is the one MNRL uses; SNN uses all) and negatives.
-Sources: the labeled train split, verified doc2query pairs, verified Syntriever sets (gold + synthetic positive +
-CoT text as positives; synthetic and relabeled negatives). Every example records where each part came from.
+Sources: the labeled train split, verified doc2query pairs, verified Syntriever sets (per gold passage: gold +
+synthetic positive + CoT text as positives; synthetic and relabeled negatives). Every example records where each
+part came from (`synthir.examples`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from .beir import Corpus, Qrels, Queries, passage_text
+from .examples import negative_kind
 from .negatives import MiningRule, ScoreRows, choose
 
 
@@ -51,23 +53,27 @@ def from_doc2query(corpus: Corpus, queries: list[dict], negatives: list[dict]) -
 
 
 def from_syntriever(corpus: Corpus, sets: list[dict]) -> list[dict]:
+    """One example per gold passage of each set, each with the synthetic positive and the CoT text as further
+    positives (Syntriever's numerator: gold + p+ + CoT) and all of the set's negatives, synthetic and relabeled
+    (they only repel, so every example keeps them). Batches never hold two examples of one query."""
     examples = []
     for s in sets:
         extra = [text for text in (s.get("positive"), s.get("cot")) if text]
-        gold = s.get("positive_doc_ids", [])
-        synthetic = list(s.get("negatives", []))  # synthetic and relabeled negatives: always kept, they only repel
-        examples.append(
-            {
-                "query_id": s["query_id"],
-                "query": s["query"],
-                "positive_ids": gold + ["synthetic"] * len(extra),
-                "positives": [passage_text(corpus[d]) for d in gold] + extra,
-                "negatives": synthetic,
-                "negative_ids": ["synthetic"] * len(synthetic),
-                "relabeled": s.get("relabeled", False),
-                "source": "syntriever",
-            }
-        )
+        negatives = list(s.get("negatives", []))
+        kinds = s.get("negative_kinds") or ["synthetic"] * len(negatives)
+        for gold in s.get("positive_doc_ids", []):
+            examples.append(
+                {
+                    "query_id": s["query_id"],
+                    "query": s["query"],
+                    "positive_ids": [gold] + ["synthetic"] * len(extra),
+                    "positives": [passage_text(corpus[gold]), *extra],
+                    "negatives": list(negatives),
+                    "negative_ids": list(kinds),
+                    "relabeled": s.get("relabeled", False),
+                    "source": "syntriever",
+                }
+            )
     return examples
 
 
@@ -171,10 +177,12 @@ def score_rows(neg, corpus: Corpus) -> ScoreRows:
 
 
 def stats(examples: list[dict]) -> dict:
+    kinds = Counter(negative_kind(n) for e in examples for n in e["negative_ids"])
     return {
         "examples": len(examples),
         "by_source": dict(Counter(e["source"] for e in examples)),
         "with_negatives": sum(bool(e["negatives"]) for e in examples),
         "negatives": sum(len(e["negatives"]) for e in examples),
+        "negatives_by_kind": dict(sorted(kinds.items())),
         "positives": sum(len(e["positives"]) for e in examples),
     }

@@ -52,16 +52,20 @@ def score_prompts(backend: CachedBackend, prompts: list, desc: str = "judge") ->
 
 def self_verify(sets: list[dict], scores: list[float | None], margin: float) -> list[dict]:
     """Syntriever: a synthetic positive judged irrelevant (score < margin) is relabeled a hard negative; one not
-    judged (score None) stays a positive."""
+    judged (score None) stays a positive. `negative_kinds` says which negative is which: "synthetic" (written as
+    a negative) or "relabeled" (a rejected positive)."""
     verified = []
     for record, score in zip(sets, scores, strict=True):
         record = dict(record)
-        negatives = [record["negative"]] if record.get("negative") else []
-        relabeled = score is not None and score < margin
+        negatives, kinds = ([record["negative"]], ["synthetic"]) if record.get("negative") else ([], [])
+        relabeled = score is not None and score < margin and bool(record.get("positive"))
         if relabeled:
             negatives.append(record.pop("positive"))
+            kinds.append("relabeled")
         record.pop("negative", None)
-        verified.append({**record, "negatives": negatives, "positive_score": score, "relabeled": relabeled})
+        verified.append(
+            {**record, "negatives": negatives, "negative_kinds": kinds, "positive_score": score, "relabeled": relabeled}
+        )
     return verified
 
 
@@ -141,8 +145,9 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     if sets:
         scores_by_id: dict[str, float] = {}
         if params.relabel:  # off: every synthetic positive stays a positive
+            question = load_template("relabel_relevant") if params.relabel_question == "relevant" else template
             with_positive = [s for s in sets if s.get("positive")]
-            scores = judge(backend, template, [(s["query"], s["positive"]) for s in with_positive])
+            scores = judge(backend, question, [(s["query"], s["positive"]) for s in with_positive])
             scores_by_id = dict(zip((s["id"] for s in with_positive), scores, strict=True))
         sets = self_verify(sets, [scores_by_id.get(s["id"]) for s in sets], params.relabel_margin)
         counts["sets"] = len(sets)

@@ -42,41 +42,51 @@ def generate(
     outputs: dict[str, list[dict]] = {}
 
     d2q = params.doc2query
-    examples = few_shot_examples(
-        dataset.corpus,
-        dataset.queries,
-        dataset.qrels.get("train", {}),
-        d2q.few_shot,
-        params.seed,
-        d2q.max_passage_words,
-    )
-    outputs["doc2query"], stats["doc2query"] = generate_queries(
-        runner,
-        load_template("doc2query", folder),
-        dataset.corpus,
-        doc_ids,
-        examples,
-        d2q.density,
-        d2q.oversample,
-        d2q.dedup_jaccard,
-        d2q.max_passage_words,
-        sampling_of(d2q, params.seed),
-    )
-    if params.query_negative.enabled:
+    examples = []
+    if d2q.enabled:
+        examples = few_shot_examples(
+            dataset.corpus,
+            dataset.queries,
+            dataset.qrels.get("train", {}),
+            d2q.few_shot,
+            params.seed,
+            d2q.max_passage_words,
+        )
+        outputs["doc2query"], stats["doc2query"] = generate_queries(
+            runner,
+            load_template("doc2query", folder),
+            dataset.corpus,
+            doc_ids,
+            examples,
+            d2q.density,
+            d2q.oversample,
+            d2q.dedup_jaccard,
+            d2q.max_passage_words,
+            sampling_of(d2q, params.seed),
+        )
+    if params.query_negative.enabled and d2q.enabled:
         outputs["query_negative"], stats["query_negative"] = generate_negatives(
             runner,
             load_template("query_negative", folder),
             outputs["doc2query"],
             sampling_of(params.query_negative, params.seed),
+            params.domain,
         )
     if params.syntriever.enabled:
         syn = params.syntriever
         query_ids = training_queries(dataset.queries, dataset.qrels["train"], syn.max_queries, params.seed)
-        templates = {
-            "cot": load_template("syntriever_cot", folder),
-            "positive": load_template("syntriever_positive", folder),
-            "negative": load_template("syntriever_negative", folder),
-        }
+        if syn.prompts == "paper":  # the authors' prompts (released code): long, detailed outputs
+            templates = {
+                "cot": load_template("syntriever_cot", folder),
+                "positive": load_template("syntriever_positive", folder),
+                "negative": load_template("syntriever_negative", folder),
+            }
+        else:
+            templates = {
+                "cot": load_template("syntriever_cot_concise", folder),
+                "positive": load_template("syntriever_positive_concise", folder),
+                "negative": load_template("syntriever_negative_concise", folder),
+            }
         outputs["syntriever"], stats["syntriever"] = generate_sets(
             runner,
             templates,
@@ -85,6 +95,7 @@ def generate(
             query_ids,
             sampling_of(syn, params.seed),
             sampling_of(syn, params.seed),
+            params.domain,
         )
 
     requests = sum(s.requests for s in stats.values())
@@ -116,7 +127,7 @@ def _load(params: GenerateParams, data_dir: Path) -> Dataset:
     needs = [
         (key, value)
         for key, value in (
-            ("generate.doc2query.few_shot", params.doc2query.few_shot),
+            ("generate.doc2query.few_shot", params.doc2query.enabled and params.doc2query.few_shot),
             ("generate.syntriever.enabled", params.syntriever.enabled),
         )
         if value

@@ -9,11 +9,13 @@ from .runner import TaskRunner, TaskStats
 
 
 def generate_negatives(
-    runner: TaskRunner, template: Template, queries: list[dict], sampling: Sampling
+    runner: TaskRunner, template: Template, queries: list[dict], sampling: Sampling, domain: str
 ) -> tuple[list[dict], TaskStats]:
-    """One negative per pseudo-query record (`id`, `query`, `doc_id`)."""
+    """One negative per pseudo-query record (`id`, `query`, `doc_id`), written as `domain` reads."""
     stats = TaskStats()
-    requests = [Request(messages=template.messages(query=q["query"]), sampling=sampling) for q in queries]
+    requests = [
+        Request(messages=template.messages(query=q["query"], domain=domain), sampling=sampling) for q in queries
+    ]
     records = []
     for query, result in zip(queries, runner.run(requests, stats, "query_negative"), strict=True):
         negative = clean_passage(result.texts[0], query["query"]) if result.texts else None

@@ -30,12 +30,13 @@ def generate_sets(
     query_ids: list[str],
     sampling: Sampling,
     cot_sampling: Sampling,
+    domain: str,
 ) -> tuple[list[dict], TaskStats]:
     stats = TaskStats()
     plan = [(q, part) for q in query_ids for part in PARTS]
     requests = [
         Request(
-            messages=templates[part].messages(query=queries[q]),
+            messages=templates[part].messages(query=queries[q], domain=domain),
             sampling=cot_sampling if part == "cot" else sampling,
         )
         for q, part in plan
