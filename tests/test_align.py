@@ -192,3 +192,14 @@ def test_forced_choice_asks_each_pair_once_in_a_seeded_order_and_measures_positi
     assert biased["position_bias"]["swap_agreement_rate"] == 0.0  # so the two orders never agree
     once, stats = preferences(cached(ForcedChoiceLLM(), tmp_path / "once"), *args, swap_check=0.0)
     assert stats["position_bias"]["answers"] == 9 and len(once) == 9
+
+
+def test_a_judge_that_always_names_the_first_passage_is_reported(tmp_path, caplog):
+    params = AlignParams.model_validate(
+        {"enabled": True, "method": "forced_choice", "swap_check": 1.0, "judge": {"backend": "hf", "model": "o/n"}}
+    )
+    out, metrics = tmp_path / "prefs.jsonl", tmp_path / "align.json"
+    with caplog.at_level("WARNING"):
+        summary = judge_stage(params, CORPUS, CANDIDATES, out, metrics, backend=cached(ForcedChoiceLLM(True), tmp_path))
+    assert summary["position_bias"]["first_position_rate"] == 1.0
+    assert "chose the first-shown passage in 100% of its answers (swap agreement 0%)" in caplog.text

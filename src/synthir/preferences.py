@@ -9,6 +9,7 @@ with the position bias measured. Every judgement goes through the LLM cache: a r
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import re
 import time
@@ -18,6 +19,8 @@ from .beir import Corpus, passage_text
 from .llm import CachedBackend, Request, Sampling, open_backend
 from .prompting import Template, truncate_words
 from .verify import judge, score_prompts
+
+log = logging.getLogger(__name__)
 
 
 def sample_pairs(k: int, n: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -126,6 +129,19 @@ def forced_choice_margins(
     return margins, stats
 
 
+def warn_if_position_bound(bias: dict | None, limit: float = 0.9) -> None:
+    """Say so when the forced-choice answers follow the position, not the passages: the preferences are then the
+    seeded order, noise to train on (small judges often answer "Passage #1" every time)."""
+    if bias and bias["answers"] > bias["unparsed"] and max(rate := bias["first_position_rate"], 1 - rate) >= limit:
+        log.warning(
+            "the judge chose the %s-shown passage in %.0f%% of its answers (swap agreement %.0f%%): its "
+            "forced-choice preferences follow the position, not the passages; consider align.method pointwise",
+            "first" if rate >= 0.5 else "second",
+            100 * max(rate, 1 - rate),
+            100 * bias["swap_agreement_rate"],
+        )
+
+
 def preferences(
     backend: CachedBackend,
     template: Template,
@@ -223,6 +239,7 @@ def judge_stage(params, corpus: Corpus, candidates: list[dict], output: Path, me
             params.swap_check,
         )
         summary |= {"method": params.method, **counts, "llm": backend.stats.as_dict()}
+        warn_if_position_bound(counts.get("position_bias"))
     write_jsonl(output, preference_examples(prefs, corpus))
     summary["seconds"] = round(time.perf_counter() - started, 2)
     write_json(metrics, summary)

@@ -267,7 +267,7 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
             "final_loss": round(float(np.mean(losses[-20:])), 5) if losses else None,
             "in_loss": data.kinds_trained(schedule),
             "seconds": round(elapsed, 1),
-            "samples_per_second": round((total - resumed_from) * params.batch_size / loop_seconds, 2),
+            "samples_per_second": round(sum(map(len, schedule[resumed_from:])) / loop_seconds, 2),
             "device": str(accelerator.device),
             "resumed_from_step": resumed_from,
         }
