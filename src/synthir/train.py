@@ -75,10 +75,9 @@ class Encoded:
         return {"positives": dict(sorted(positives.items())), "negatives": dict(sorted(negatives.items()))}
 
 
-def trained_negatives(example: dict, num_negatives: int) -> list[int]:
-    """Positions of the negatives an example trains on: every Syntriever negative (synthetic and relabeled), and
-    the first `num_negatives` of the others (mined or generated)."""
-    ids = _padded(example.get("negative_ids", []), len(example["negatives"]), "mined")
+def trained_negatives(ids: list[str], num_negatives: int) -> list[int]:
+    """Positions of the negatives an example trains on, from their ids: every Syntriever negative (synthetic and
+    relabeled), and the first `num_negatives` of the others (mined or generated)."""
     own = [i for i, d in enumerate(ids) if d in SYNTRIEVER_NEGATIVES]
     others = [i for i, d in enumerate(ids) if d not in SYNTRIEVER_NEGATIVES][:num_negatives]
     return sorted(own + others)
@@ -102,10 +101,10 @@ def encode_examples(
 
     data = Encoded([], [], [], [])
     for e in examples:
-        kept_positives = range(len(e["positives"]) if all_positives else 1)
-        kept_negatives = trained_negatives(e, num_negatives)
         positive_ids = _padded(e.get("positive_ids", []), len(e["positives"]), "document")
         negative_ids = _padded(e.get("negative_ids", []), len(e["negatives"]), "mined")
+        kept_positives = range(len(e["positives"]) if all_positives else 1)
+        kept_negatives = trained_negatives(negative_ids, num_negatives)
         data.query.append(slot(query_prefix + e["query"]))
         data.positives.append([slot(passage_prefix + e["positives"][i]) for i in kept_positives])
         data.negatives.append([slot(passage_prefix + e["negatives"][i]) for i in kept_negatives])
