@@ -1,7 +1,9 @@
 """Training throughput: synthir's train loop against a plain SentenceTransformerTrainer on the same model, data,
-batch size and loss (MNRL, one hard negative), in samples/s; on a GPU also model FLOPs utilisation (MFU).
+batch size and loss (MNRL, one hard negative), in samples/s and model FLOPs utilisation (MFU).
 
-The synthetic workload mirrors the issue's reference: 12-word queries, 180-word passages, max length 256.
+The synthetic workload mirrors the issue's reference: 12-word queries, 180-word passages, max length 256. MFU
+counts 6 FLOPs per non-embedding parameter per real (unpadded) token, against the GPU's dense bf16 peak, or on a
+CPU against this machine's fp32 GEMM peak measured in the same run (benchmarks/machine_limits.py).
 
     python benchmarks/bench_train.py --steps 20 --batch-size 32            # CPU
     python benchmarks/bench_train.py --steps 200 --batch-size 64 --bf16    # GPU
@@ -122,13 +124,36 @@ def live_losses(folder: Path) -> list[float]:
         return [float(row["loss"]) for row in csv.DictReader(handle, delimiter="\t")]
 
 
-def mfu(samples_per_s: float, params: int, tokens_per_sample: int) -> float | None:
-    """6 * parameters * tokens per sample (forward + backward), against the GPU's bf16 dense peak."""
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    peak = 989e12 if "H100" in name or "H200" in name else 312e12  # dense bf16 (A100: 312)
-    return samples_per_s * 6 * params * tokens_per_sample / peak
+def peak_flops() -> tuple[float, str]:
+    """The yardstick: the GPU's dense bf16 peak (datasheet), or this CPU's fp32 GEMM peak, measured now."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return (989e12 if "H100" in name or "H200" in name else 312e12), f"{name} dense bf16 (datasheet)"
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from machine_limits import gemm_flops
+
+    measured = gemm_flops(2048, torch.float32, repeats=5) * 1e9
+    return measured, f"this CPU's fp32 GEMM, {torch.get_num_threads()} threads (measured)"
+
+
+def workload(model_ref: str, triples: Path) -> tuple[int, float]:
+    """Non-embedding parameters and real tokens per sample (query + positive + negative, truncated)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(resolve(model_ref), device="cpu")
+    embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    params = sum(p.numel() for p in model.parameters()) - embedding
+    rows = [json.loads(line) for line in triples.read_text().splitlines()]
+    texts = [t for r in rows for t in (r["query"], r["positives"][0], r["negatives"][0])]
+    lengths = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    return params, sum(map(len, lengths)) / len(rows)
+
+
+def mfu(samples_per_s: float, params: int, tokens_per_sample: float, peak: float) -> float:
+    """Forward + backward FLOPs (6 per parameter per token) per second over the peak."""
+    return round(samples_per_s * 6 * params * tokens_per_sample / peak, 4)
 
 
 def main() -> None:
@@ -147,6 +172,7 @@ def main() -> None:
             base_model=args.model,
             batch_size=args.batch_size,
             max_steps=args.steps,
+            device="cuda" if torch.cuda.is_available() else "cpu",
             mixed_precision="bf16" if args.bf16 else "no",
             seed=13,
         )
@@ -155,28 +181,31 @@ def main() -> None:
         ours = time.perf_counter() - start
         our_losses = live_losses(tmp / "live")
         theirs, their_losses = plain_trainer(args.model, triples, args.batch_size, args.steps, args.bf16, tmp / "plain")
+        n_params, tokens = workload(args.model, triples)
     samples = args.steps * args.batch_size
-    from sentence_transformers import SentenceTransformer
-
-    n_params = sum(p.numel() for p in SentenceTransformer(resolve(args.model)).parameters())
-    tokens = 3 * 256  # query + positive + negative, padded at most to 256 each (an upper bound)
+    peak, yardstick = peak_flops()
     report = {
         "model": args.model,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "bf16": args.bf16,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "non_embedding_parameters": n_params,
+        "tokens_per_sample": round(tokens, 1),
+        "peak_tflops": round(peak / 1e12, 3),
+        "peak": yardstick,
         "synthir": {
             "seconds": round(ours, 2),  # end to end: model load and tokenizing everything once included
             "samples_per_s": round(samples / ours, 2),
             "loop_samples_per_s": summary["samples_per_second"],
-            "mfu_upper_bound": mfu(samples / ours, n_params, tokens),
+            "mfu": mfu(samples / ours, n_params, tokens, peak),
+            "loop_mfu": mfu(summary["samples_per_second"], n_params, tokens, peak),
             "losses": [round(x, 4) for x in our_losses],
         },
         "sentence_transformers_trainer": {
             "seconds": round(theirs, 2),  # trainer.train() only: model load excluded
             "samples_per_s": round(samples / theirs, 2),
-            "mfu_upper_bound": mfu(samples / theirs, n_params, tokens),
+            "mfu": mfu(samples / theirs, n_params, tokens, peak),
             "losses": [round(x, 4) for x in their_losses],
         },
     }

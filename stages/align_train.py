@@ -1,5 +1,5 @@
 """align_train: continue training the stage-1 retriever on the LLM's preferences. Like `train`, it starts itself
-under `accelerate launch` with the arguments of `train.launch`."""
+under `accelerate launch` with the train params' device, processes and options."""
 
 import argparse
 import json
@@ -31,13 +31,14 @@ def main() -> int | None:
         write_json(args.metrics, {"enabled": False})
         return None
     if not launched_by_accelerate():
-        return relaunch_under_accelerate(params.train.launch, __file__, sys.argv[1:])
+        return relaunch_under_accelerate(params.train, __file__, sys.argv[1:])
     summary = train(
         training_params(params.align, params.train, args.model),
         args.preferences,
         args.output,
         args.live,
         args.checkpoints,
+        params.dataset.name,
     )
     if summary:
         write_json(args.metrics, {"enabled": True, **summary})

@@ -6,7 +6,7 @@ from pathlib import Path
 from synthir.errors import friendly_errors
 from synthir.evaluate import evaluate_bm25, evaluate_dense, skipped
 from synthir.fileio import write_json
-from synthir.retrieval import Prefixes
+from synthir.retrieval import Prefixes, load_encoder
 from synthir.stage import stage_params
 
 
@@ -25,12 +25,15 @@ def main() -> None:
         details.mkdir(parents=True, exist_ok=True)
         write_json(args.output, nothing)
         return
-    dense = evaluate_dense(
+    encoder = load_encoder(  # the student as training starts it (pruned and pooled when asked)
         model.base_model,
-        args.data,
-        settings,
-        Prefixes(model.query_prefix, model.passage_prefix),
-        max_seq_length=model.max_seq_length,
+        model.max_seq_length,
+        dtype=settings.dtype,
+        pooling=model.pooling,
+        keep_layers=model.keep_layers,
+    )
+    dense = evaluate_dense(
+        model.base_model, args.data, settings, Prefixes(model.query_prefix, model.passage_prefix), model=encoder
     )
     bm25 = evaluate_bm25(args.data, settings)
     for name, result in (("dense", dense), ("bm25", bm25)):

@@ -1,5 +1,5 @@
 """train: fine-tune the base retriever on the triples. It starts itself under `accelerate launch` with the
-arguments of `train.launch` (an argument list, never a shell)."""
+options of train.device, train.num_processes and train.launch (an argument list, never a shell)."""
 
 import argparse
 import json
@@ -21,10 +21,10 @@ def main() -> int | None:
     parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True, help="run summary: steps, samples/s, seconds")
     args = parser.parse_args()
-    params = stage_params("train").train
+    params = stage_params("train")
     if not launched_by_accelerate():
-        return relaunch_under_accelerate(params.launch, __file__, sys.argv[1:])
-    summary = train(params, args.triples, args.output, args.live, args.checkpoints)
+        return relaunch_under_accelerate(params.train, __file__, sys.argv[1:])
+    summary = train(params.train, args.triples, args.output, args.live, args.checkpoints, params.dataset.name)
     if summary:  # the main process
         write_json(args.metrics, summary)
         print(json.dumps(summary, indent=2))

@@ -79,22 +79,60 @@ def minilm_tokenizer():
     return BertTokenizerFast(vocab_file=str(Path(resolve(MINILM)) / "vocab.txt"))
 
 
-@pytest.fixture(scope="session")
-def tiny_encoder(tmp_path_factory) -> str:
-    """A 2-layer, 32-d random BERT sentence encoder built offline (vocabulary borrowed from MiniLM)."""
+def build_tiny_encoder(folder: Path, dtype: str = "float32", **overrides) -> str:
+    """A 2-layer, 32-d random BERT sentence encoder (mean pooling, normalised) saved under `folder`."""
     import torch
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-encoder")
     tokenizer = minilm_tokenizer()
     torch.manual_seed(0)
-    BertModel(tiny_bert(tokenizer)).save_pretrained(folder / "bert")
+    BertModel(tiny_bert(tokenizer, **overrides)).save_pretrained(folder / "bert")
     tokenizer.save_pretrained(folder / "bert")
     word = models.Transformer(str(folder / "bert"), max_seq_length=64)
     model = SentenceTransformer(modules=[word, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
-    model.save(str(folder / "st"))
+    model.to(getattr(torch, dtype)).save(str(folder / "st"))
     return str(folder / "st")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """A 2-layer, 32-d random BERT sentence encoder built offline (vocabulary borrowed from MiniLM)."""
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+@pytest.fixture(scope="session")
+def deterministic_encoder(tmp_path_factory) -> str:
+    """The tiny encoder without dropout, in float64: a training step is then a function of its batch alone,
+    however many processes share it, and float32 rounding (which Adam's first, sign-like steps would turn into
+    lr-sized differences for near-zero gradients) stays out of equivalence tests."""
+    folder = tmp_path_factory.mktemp("deterministic-encoder")
+    return build_tiny_encoder(folder, "float64", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory) -> str:
+    """A 4-layer, 32-d random Qwen2 (a decoder LLM) as a plain Hugging Face folder, MiniLM's vocabulary with
+    [SEP] as its end-of-sequence token: the shape of DRAMA's students, built offline."""
+    import torch
+    from transformers import Qwen2Config, Qwen2Model
+
+    folder = tmp_path_factory.mktemp("tiny-decoder")
+    tokenizer = minilm_tokenizer()
+    tokenizer.eos_token = "[SEP]"
+    config = Qwen2Config(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    Qwen2Model(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,12 @@ def test_gpu_preset_merges_into_a_valid_params_file(tmp_path):
     assert merged["generate"]["llm"]["options"] == {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.9}
     assert merged["generate"]["doc2query"]["few_shot"] == 2  # kept from params.yaml
     assert yaml.safe_load(params.read_text())["train"]["query_prefix"] == "query: "
+    from synthir.config import load_params
+    from synthir.stage import accelerate_arguments
+
+    launch = accelerate_arguments(load_params(params).train)
+    assert "--cpu" not in launch and launch[launch.index("--mixed_precision") + 1] == "bf16"
+    assert "# cpu | cuda" in params.read_text()  # params.yaml's comments survive the merge
 
 
 @pytest.mark.parametrize(

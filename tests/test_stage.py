@@ -80,3 +80,19 @@ def test_train_launch_cannot_reach_a_shell(tmp_path):
     assert "train.launch: '--cpu;' is not an accelerate option" in done.stderr
     assert not witness.exists()
     assert "${train.launch}" not in (REPO / "dvc.yaml").read_text()  # never pasted into a shell command
+
+
+def test_accelerate_arguments_follow_the_train_params():
+    from synthir.config import TrainParams
+    from synthir.stage import accelerate_arguments
+
+    base = {"base_model": "org/model"}
+    cpu = accelerate_arguments(TrainParams(**base))
+    assert cpu[:3] == ["--cpu", "--num_processes", "1"] and cpu[-2:] == ["--mixed_precision", "no"]
+    gpu = accelerate_arguments(TrainParams(**base, device="cuda", launch="--gpu_ids 0"))
+    assert "--cpu" not in gpu and "--multi_gpu" not in gpu
+    assert gpu[-4:] == ["--mixed_precision", "bf16", "--gpu_ids", "0"]
+    four = accelerate_arguments(TrainParams(**base, device="cuda", num_processes=4))
+    assert four[:3] == ["--multi_gpu", "--num_processes", "4"]
+    # several CPU processes: a torchrun launch whose processes join over gloo (Accelerator(cpu=True))
+    assert accelerate_arguments(TrainParams(**base, num_processes=2))[:3] == ["--multi_gpu", "--num_processes", "2"]

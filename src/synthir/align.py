@@ -48,11 +48,12 @@ def retrieve_candidates(
 
 
 def training_params(align, stage1, model: str):
-    """TrainParams continuing from the stage-1 model with the alignment loss; prefixes and precision as stage 1.
-    `align` and `stage1` may be a stage's scoped view of the params: only their fields are read."""
-    from .config import ScheduleParams, TrainParams
+    """The alignment run's FitParams: from the stage-1 model with the alignment loss; prefixes, device and
+    precision as stage 1. `align` and `stage1` may be a stage's scoped view of the params: only their fields are
+    read."""
+    from .config import FitParams, ScheduleParams
 
-    return TrainParams(
+    return FitParams(
         base_model=model,
         query_prefix=stage1.query_prefix,
         passage_prefix=stage1.passage_prefix,
@@ -60,6 +61,7 @@ def training_params(align, stage1, model: str):
         **{name: getattr(align, name) for name in ScheduleParams.model_fields},
         num_negatives=1,
         seed=align.seed,
+        device=stage1.device,
         mixed_precision=stage1.mixed_precision,
         gradient_checkpointing=stage1.gradient_checkpointing,
     )

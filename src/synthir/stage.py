@@ -93,8 +93,20 @@ def launched_by_accelerate() -> bool:
     return "ACCELERATE_MIXED_PRECISION" in os.environ
 
 
-def relaunch_under_accelerate(launch: str, script: str | Path, argv: list[str]) -> int:
-    """Run `script argv` under `accelerate launch <launch>`: an argument list, never a shell, so `launch` cannot
-    run anything but accelerate. Returns the launcher's exit status."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_arguments(launch), str(script), *argv]
+def accelerate_arguments(train) -> list[str]:
+    """`accelerate launch` options from the train params: `num_processes` processes (several: a torchrun launch,
+    one process per GPU, or on the CPU processes that join over gloo), the precision, then `train.launch`."""
+    arguments = ["--num_processes", str(train.num_processes), "--num_machines", "1", "--dynamo_backend", "no"]
+    arguments += ["--mixed_precision", train.mixed_precision if train.device == "cuda" else "no"]
+    if train.num_processes > 1:
+        arguments.insert(0, "--multi_gpu")
+    elif train.device == "cpu":
+        arguments.insert(0, "--cpu")
+    return arguments + launch_arguments(train.launch)
+
+
+def relaunch_under_accelerate(train, script: str | Path, argv: list[str]) -> int:
+    """Run `script argv` under `accelerate launch` with the options of the train params: an argument list, never
+    a shell, so nothing in params.yaml can run anything but accelerate. Returns the launcher's exit status."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_arguments(train), str(script), *argv]
     return subprocess.call(command)

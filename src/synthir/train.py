@@ -1,8 +1,14 @@
-"""Training a sentence-transformers retriever with accelerate: tokenized once, length-bucketed batches.
+"""Training a sentence-transformers retriever with accelerate, on one process or several.
 
-The hot loop does no per-sample Python work: every text is tokenized ahead of training, a batch is a list of
-indices into those token arrays, and padding is one vectorised copy. Batches never hold the same positive twice
-(an in-batch false negative). DVCLive logs loss and learning rate; checkpoints allow resuming.
+Every text is tokenized once (`TokenTable`); the whole step schedule is built before the first step from
+length-bucketed batches whose examples share no query and no positive (an in-batch false negative). The hot loop
+does no per-sample Python work: a batch is a list of indices, and padding is one vectorised copy.
+
+`batch_size` is the global batch: the examples of one optimizer step, every one of them an in-batch negative for
+the others. N processes each embed a contiguous shard of it, gather every shard's embeddings (what
+sentence-transformers calls gather_across_devices) and compute the global batch's loss; DDP averages their
+gradients. N processes thus take the step of one process with the same batch (tests/test_distributed.py).
+DVCLive logs loss and learning rate; checkpoints resume a killed run exactly.
 """
 
 from __future__ import annotations
@@ -12,15 +18,23 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from .backbones import add_lora, merge_lora
+from .config import FitParams
+from .errors import ConfigError
 from .examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
+from .losses import BatchLoss, Slots, batch_loss
+from .model_card import describe_training, set_prompts
+from .models import resolve
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +43,14 @@ LOSS_CURVE, LR_CURVE = "train/loss", "train/lr"
 
 
 @dataclass
-class Corpus:
+class TokenTable:
     """Every distinct text of the training set, tokenized once: ids[i] is text i's token ids."""
 
     ids: list[np.ndarray]
     pad_id: int
 
     @classmethod
-    def build(cls, tokenizer, texts: list[str], max_length: int, batch: int = 4096) -> Corpus:
+    def build(cls, tokenizer, texts: list[str], max_length: int, batch: int = 4096) -> TokenTable:
         ids = []
         for start in range(0, len(texts), batch):
             encoded = tokenizer(texts[start : start + batch], truncation=True, max_length=max_length)["input_ids"]
@@ -56,7 +70,7 @@ class Corpus:
 
 @dataclass
 class Encoded:
-    """The training set as indices into a `Corpus`: per example a query, positives and negatives."""
+    """The training set as indices into a `TokenTable`: per example a query, positives and negatives."""
 
     query: list[int]
     positives: list[list[int]]
@@ -91,7 +105,7 @@ def encode_examples(
     passage_prefix: str,
     all_positives: bool,
     num_negatives: int,
-) -> tuple[Corpus, Encoded]:
+) -> tuple[TokenTable, Encoded]:
     """Tokenize every distinct text once. `all_positives`: every positive of an example (snn), else the first
     (mnrl, and the alignment losses' c+)."""
     index: dict[str, int] = {}
@@ -111,7 +125,7 @@ def encode_examples(
         data.keys.append(batch_keys(e))
         data.positive_kinds.append([positive_kind(positive_ids[i]) for i in kept_positives])
         data.negative_kinds.append([negative_kind(negative_ids[i]) for i in kept_negatives])
-    return Corpus.build(tokenizer, list(index), max_length), data
+    return TokenTable.build(tokenizer, list(index), max_length), data
 
 
 def _padded(ids: list[str], length: int, filler: str) -> list[str]:
@@ -119,7 +133,7 @@ def _padded(ids: list[str], length: int, filler: str) -> list[str]:
     return list(ids[:length]) + [filler] * (length - len(ids))
 
 
-def bucketed_batches(data: Encoded, corpus: Corpus, batch_size: int, seed: int, bucket: int = 50) -> list[list[int]]:
+def bucketed_batches(data: Encoded, table: TokenTable, batch_size: int, seed: int, bucket: int = 50) -> list[list[int]]:
     """One epoch's batches. Shuffle, then within windows of `bucket` batches sort by positive length (less
     padding) and cut into batches whose examples share no key (query, first positive); an example that conflicts
     waits for a later batch. Every example is in exactly one batch: what cannot fill a full batch of distinct keys
@@ -131,7 +145,7 @@ def bucketed_batches(data: Encoded, corpus: Corpus, batch_size: int, seed: int, 
     batches: list[list[int]] = []
     waiting: list[int] = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: len(corpus.ids[data.positives[i][0]]))
+        chunk = sorted(order[start : start + window], key=lambda i: len(table.ids[data.positives[i][0]]))
         full, waiting = _fill(waiting + chunk, data.keys, batch_size)
         batches += full
     while waiting:  # the leftovers: full batches while they form, then smaller ones
@@ -169,14 +183,14 @@ def _fill(
 
 
 def batch_schedule(
-    data: Encoded, corpus: Corpus, batch_size: int, seed: int, epochs: int, max_steps: int
+    data: Encoded, table: TokenTable, batch_size: int, seed: int, epochs: int, max_steps: int
 ) -> list[list[int]]:
     """Every step's batch, built once: epoch e's batches (seed + e), epoch after epoch, for `epochs` epochs or,
     when `max_steps` is set, until that many steps."""
     steps: list[list[int]] = []
     epoch = 0
     while (len(steps) < max_steps) if max_steps else (epoch < epochs):
-        epoch_batches = bucketed_batches(data, corpus, batch_size, seed + epoch)
+        epoch_batches = bucketed_batches(data, table, batch_size, seed + epoch)
         if not epoch_batches:
             break
         steps += epoch_batches
@@ -190,26 +204,136 @@ def run_hash(settings: dict, triples: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path) -> dict:
-    """Fine-tune `params.base_model` on the triples file; save a sentence-transformers folder with a model card."""
+# --- one global batch, split across processes ---
+
+
+@dataclass
+class BatchLayout:
+    """A global batch as the loss sees it: the queries in batch order and the passages example by example (each
+    example's positives, then its negatives). Example j's passages are passages[starts[j]:starts[j + 1]], so a
+    contiguous run of examples owns a contiguous run of passages."""
+
+    queries: list[int]
+    passages: list[int]
+    positives: Slots
+    negatives: Slots
+    starts: list[int]
+
+    @classmethod
+    def of(cls, data: Encoded, batch: list[int]) -> BatchLayout:
+        layout = cls([data.query[i] for i in batch], [], [], [], [0])
+        for i in batch:
+            for texts, slots in ((data.positives[i], layout.positives), (data.negatives[i], layout.negatives)):
+                slots.append(list(range(len(layout.passages), len(layout.passages) + len(texts))))
+                layout.passages += texts
+            layout.starts.append(len(layout.passages))
+        return layout
+
+
+def shard_bounds(size: int, processes: int) -> list[tuple[int, int]]:
+    """Each process's contiguous share of a batch of `size` examples; shares differ by at most one example."""
+    base, extra = divmod(size, processes)
+    bounds, start = [], 0
+    for rank in range(processes):
+        end = start + base + (rank < extra)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def gather_rows(local: torch.Tensor, counts: list[int], rank: int) -> torch.Tensor:
+    """Every process's rows, in rank order (`counts[r]` rows from process r). This process's own rows keep their
+    autograd graph; the others' are constants here, and their gradient is computed where they were embedded."""
+    if len(counts) == 1:
+        return local
+    import torch.distributed as dist
+
+    padded = local.detach().new_zeros((max(counts), *local.shape[1:]))
+    padded[: local.shape[0]] = local.detach()
+    pieces = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(pieces, padded)
+    pieces[rank] = local
+    return torch.cat([piece[:count] for piece, count in zip(pieces, counts, strict=True)])
+
+
+def _embed(model, table: TokenTable, text_ids: list[int], fallback: int, device) -> torch.Tensor:
+    """The texts' embeddings. An empty shard embeds `fallback` and keeps none of it, so that its process still
+    runs the model and joins the gradient all-reduce (with zero gradients)."""
+    rows = model(table.pad(text_ids or [fallback], device))["sentence_embedding"]
+    return rows if text_ids else rows[:0]
+
+
+def global_batch_loss(
+    model, table: TokenTable, data: Encoded, batch: list[int], loss_fn: BatchLoss, rank: int, processes: int, device
+) -> torch.Tensor:
+    """The loss of the whole global batch, computed on every process: this process embeds its shard, every
+    shard's embeddings are gathered, and gradients flow into this process's own embeddings only. Scaled by the
+    number of processes (`backward`), the averaged gradient is exactly the global batch's."""
+    layout = BatchLayout.of(data, batch)
+    bounds = shard_bounds(len(batch), processes)
+    first, last = bounds[rank]
+    queries = _embed(model, table, layout.queries[first:last], layout.queries[0], device)
+    passages = _embed(
+        model, table, layout.passages[layout.starts[first] : layout.starts[last]], layout.passages[0], device
+    )
+    all_queries = gather_rows(queries, [b - a for a, b in bounds], rank)
+    all_passages = gather_rows(passages, [layout.starts[b] - layout.starts[a] for a, b in bounds], rank)
+    return loss_fn(all_queries, all_passages, layout.positives, layout.negatives)
+
+
+# --- a training run: setup, loop, summary ---
+
+
+@dataclass
+class Run:
+    """What a training run holds from setup to summary."""
+
+    params: FitParams
+    accelerator: Any
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    table: TokenTable
+    data: Encoded
+    schedule: list[list[int]]
+    sources: Counter
+    """Training examples per source (train, doc2query, syntriever, ...)."""
+    state_dir: Path
+    loss_fn: BatchLoss
+
+
+def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
+    """Model, tokenized examples, the whole step schedule, optimizer and scheduler, prepared by accelerate."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from dvclive import Live
-    from tqdm.auto import tqdm
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     from .fileio import read_jsonl
-    from .models import resolve
     from .retrieval import load_encoder
 
-    started = time.perf_counter()
-    accelerator = Accelerator(mixed_precision=params.mixed_precision if torch.cuda.is_available() else "no")
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda, but torch sees no GPU here (train.device: cpu trains on the CPU)")
+    on_gpu = params.device == "cuda"
+    accelerator = Accelerator(  # split_batches: a step is one global batch, so the LR schedule steps once
+        cpu=not on_gpu,
+        mixed_precision=params.mixed_precision if on_gpu else "no",
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
     set_seed(params.seed)
-    model = load_encoder(params.base_model, params.max_seq_length, device=str(accelerator.device), dtype="float32")
+    model = load_encoder(
+        params.base_model,
+        params.max_seq_length,
+        device=str(accelerator.device),
+        dtype="at_least_float32",
+        pooling=params.pooling,
+        keep_layers=params.keep_layers,
+    )
+    if params.lora_rank:
+        add_lora(model, params.lora_rank)
     if params.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable()
     examples = list(read_jsonl(triples))
-    corpus, data = encode_examples(
+    table, data = encode_examples(
         examples,
         model.tokenizer,
         model.max_seq_length,
@@ -218,61 +342,133 @@ def train(params, triples: Path, output: Path, live_dir: Path, checkpoints: Path
         params.loss == "snn",
         params.num_negatives,
     )
-    schedule = batch_schedule(data, corpus, params.batch_size, params.seed, params.epochs, params.max_steps)
-    total = len(schedule)
-    if total == 0:
+    schedule = batch_schedule(data, table, params.batch_size, params.seed, params.epochs, params.max_steps)
+    if not schedule:
         raise ValueError(f"{triples}: {len(examples)} examples make no batch of {params.batch_size}")
+    freeze_unreachable(model, table)
     optimizer = torch.optim.AdamW(_param_groups(model, params.weight_decay), lr=params.lr)
-    warmup = params.warmup_steps or math.ceil(params.warmup_ratio * total)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    warmup = params.warmup_steps or math.ceil(params.warmup_ratio * len(schedule))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, len(schedule))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    loss_fn = batch_loss_fn(params.loss, params.tau)
+    # what the run computes: not how it was launched (train.launch), but the number of processes (random states)
+    settings = {**params.model_dump(include=set(FitParams.model_fields)), "processes": accelerator.num_processes}
+    return Run(
+        params,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        table,
+        data,
+        schedule,
+        Counter(example.get("source", "unknown") for example in examples),
+        checkpoints / run_hash(settings, triples),
+        batch_loss(params.loss, params.tau),
+    )
 
-    state_dir = checkpoints / run_hash(params.model_dump(), triples)
-    step = resumed_from = _resume(accelerator, state_dir)
-    live = Live(dir=str(live_dir), resume=step > 0, dvcyaml=False, save_dvc_exp=False)
-    model.train()
-    losses = []
-    loop_started = time.perf_counter()
-    progress = tqdm(total=total, initial=step, desc="train", unit="step", disable=not accelerator.is_main_process)
+
+def backward(run: Run, batch: list[int]) -> torch.Tensor:
+    """The global batch's loss (the same on every process), and its gradient in every parameter's `.grad`."""
+    accelerator = run.accelerator
+    loss = global_batch_loss(
+        run.model,
+        run.table,
+        run.data,
+        batch,
+        run.loss_fn,
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
+    )
+    accelerator.backward(loss * accelerator.num_processes)  # DDP averages the processes' gradients
+    return loss
+
+
+def train_step(run: Run, batch: list[int]) -> float:
+    """One optimizer step on a global batch; returns its loss."""
+    loss = backward(run, batch)
+    run.accelerator.clip_grad_norm_(run.model.parameters(), 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad()
+    return loss.item()
+
+
+def loop(run: Run, live_dir: Path) -> tuple[list[float], int, float]:
+    """Train from the last checkpoint (if any) to the end of the schedule. Returns the losses of the steps run,
+    the step it resumed from and the loop's seconds."""
+    from dvclive import Live
+    from tqdm.auto import tqdm
+
+    main = run.accelerator.is_main_process
+    step = resumed_from = _resume(run.accelerator, run.state_dir)
+    live = Live(dir=str(live_dir), resume=step > 0, dvcyaml=False, save_dvc_exp=False) if main else None
+    if live is not None and step:
+        _rewind_curves(live, live_dir, step)
+    run.model.train()
+    losses: list[float] = []
+    started = time.perf_counter()
+    total = len(run.schedule)
+    progress = tqdm(total=total, initial=step, desc="train", unit="step", disable=not main)
     while step < total:
-        loss = _batch_loss(model, corpus, data, schedule[step], loss_fn, accelerator.device)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+        losses.append(train_step(run, run.schedule[step]))
         step += 1
-        losses.append(loss.item())
         progress.update()
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
-        live.log_metric(LOSS_CURVE, losses[-1])
-        live.log_metric(LR_CURVE, scheduler.get_last_lr()[0])
-        live.next_step()
-        if params.checkpoint_steps and step % params.checkpoint_steps == 0 and step < total:
-            accelerator.save_state(str(state_dir / f"step-{step}"))
+        if live is not None:
+            live.log_metric(LOSS_CURVE, losses[-1])
+            live.log_metric(LR_CURVE, run.scheduler.get_last_lr()[0])
+            live.next_step()
+        if run.params.checkpoint_steps and step % run.params.checkpoint_steps == 0 and step < total:
+            _save_checkpoint(run.accelerator, run.state_dir, step)
     progress.close()
-    live.end()
-    loop_seconds = max(time.perf_counter() - loop_started, 1e-9)
-    unwrapped = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        unwrapped.save(str(output))
-        elapsed = time.perf_counter() - started
-        summary = {
-            "steps": total,
-            "examples": len(examples),
-            "texts": len(corpus.ids),
-            "batch_size": params.batch_size,
-            "final_loss": round(float(np.mean(losses[-20:])), 5) if losses else None,
-            "in_loss": data.kinds_trained(schedule),
-            "seconds": round(elapsed, 1),
-            "samples_per_second": round(sum(map(len, schedule[resumed_from:])) / loop_seconds, 2),
-            "device": str(accelerator.device),
-            "resumed_from_step": resumed_from,
-        }
-        write_model_card(output, params, triples, summary, resolve(params.base_model))
-        return summary
-    return {}
+    if live is not None:
+        live.end()
+    return losses, resumed_from, max(time.perf_counter() - started, 1e-9)
+
+
+def summarize(run: Run, losses: list[float], resumed_from: int, loop_seconds: float, seconds: float) -> dict:
+    return {
+        "steps": len(run.schedule),
+        "examples": sum(run.sources.values()),
+        "texts": len(run.table.ids),
+        "batch_size": run.params.batch_size,
+        "processes": run.accelerator.num_processes,
+        "final_loss": round(float(np.mean(losses[-20:])), 5) if losses else None,
+        "in_loss": run.data.kinds_trained(run.schedule),
+        "seconds": round(seconds, 1),
+        "samples_per_second": round(sum(map(len, run.schedule[resumed_from:])) / loop_seconds, 2),
+        "device": str(run.accelerator.device),
+        "resumed_from_step": resumed_from,
+    }
+
+
+def train(
+    params: FitParams, triples: Path, output: Path, live_dir: Path, checkpoints: Path, dataset: str | None = None
+) -> dict:
+    """Fine-tune `params.base_model` on the triples file and save a sentence-transformers folder: the model, its
+    prefixes as prompts, and sentence-transformers' model card filled with the training (`synthir.model_card`).
+    Returns the run summary on the main process ({} on the others)."""
+    started = time.perf_counter()
+    run = setup(params, triples, checkpoints)
+    losses, resumed_from, loop_seconds = loop(run, live_dir)
+    run.accelerator.wait_for_everyone()
+    if not run.accelerator.is_main_process:
+        return {}
+    summary = summarize(run, losses, resumed_from, loop_seconds, time.perf_counter() - started)
+    save_model(run, output, dataset)
+    return summary
+
+
+def save_model(run: Run, output: Path, dataset: str | None) -> None:
+    model = run.accelerator.unwrap_model(run.model)
+    params = run.params
+    merge_lora(model)
+    set_prompts(model, params.query_prefix, params.passage_prefix)
+    settings = params.model_dump(include=set(FitParams.model_fields))  # what was computed, not how it was launched
+    defaults = {name: field.default for name, field in FitParams.model_fields.items()}
+    describe_training(model, settings, resolve(params.base_model), dict(run.sources), dataset, defaults)
+    model.save(str(output))
 
 
 def write_empty_curves(live_dir: Path) -> None:
@@ -285,50 +481,59 @@ def write_empty_curves(live_dir: Path) -> None:
             handle.write(f"step\t{curve.rpartition('/')[2]}\n")
 
 
-def batch_loss_fn(name: str, tau: float):
-    """Loss on one batch: query embeddings [B, d], passage embeddings [M, d] and, per query, the slots of its
-    positives and negatives among the passages. mnrl/snn/partial_pl score every passage of the batch for every
-    query; bt compares each query's own (c+, c−) only."""
-    from .losses import bt_from_scores, mnrl_from_scores, partial_pl_from_scores, similarity, snn_from_scores
-
-    def mnrl(q, p, pos_slots, neg_slots):
-        first = [slots[0] for slots in pos_slots]  # column i = query i's positive
-        rest = [j for j in range(p.shape[0]) if j not in set(first)]
-        return mnrl_from_scores(similarity(q, p[first + rest], tau))
-
-    def snn(q, p, pos_slots, neg_slots):
-        positive = torch.zeros(q.shape[0], p.shape[0], dtype=torch.bool, device=q.device)
-        for i, slots in enumerate(pos_slots):
-            positive[i, slots] = True
-        valid = torch.ones(p.shape[0], dtype=torch.bool, device=q.device)
-        return snn_from_scores(similarity(q, p, tau), positive, valid)
-
-    def pairs(q, p, pos_slots, neg_slots):  # one (c+, c−) per query: columns c+_1..c+_B, c−_1..c−_B
-        if any(not slots for slots in neg_slots):
-            raise ValueError(f"{name} needs a rejected passage for every example")
-        columns = [slots[0] for slots in pos_slots] + [slots[0] for slots in neg_slots]
-        return similarity(q, p[columns], tau)
-
-    def partial_pl(q, p, pos_slots, neg_slots):
-        return partial_pl_from_scores(pairs(q, p, pos_slots, neg_slots))
-
-    def bt(q, p, pos_slots, neg_slots):
-        scores = pairs(q, p, pos_slots, neg_slots)
-        rows = torch.arange(q.shape[0], device=q.device)
-        return bt_from_scores(scores[rows, rows], scores[rows, rows + q.shape[0]])
-
-    return {"mnrl": mnrl, "snn": snn, "partial_pl": partial_pl, "bt": bt}[name]
+def freeze_unreachable(model, table: TokenTable) -> list[str]:
+    """Freeze the parameters an embedding does not depend on (BERT's pooler, a decoder's LM head), found by one
+    backward pass in eval mode (no dropout, no random numbers drawn). They never receive a gradient, so freezing
+    them changes no step, and DDP then needs no per-step search for unused parameters."""
+    device = next(model.parameters()).device
+    model.eval()
+    model(table.pad([0], device))["sentence_embedding"].sum().backward()
+    frozen = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    model.train()
+    return frozen
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
         (no_decay if parameter.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# --- checkpoints: written whole or not at all, the last one kept ---
+
+_PARTIAL = ".partial-"
+
+
+def _checkpoints(state_dir: Path) -> list[Path]:
+    found = state_dir.glob("step-*") if state_dir.exists() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _save_checkpoint(accelerator, state_dir: Path, step: int) -> None:
+    """Every process writes its part into a partial folder; the main process renames it into place once all are
+    done and removes the older checkpoints. A run killed mid-write leaves the previous checkpoint intact."""
+    partial = state_dir / f"{_PARTIAL}step-{step}"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        partial.rename(state_dir / f"step-{step}")
+        for older in _checkpoints(state_dir)[:-1]:
+            shutil.rmtree(older)
+    accelerator.wait_for_everyone()
+
+
 def _resume(accelerator, state_dir: Path) -> int:
-    saved = sorted(state_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if state_dir.exists() else []
+    saved = _checkpoints(state_dir)
     if not saved:
         return 0
     accelerator.load_state(str(saved[-1]))
@@ -336,37 +541,12 @@ def _resume(accelerator, state_dir: Path) -> int:
     return int(saved[-1].name.split("-")[1])
 
 
-def _batch_loss(model, corpus: Corpus, data: Encoded, batch: list[int], loss_fn, device) -> torch.Tensor:
-    """Embed the batch's queries and passages in two forward passes, then apply the loss."""
-    queries = [data.query[i] for i in batch]
-    passages, pos_slots, neg_slots = [], [], []
-    for i in batch:
-        pos_slots.append(list(range(len(passages), len(passages) + len(data.positives[i]))))
-        passages += data.positives[i]
-        neg_slots.append(list(range(len(passages), len(passages) + len(data.negatives[i]))))
-        passages += data.negatives[i]
-    q = model(corpus.pad(queries, device))["sentence_embedding"]
-    p = model(corpus.pad(passages, device))["sentence_embedding"]
-    return loss_fn(q, p, pos_slots, neg_slots)
-
-
-def write_model_card(output: Path, params, triples: Path, summary: dict, base: str) -> None:
-    lines = [
-        f"# {output.name}",
-        "",
-        f"A sentence-transformers retriever fine-tuned by synthir from `{params.base_model}` ({base}).",
-        "",
-        "## Data",
-        f"- training examples: `{triples}` ({summary['examples']} examples, {summary['texts']} distinct texts)",
-        "",
-        "## Training parameters",
-        "```json",
-        json.dumps(params.model_dump(), indent=2),
-        "```",
-        "",
-        "## Run",
-        "```json",
-        json.dumps(summary, indent=2),
-        "```",
-    ]
-    (output / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+def _rewind_curves(live, live_dir: Path, step: int) -> None:
+    """A resumed run logs from `step` again: the curves' rows from `step` on (written after the checkpoint by the
+    run that died) are dropped, and DVCLive continues at `step`."""
+    for curve in (LOSS_CURVE, LR_CURVE):
+        path = live_dir / "plots" / "metrics" / f"{curve}.tsv"
+        if path.exists():
+            header, *rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            path.write_text(header + "".join(r for r in rows if int(r.split("\t")[0]) < step), encoding="utf-8")
+    live.step = step

@@ -127,15 +127,15 @@ def test_repro_then_only_affected_stages_go_stale(project):
 
     align = {"align_retrieve", "align_judge", "align_train"}  # downstream of train even when off (then no-ops)
     edit("train", lr=3e-5)
-    assert _stale(project) == {"train", "evaluate"} | align
+    assert _stale(project) == {"train", "evaluate", "publish"} | align
     edit("train", lr=2e-5)
     edit("generate", llm={**SMOLLM, "backend": "hf", "model": "HuggingFaceTB/SmolLM2-360M-Instruct"})
-    assert _stale(project) == {"generate", "verify", "triples", "train", "evaluate"} | align
+    assert _stale(project) == {"generate", "verify", "triples", "train", "evaluate", "publish"} | align
     edit("generate", llm=SMOLLM)
     assert _stale(project) == set()
 
     edit("sample", fraction=0.06)
-    assert _stale(project) == {"sample", "generate", "verify", "triples", "train", "evaluate"} | align
+    assert _stale(project) == {"sample", "generate", "verify", "triples", "train", "evaluate", "publish"} | align
     _run(["dvc", "repro"], project)
     more = (project / "data" / "sample" / "doc_ids.txt").read_text().split()
     assert more[: len(ids)] == ids  # nested
@@ -143,11 +143,11 @@ def test_repro_then_only_affected_stages_go_stale(project):
     assert (doc2query["calls"], doc2query["cache_hits"]) == (len(more) - len(ids), len(ids))
 
     edit("train", query_prefix="query: ")
-    assert _stale(project) == {"baseline", "train", "evaluate"} | align
+    assert _stale(project) == {"baseline", "train", "evaluate", "publish"} | align
 
     edit("train", query_prefix="")
     edit("align", enabled=True, max_queries=4, k=3, pairs=3, judge=SMOLLM, batch_size=4)
-    assert _stale(project) == {"evaluate"} | align  # stage 1 stays as it is
+    assert _stale(project) == {"evaluate", "publish"} | align  # stage 1 stays as it is
     _run(["dvc", "repro"], project)
     judged = _metrics(project, "align_judge")
     assert judged["queries"] == 4 and judged["pairs"] == 12  # 4 queries x 3 pairs among k = 3
@@ -204,4 +204,5 @@ def test_a_corpus_without_labels_trains_a_retriever(tmp_path, shared_beir):
     assert (project / "models" / "retriever" / "model.safetensors").exists()
     for name in ("baseline", "eval"):
         assert _metrics(project, name) == {"skipped": "no test qrels: evaluation skipped", "split": "test"}
+    assert "model-index" not in (project / "models" / "published" / "README.md").read_text()  # no scores
     assert _stale(project) == set()
