@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .models import hub_id
+from .models import PACKAGE_PREFIX, hub_id
 
 CARD = "README.md"
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)
@@ -37,15 +37,16 @@ def write_card(folder: Path, metadata: dict, body: str) -> None:
 
 
 def base_model_id(ref: str, resolved: str) -> str | None:
-    """The Hub id of a base model: a hub id as written, a bundled model's (`models.hub_id`), or what a local
-    folder's own card names (a synthir model: the base model of its training) — never a local path."""
-    if known := hub_id(ref):
-        return known
-    metadata, _ = read_card(Path(resolved)) if Path(resolved).is_dir() else ({}, "")
-    base = metadata.get("base_model")
-    if isinstance(base, str) and not Path(base).is_absolute():
-        return base
-    return None
+    """The Hub id of a base model: a bundled model's (`models.hub_id`), what a local folder's own card names (a
+    synthir model: the base model of its training), or a hub id as written; never a local path. `resolved`:
+    where the model was loaded from, which tells a local folder from a hub id of the same shape."""
+    if ref.startswith(PACKAGE_PREFIX):
+        return hub_id(ref)
+    if Path(resolved).exists():
+        metadata = read_card(Path(resolved))[0] if Path(resolved).is_dir() else {}
+        base = metadata.get("base_model")
+        return base if isinstance(base, str) and not Path(base).is_absolute() else None
+    return hub_id(ref)
 
 
 def set_prompts(model, query_prefix: str, passage_prefix: str) -> None:
