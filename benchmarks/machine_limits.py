@@ -1,5 +1,7 @@
 """This machine's limits, the yardsticks for the other benchmarks: sustained memory bandwidth (what bounds LLM
-decode: every generated token reads all the weights) and GEMM peak (what bounds prefill and training).
+decode: every generated token reads all the weights) and GEMM peak (what bounds prefill and training): float32,
+bfloat16, and int8 (`torch._int_mm`, the yardstick for llama.cpp's quantized matmuls, which multiply int8
+activations with 4-8 bit weights; on this CPU it runs on AMX tiles).
 
     python benchmarks/machine_limits.py                     # all threads torch uses
     python benchmarks/machine_limits.py --threads 1 --gemm-size 1024
@@ -43,14 +45,27 @@ def gemm_flops(size: int, dtype: torch.dtype, repeats: int) -> float:
     return 2 * size**3 / seconds / 1e9
 
 
+def int8_gemm_gops(size: int, repeats: int) -> float | None:
+    """GOP/s of an int8 [size, size] @ [size, size] product (int32 sums); None where torch has no CPU kernel."""
+    a = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+    b = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+    try:
+        seconds = best_seconds(lambda: torch._int_mm(a, b), repeats)
+    except RuntimeError:
+        return None
+    return 2 * size**3 / seconds / 1e9
+
+
 def measure(megabytes: int = 1024, gemm_size: int = 2048, repeats: int = 5) -> dict:
+    flops = {
+        name: round(gemm_flops(gemm_size, dtype, repeats), 1)
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
+    }
+    int8 = int8_gemm_gops(gemm_size, repeats)
     return {
         "threads": torch.get_num_threads(),
         "copy_gb_per_s": round(copy_bandwidth(megabytes, repeats), 1),
-        "gemm_gflops": {
-            name: round(gemm_flops(gemm_size, dtype, repeats), 1)
-            for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
-        },
+        "gemm_gflops": flops | ({"int8": round(int8, 1)} if int8 else {}),
         "copy_megabytes": megabytes,
         "gemm_size": gemm_size,
     }

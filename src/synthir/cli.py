@@ -115,10 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("preset", type=Path)
     preset.add_argument("--params", type=Path, default=Path("params.yaml"))
     preset.set_defaults(func=_cmd_preset)
-    cache = commands.add_parser("cache", help="move LLM completions between the local cache and a repository file")
-    cache.add_argument("action", choices=["export", "import"])
-    cache.add_argument("file", type=Path, nargs="?", default=None, help="default: llm-cache/completions.jsonl")
-    cache.set_defaults(func=_cmd_cache)
+    cache = commands.add_parser("cache", help="move LLM completions between the local cache and files")
+    actions = cache.add_subparsers(dest="action", required=True)
+    export_file = actions.add_parser("export", help="write cached completions to a file (.gz: compressed)")
+    export_file.add_argument("file", type=Path, nargs="?", default=None, help="default: llm-cache/completions.jsonl")
+    export_file.add_argument("--model", action="append", help="only completions by this model (repeatable)")
+    export_file.add_argument("--since", help="only completions written at or after this UTC time (2026-11-26T07:00)")
+    export_file.set_defaults(func=_cmd_cache_export)
+    import_files = actions.add_parser("import", help="add the completions of files the cache lacks (never overwrites)")
+    import_files.add_argument("files", type=Path, nargs="*", help="default: llm-cache/completions.jsonl")
+    import_files.set_defaults(func=_cmd_cache_import)
     export = commands.add_parser("export-experiments", help="save `dvc exp show --json` for the report stage")
     export.add_argument("--output", type=Path, default=Path("report/experiments.json"))
     export.set_defaults(func=_cmd_export)
@@ -132,16 +138,35 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"{args.output}: {count} experiments; `dvc repro report` renders report/README.md")
 
 
-def _cmd_cache(args: argparse.Namespace) -> None:
-    from .completions import DEFAULT_FILE, export_cache, import_cache
+def _cmd_cache_export(args: argparse.Namespace) -> None:
+    from .completions import DEFAULT_FILE, export_cache
     from .llm import CompletionCache
 
     path = args.file or DEFAULT_FILE
+    since = _utc_time(args.since) if args.since else 0.0
     with CompletionCache() as cache:
-        if args.action == "export":
-            print(f"{path}: {export_cache(cache, path)} completions from {cache.path}")
-        else:
-            print(f"{cache.path}: {import_cache(cache, path)} new completions from {path} ({len(cache)} in all)")
+        print(f"{path}: {export_cache(cache, path, args.model, since)} completions from {cache.path}")
+
+
+def _utc_time(text: str) -> float:
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text.removesuffix("Z"))
+    except ValueError:
+        raise ConfigError(f"--since: expected a UTC time like 2026-11-26T07:00 (got {text!r})") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _cmd_cache_import(args: argparse.Namespace) -> None:
+    from .completions import DEFAULT_FILE, import_cache
+    from .llm import CompletionCache
+
+    with CompletionCache() as cache:
+        for path in args.files or [DEFAULT_FILE]:
+            done = import_cache(cache, path)
+            conflicts = f"; {done.conflicts} differ from the local cache, kept local" if done.conflicts else ""
+            print(f"{path}: {done.added} new, {done.present} already cached{conflicts} ({len(cache)} in {cache.path})")
 
 
 def _cmd_preset(args: argparse.Namespace) -> None:

@@ -4,12 +4,15 @@ that name the file and line, and where derived files are cached."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -96,13 +99,26 @@ def write_json(path: str | Path, data: Any) -> None:
         handle.write("\n")
 
 
+def is_gzip(path: str | Path) -> bool:
+    """JSON-lines files named `*.gz` are read and written gzip-compressed."""
+    return Path(path).suffix == ".gz"
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
-    """Write records atomically; returns how many."""
+    """Write records atomically (gzip-compressed for a `.gz` name, byte-identical for the same records);
+    returns how many."""
     count = 0
-    with atomic_file(path) as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
+    with atomic_file(path, "wb") as raw:
+        packed = gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) if is_gzip(path) else None
+        handle = io.TextIOWrapper(packed or raw, encoding="utf-8", newline="\n", write_through=True)
+        try:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+        finally:
+            handle.detach()  # atomic_file closes (or discards) the file itself
+        if packed is not None:
+            packed.close()  # the gzip trailer, before atomic_file syncs the file
     return count
 
 
@@ -143,8 +159,8 @@ def json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; BOM and CRLF tolerant. A bad line raises DataError
     naming file and line: malformed JSON, not an object, bytes that are not UTF-8, a lone surrogate."""
     path = require_file(path)
-    with open(path, "rb") as handle:
-        for lineno, raw in enumerate(handle, start=1):
+    with _open_lines(path) as handle:
+        for lineno, raw in _numbered(handle, path):
             line = decode_line(raw, path, lineno)
             if not line.strip():
                 continue
@@ -157,6 +173,24 @@ def json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
             if _SURROGATE_ESCAPE.search(line):  # surrogate pairs are fine, lone halves are not
                 check_unicode(record, path, lineno)
             yield lineno, record
+
+
+@contextlib.contextmanager
+def _open_lines(path: Path) -> Iterator[IO[bytes]]:
+    with gzip.open(path, "rb") if is_gzip(path) else open(path, "rb") as handle:
+        yield handle
+
+
+def _numbered(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line); a damaged gzip stream is a DataError naming the file and line."""
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(handle, start=1):
+            yield lineno, raw
+    except (OSError, EOFError, zlib.error) as error:
+        if not is_gzip(path):
+            raise
+        raise DataError(f"{path}:{lineno + 1}: not a readable gzip file ({error})") from None
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:

@@ -48,7 +48,8 @@ class Run:
         return total
 
     def fresh(self, key: str) -> int:
-        """A counter (calls, tokens_in, tokens_out) summed over the LLM stages, for work done in this run."""
+        """A counter (calls, tokens_in, tokens_cached, tokens_out) summed over the LLM stages, for work done in
+        this run."""
         return sum(int((self.metrics.get(p, {}).get("llm") or {}).get(key, 0)) for p in LLM_STAGES)
 
     def seconds(self) -> dict[str, float]:
@@ -254,7 +255,7 @@ def write_report(
         "`dvc exp show --json` (see the README's *Experiments* section); every number is in the runs' metrics files.",
         "",
         "| run | changed params | " + " | ".join(metrics) + " | Δ " + metrics[0] + " vs base | LLM requests | "
-        "fresh LLM calls | fresh tokens in/out | stage seconds |",
+        "fresh LLM calls | fresh prompt tokens (reused) / generated | stage seconds |",
         "|---|---|" + "---|" * (len(metrics) + 5),
     ]
     for run in sorted(runs, key=lambda r: -(r.metric(metrics[0]) or 0)):
@@ -266,7 +267,7 @@ def write_report(
             f"| {run.name} | {changed} | "
             + " | ".join(_fmt(run.metric(m)) for m in metrics)
             + f" | {_fmt(delta)} | {run.llm_requests()} | {run.fresh('calls')} | "
-            f"{run.fresh('tokens_in')}/{run.fresh('tokens_out')} | "
+            f"{run.fresh('tokens_in')} ({run.fresh('tokens_cached')}) / {run.fresh('tokens_out')} | "
             + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
             + " |"
         )

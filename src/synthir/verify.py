@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .beir import Corpus, passage_text
 from .llm import CachedBackend, Request, Sampling, UnsupportedError, open_backend
+from .llm.progress import LLMProgress
 from .prompting import Template, truncate_words
 
 log = logging.getLogger(__name__)
@@ -17,11 +18,16 @@ _ANSWER = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
 def judge(
-    backend: CachedBackend, template: Template, pairs: list[tuple[str, str]], max_words: int = 180
+    backend: CachedBackend,
+    template: Template,
+    pairs: list[tuple[str, str]],
+    max_words: int = 180,
+    desc: str = "judge",
 ) -> list[float]:
     """Relevance of each (query, passage): log P(yes) − log P(no) where the backend gives log-probs, else
     +1 / −1 from a greedy one-word answer (0 when it says neither)."""
-    return score_prompts(backend, [template.messages(query=q, passage=truncate_words(p, max_words)) for q, p in pairs])
+    prompts = [template.messages(query=q, passage=truncate_words(p, max_words)) for q, p in pairs]
+    return score_prompts(backend, prompts, desc)
 
 
 def score_prompts(backend: CachedBackend, prompts: list, desc: str = "judge") -> list[float]:
@@ -29,15 +35,13 @@ def score_prompts(backend: CachedBackend, prompts: list, desc: str = "judge") ->
     one-word answer when the backend gives no log-probs."""
     if not prompts:
         return []
-    from tqdm.auto import tqdm
-
     step = getattr(backend, "batch_size", 16)
     scores: list[float] = []
     try:
-        with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
+        with LLMProgress(backend, len(prompts), desc, unit="prompt") as progress:
             for start in range(0, len(prompts), step):
                 scores += backend.score_yes_no(prompts[start : start + step])
-                bar.update(len(prompts[start : start + step]))
+                progress.advance(len(prompts[start : start + step]))
         return scores
     except UnsupportedError as error:
         log.warning("%s; judging from generated answers instead", error)
@@ -110,9 +114,19 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     backend = backend or (open_backend(params.judge) if needs_judge else None)
     template = load_template("verify_relevance")
     counts: dict[str, int] = {"queries_in": len(queries)}
+    tasks: dict[str, dict] = {}
+
+    def judged(task: str, question: Template, pairs: list[tuple[str, str]]) -> list[float]:
+        """`judge`, with the task's prompts, seconds and LLM counters recorded for the metrics."""
+        before, started_task = backend.stats.as_dict(), time.perf_counter()
+        scores = judge(backend, question, pairs, desc=task)
+        after = backend.stats.as_dict()
+        llm = {k: v - before[k] for k, v in after.items() if isinstance(v, int)}
+        tasks[task] = {"prompts": len(pairs), "seconds": round(time.perf_counter() - started_task, 2), "llm": llm}
+        return scores
 
     if params.score_queries and queries:
-        scores = judge(backend, template, [(q["query"], passage_text(corpus[q["doc_id"]])) for q in queries])
+        scores = judged("score_queries", template, [(q["query"], passage_text(corpus[q["doc_id"]])) for q in queries])
         queries = [{**q, "score": s} for q, s in zip(queries, scores, strict=True)]
         if params.min_query_score is not None:
             queries = [q for q in queries if q["score"] >= params.min_query_score]
@@ -135,7 +149,7 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     negatives = [n for n in negatives if n["query_id"] in kept_ids]
     if params.max_negative_score is not None and negatives:  # a "negative" that answers its query is a false one
         backend = backend or open_backend(params.judge)
-        scores = judge(backend, template, [(n["query"], n["negative"]) for n in negatives])
+        scores = judged("judge_negatives", template, [(n["query"], n["negative"]) for n in negatives])
         counts["negatives_judged_relevant"] = sum(s > params.max_negative_score for s in scores)
         negatives = [
             {**n, "score": s} for n, s in zip(negatives, scores, strict=True) if s <= params.max_negative_score
@@ -147,7 +161,7 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
         if params.relabel:  # off: every synthetic positive stays a positive
             question = load_template("relabel_relevant") if params.relabel_question == "relevant" else template
             with_positive = [s for s in sets if s.get("positive")]
-            scores = judge(backend, question, [(s["query"], s["positive"]) for s in with_positive])
+            scores = judged("relabel", question, [(s["query"], s["positive"]) for s in with_positive])
             scores_by_id = dict(zip((s["id"] for s in with_positive), scores, strict=True))
         sets = self_verify(sets, [scores_by_id.get(s["id"]) for s in sets], params.relabel_margin)
         counts["sets"] = len(sets)
@@ -159,6 +173,7 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     write_jsonl(out_dir / "syntriever.jsonl", sets)
     summary = {
         **counts,
+        "tasks": tasks,
         "llm": backend.stats.as_dict() if backend else {},
         "seconds": round(time.perf_counter() - started, 2),
     }

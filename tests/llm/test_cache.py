@@ -13,6 +13,7 @@ import pytest
 
 from synthir.llm import (
     CachedBackend,
+    Completion,
     CompletionCache,
     LLMError,
     Request,
@@ -22,6 +23,7 @@ from synthir.llm import (
     default_cache_path,
     sample_seed,
 )
+from synthir.llm.base import Usage
 
 from .fakes import ScriptedBackend
 
@@ -268,3 +270,38 @@ def test_rerun_after_kill_calls_only_the_missing(tmp_path: Path) -> None:
     # exactly the lost in-flight batch (doc 6-8) and the one never started (doc 9), nothing committed before
     assert [r.prompt for r in fake.requests] == ["doc 6", "doc 7", "doc 8", "doc 9"]
     assert rerun.stats.calls == 4 and rerun.stats.cache_hits == 6
+
+
+class PrefixCachingBackend(ScriptedBackend):
+    """A fake backend that, like llama.cpp, reuses the prompt it saw last: the shared leading characters count
+    as cached tokens (one character, one token). Its yes/no scores are counted in `scoring_usage`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""
+        self.scoring_usage = Usage()
+
+    def generate(self, requests: list[Request]) -> list[Completion]:
+        results = super().generate(requests)
+        for request, result in zip(requests, results, strict=True):
+            prompt = request.prompt or ""
+            result.tokens_in = len(prompt)
+            result.tokens_cached = len(os.path.commonprefix([self.last, prompt]))  # noqa: RUF071 (strings)
+            self.last = prompt
+        return results
+
+    def score_yes_no(self, prompts):
+        for prompt in prompts:
+            self.scoring_usage.add(Completion(["Yes"], tokens_in=len(prompt), tokens_cached=2, tokens_out=1))
+        return super().score_yes_no(prompts)
+
+
+def test_stats_count_prompt_tokens_the_backend_reused(tmp_path: Path) -> None:
+    backend = PrefixCachingBackend()
+    cached = CachedBackend(backend, CompletionCache(tmp_path / "cache.sqlite"))
+    cached.generate([Request(prompt=f"shared prefix {i}", sampling=SAMPLING) for i in range(3)])
+    assert (cached.stats.tokens_in, cached.stats.tokens_cached) == (3 * 15, 2 * 14)
+    cached.score_yes_no(["Query: a", "Query: bb"])
+    assert (cached.stats.tokens_in, cached.stats.tokens_cached, cached.stats.tokens_out) == (45 + 17, 28 + 4, 6 + 2)
+    cached.score_yes_no(["Query: a"])  # a cache hit costs no tokens
+    assert cached.stats.tokens_in == 62

@@ -79,3 +79,42 @@ def test_errors_fail_the_request_only(backend) -> None:
 def test_not_a_gguf_file(tmp_path) -> None:
     with pytest.raises(LLMError, match="does not resolve to a GGUF file"):
         make_backend("llamacpp", str(tmp_path))
+
+
+def _chats(count: int) -> list[Request]:
+    system = {"role": "system", "content": "You write search queries. Reply with one short question only."}
+    topics = ["spider legs", "vitamin D and bones", "river deltas", "jet engines", "tea plants", "glaciers", "owls"]
+    greedy = Sampling(max_tokens=24, seed=3)
+    return [
+        Request(
+            messages=[system, {"role": "user", "content": f"Passage: a text about {topics[i % 7]}."}], sampling=greedy
+        )
+        for i in range(count)
+    ]
+
+
+def test_a_shared_prefix_is_evaluated_once(backend) -> None:
+    _, second = backend.generate(_chats(2))
+    assert second.tokens_cached >= 20  # the system turn, reused from the slot's KV cache
+    assert second.tokens_cached < second.tokens_in
+    assert backend.timings["cache_n"] >= second.tokens_cached and backend.timings["predicted_n"] > 0
+
+
+@pytest.mark.parametrize("options", [{"n_parallel": 3}, {"draft_model": SMOLLM, "draft_max": 4}], ids=str)
+def test_faster_settings_write_todays_greedy_text(backend, options) -> None:
+    """Parallel slots and speculative decoding are throughput settings: at temperature 0 they must reproduce the
+    one-slot text exactly (the cache key leaves backend options out)."""
+    requests = _chats(6)
+    today = [c.texts for c in backend.generate(requests)]
+    faster = make_backend("llamacpp", SMOLLM, n_ctx=512, n_threads=2, **options)
+    assert [c.texts for c in faster.generate(requests)] == today
+    if "draft_model" in options:
+        assert faster.timings["draft_n"] > 0 and faster.timings["draft_n_accepted"] > 0
+
+
+def test_a_missing_draft_model_is_named(tmp_path) -> None:
+    with pytest.raises(LLMError, match=r"draft_model: .*none.gguf': no such file"):
+        make_backend("llamacpp", SMOLLM, n_ctx=512, draft_model=str(tmp_path / "none.gguf"))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(LLMError, match=r"draft_model .* does not resolve to a GGUF file"):
+        make_backend("llamacpp", SMOLLM, n_ctx=512, draft_model=str(tmp_path / "folder"))

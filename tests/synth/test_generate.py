@@ -190,6 +190,14 @@ def test_verify_relabels_scores_and_round_trips(data, tmp_path, tiny_encoder):
     assert sets["t2"]["relabeled"] and "positive" not in sets["t2"]
     assert sets["t2"]["negatives"] == ["neg two", "made-up passage"]
     assert summary["dropped_by_score"] == 1 and summary["relabeled"] == 1
+    # each judging task's cost is recorded for the report: prompts, seconds and the LLM's counters
+    assert {name: task["prompts"] for name, task in summary["tasks"].items()} == {
+        "score_queries": 3,
+        "judge_negatives": 2,  # d5's query was dropped by its score, so its negative is not judged
+        "relabel": 2,
+    }
+    assert summary["tasks"]["score_queries"]["llm"]["calls"] == 3 and summary["tasks"]["relabel"]["seconds"] >= 0
+    assert set(summary["llm"]) >= {"tokens_in", "tokens_cached", "tokens_out"}
 
 
 def test_round_trip_drops_queries_whose_source_is_not_retrieved(data, tmp_path):

@@ -103,6 +103,8 @@ class Completion:
     error: str | None = None
     tokens_out_each: list[int] | None = None
     """Generated tokens per text, where the backend knows them."""
+    tokens_cached: int = 0
+    """Prompt tokens the backend served from its own prompt (KV) cache, summed over the texts' calls."""
 
     @classmethod
     def failure(cls, error: str) -> Completion:
@@ -117,6 +119,20 @@ class Completion:
             return []
         share, extra = divmod(self.tokens_out, count)
         return [share + (1 if i < extra else 0) for i in range(count)]
+
+
+@dataclass
+class Usage:
+    """Tokens a backend has processed: prompt (of which `cached` came from its prompt cache) and generated."""
+
+    tokens_in: int = 0
+    tokens_cached: int = 0
+    tokens_out: int = 0
+
+    def add(self, completion: Completion) -> None:
+        self.tokens_in += completion.tokens_in
+        self.tokens_cached += completion.tokens_cached
+        self.tokens_out += completion.tokens_out
 
 
 @runtime_checkable
@@ -204,13 +220,17 @@ def generate_isolating(
 
 
 def score_with_logprobs(backend: Backend, prompts: Sequence[Prompt], name: str) -> list[float]:
-    """`score_yes_no` for backends that report top-k log-probs: one greedy token per prompt."""
+    """`score_yes_no` for backends that report top-k log-probs: one greedy token per prompt. Its tokens are added
+    to the backend's `scoring_usage`, where it keeps one."""
     sampling = Sampling(temperature=0.0, max_tokens=1, logprobs=YES_NO_TOP_K)
     requests = [
         Request(prompt=p, sampling=sampling) if isinstance(p, str) else Request(messages=p, sampling=sampling)
         for p in prompts
     ]
     results = backend.generate(requests)
+    usage = getattr(backend, "scoring_usage", None)
+    for result in results if usage is not None else ():
+        usage.add(result)
     failed = [r.error for r in results if r.failed]
     if failed:
         raise LLMError(f"{name}: yes/no scoring failed for {len(failed)} prompt(s): {failed[0]}")

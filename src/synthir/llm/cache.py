@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,8 @@ class Entry:
     tokens_in: int
     tokens_out: int
     logprobs: dict[str, float] | None = None
+    created: float | None = None
+    """When the completion was written (Unix time); kept through export and import."""
 
 
 class CompletionCache:
@@ -146,20 +148,30 @@ class CompletionCache:
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
-                    f"SELECT key, text, tokens_in, tokens_out, logprobs FROM completions WHERE key IN ({marks})",
+                    f"SELECT key, text, tokens_in, tokens_out, logprobs, created FROM completions "
+                    f"WHERE key IN ({marks})",
                     chunk,
                 )
-                for key, text, tokens_in, tokens_out, logprobs in rows:
-                    found[key] = Entry(text, tokens_in, tokens_out, json.loads(logprobs) if logprobs else None)
+                for key, text, tokens_in, tokens_out, logprobs, created in rows:
+                    found[key] = Entry(text, tokens_in, tokens_out, json.loads(logprobs) if logprobs else None, created)
         return found
 
     def put_many(self, model_id: str, items: Sequence[tuple[str, Entry]]) -> None:
-        """Store entries in one transaction (an existing key keeps its first value)."""
+        """Store entries in one transaction (an existing key keeps its first value); an entry without a creation
+        time is stamped now."""
         if not items:
             return
         now = time.time()
         rows = [
-            (key, model_id, e.text, e.tokens_in, e.tokens_out, json.dumps(e.logprobs) if e.logprobs else None, now)
+            (
+                key,
+                model_id,
+                e.text,
+                e.tokens_in,
+                e.tokens_out,
+                json.dumps(e.logprobs) if e.logprobs else None,
+                now if e.created is None else e.created,
+            )
             for key, e in items
         ]
         with self._lock, self._plainly():
@@ -180,9 +192,9 @@ class CompletionCache:
         """Every (key, model id, entry), ordered by key."""
         with self._lock, self._plainly():
             rows = self._db.execute(
-                "SELECT key, model_id, text, tokens_in, tokens_out, logprobs FROM completions ORDER BY key"
+                "SELECT key, model_id, text, tokens_in, tokens_out, logprobs, created FROM completions ORDER BY key"
             ).fetchall()
-        return [(k, m, Entry(t, i, o, json.loads(lp) if lp else None)) for k, m, t, i, o, lp in rows]
+        return [(k, m, Entry(t, i, o, json.loads(lp) if lp else None, c)) for k, m, t, i, o, lp, c in rows]
 
     def close(self) -> None:
         with self._lock:
@@ -226,7 +238,11 @@ class CacheStats:
     failures: int = 0
     """Requests the backend returned failed."""
     tokens_in: int = 0
+    """Prompt tokens of the requests sent (a hit costs none)."""
+    tokens_cached: int = 0
+    """Of those, the tokens the backend reused from its own prompt (KV) cache instead of evaluating them."""
     tokens_out: int = 0
+    """Generated tokens."""
     first_error: str | None = None
     """The error of the first failed request (or yes/no scoring), for messages and metrics."""
 
@@ -285,6 +301,7 @@ class CachedBackend:
             fresh: list[tuple[str, Entry]] = []
             for task, result in zip(batch, results, strict=True):
                 self.stats.tokens_in += result.tokens_in
+                self.stats.tokens_cached += result.tokens_cached
                 self.stats.tokens_out += result.tokens_out
                 if result.failed or len(result.texts) < len(task.sample_indices):
                     error = result.error or f"{self.model_id}: backend returned too few texts"
@@ -321,7 +338,10 @@ class CachedBackend:
         return [scores[k] for k in keys]
 
     def _score(self, prompts: list[Prompt]) -> list[float]:
-        """The backend's scores; its failures become one LLMError with the reason (noted in the stats)."""
+        """The backend's scores (its `scoring_usage` tokens counted, where it keeps one); its failures become one
+        LLMError with the reason (noted in the stats)."""
+        usage = getattr(self.backend, "scoring_usage", None)
+        before = replace(usage) if usage is not None else None
         try:
             return self.backend.score_yes_no(prompts)
         except UnsupportedError:
@@ -333,6 +353,11 @@ class CachedBackend:
             error = f"{self.model_id}: yes/no scoring failed: {type(exc).__name__}: {exc}"
             self.stats.note_failure(error, len(prompts))
             raise LLMError(error) from exc
+        finally:
+            if usage is not None:
+                self.stats.tokens_in += usage.tokens_in - before.tokens_in
+                self.stats.tokens_cached += usage.tokens_cached - before.tokens_cached
+                self.stats.tokens_out += usage.tokens_out - before.tokens_out
 
     def _key(self, request: Request, index: int) -> str:
         return cache_key(self.identity, request.input, request.sampling.as_dict(), index)

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from ..models import resolve
-from .base import Completion, LLMError, Prompt, Request, generate_isolating
+from .base import Completion, LLMError, Prompt, Request, Usage, generate_isolating
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class HFBackend:
             raise LLMError(f"hf backend: dtype must be auto, float32, float16 or bfloat16, got '{dtype}'")
         path = resolve(model)
         self.model_id = model_id or model
+        self.scoring_usage = Usage()
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -119,6 +120,7 @@ class HFBackend:
         scores: list[float] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = self._encode(prompts[start : start + self.batch_size])
+            self.scoring_usage.tokens_in += int(batch["attention_mask"].sum())
             with torch.inference_mode():
                 logits = self.model(**batch).logits[:, -1, :].float()
             logprobs = logits.log_softmax(dim=-1)

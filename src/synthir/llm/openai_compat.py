@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from .base import Completion, LLMError, Prompt, Request, score_with_logprobs
+from .base import Completion, LLMError, Prompt, Request, Usage, score_with_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class OpenAICompatBackend:
             raise LLMError("openai backend: max_concurrency >= 1, max_retries >= 0 and timeout > 0 are required")
         self.model = model
         self.model_id = model_id or model
+        self.scoring_usage = Usage()
         self._root = _server_root(base_url)
         self.base_url = _without_credentials(self._root)
         """The server without /v1 (and without user:password@): what messages and the identity show."""
@@ -266,6 +267,7 @@ class OpenAICompatBackend:
             tokens_out=tokens_out,
             logprobs=logprobs,
             tokens_out_each=[tokens_out] if len(texts) == 1 else None,
+            tokens_cached=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
         )
 
 
@@ -281,6 +283,7 @@ def _joined(parts: list[Completion], n: int, error: str | None = None) -> Comple
         failed=len(parts) < n,
         error=error if len(parts) < n else None,
         tokens_out_each=counts,
+        tokens_cached=sum(p.tokens_cached for p in parts),
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..models import resolve
-from .base import Completion, LLMError, Prompt, Request, generate_isolating, score_with_logprobs
+from .base import Completion, LLMError, Prompt, Request, Usage, generate_isolating, score_with_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class VLLMBackend:
             raise LLMError("vllm backend needs vllm (GPU): pip install -r requirements-gpu.txt") from None
         self._vllm = vllm
         self.model_id = model_id or model
+        self.scoring_usage = Usage()
         options = dict(llm_options)
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
@@ -97,6 +98,7 @@ def _completion(request: Request, output: Any) -> Completion:
         tokens_out=sum(counts),
         logprobs=logprobs,
         tokens_out_each=counts,
+        tokens_cached=int(getattr(output, "num_cached_tokens", None) or 0),  # vLLM's prefix cache
     )
 
 

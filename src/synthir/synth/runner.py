@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from tqdm.auto import tqdm
-
 from ..llm import CachedBackend, Completion, Request, Sampling
+from ..llm.progress import LLMProgress
 from ..prompting import Template
 
 
@@ -38,10 +37,10 @@ class TaskRunner:
         started = time.perf_counter()
         results: list[Completion] = []
         step = self.backend.batch_size
-        with tqdm(total=len(requests), desc=desc, unit="req", disable=not requests) as bar:
+        with LLMProgress(self.backend, len(requests), desc) as progress:
             for start in range(0, len(requests), step):
                 results += self.backend.generate(requests[start : start + step])
-                bar.update(min(step, len(requests) - start))
+                progress.advance(min(step, len(requests) - start))
         stats.requests += len(requests)
         stats.samples += sum(r.n for r in requests)
         stats.failed += sum(r.failed for r in results)
