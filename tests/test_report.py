@@ -117,3 +117,19 @@ def test_runs_on_a_corpus_without_qrels_are_reported_without_scores(tmp_path):
     summary = write_report(runs, "default", {"scale": ["sample.fraction"]}, ["ndcg@10"], tmp_path / "r")
     assert summary["sweeps"] == {"scale": ["default", "own-corpus"]}
     assert "| own-corpus | `sample.fraction=0.02` | — | — |" in (tmp_path / "r" / "README.md").read_text()
+
+
+def test_exports_from_several_clones_merge_run_by_run():
+    from synthir.report import merge_exports
+
+    here = [{"rev": "a", "experiments": [{"name": "default", "v": 1}, {"name": "snn", "v": 1}]}]
+    there = [
+        {"rev": "a", "experiments": [{"name": "snn", "v": 2}]},  # rerun elsewhere: replaces the older copy
+        {"rev": "b", "experiments": [{"name": "fast-cpu-25", "v": 1}]},
+    ]
+    merged = merge_exports(here, there)
+    assert [(e["rev"], [(r["name"], r["v"]) for r in e["experiments"]]) for e in merged] == [
+        ("a", [("default", 1), ("snn", 2)]),
+        ("b", [("fast-cpu-25", 1)]),
+    ]
+    assert here[0]["experiments"][1]["v"] == 1  # the inputs are left as they were

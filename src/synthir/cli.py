@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_files.set_defaults(func=_cmd_cache_import)
     export = commands.add_parser("export-experiments", help="save `dvc exp show --json` for the report stage")
     export.add_argument("--output", type=Path, default=Path("report/experiments.json"))
+    export.add_argument("--merge", action="store_true", help="keep the runs already in --output (other clones')")
     export.set_defaults(func=_cmd_export)
     return parser
 
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_export(args: argparse.Namespace) -> None:
     from .report import export_experiments
 
-    count = export_experiments(args.output)
+    count = export_experiments(args.output, merge=args.merge)
     print(f"{args.output}: {count} experiments; `dvc repro report` renders report/README.md")
 
 

@@ -302,8 +302,10 @@ def write_report(
     return {"runs": len(runs), "sweeps": drawn, "figures": names}
 
 
-def export_experiments(out: Path, all_commits: bool = True) -> int:
-    """`dvc exp show --json` (all commits: sweeps may span several) written to `out`; returns the runs found."""
+def export_experiments(out: Path, all_commits: bool = True, merge: bool = False) -> int:
+    """`dvc exp show --json` (all commits: sweeps may span several) written to `out`; returns the runs found.
+    With `merge`, the runs already in `out` are kept (experiments live in one machine's git refs, so a study run
+    on several machines or clones is gathered run by run); a run exported again replaces its older copy."""
     import subprocess
 
     from .fileio import atomic_file
@@ -313,6 +315,21 @@ def export_experiments(out: Path, all_commits: bool = True) -> int:
     if done.returncode != 0:
         raise SynthirError(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
     data = [entry for entry in json.loads(done.stdout) if entry.get("experiments")]  # commits with experiments
+    if merge and out.exists():
+        data = merge_exports(json.loads(out.read_text(encoding="utf-8")), data)
     with atomic_file(out) as handle:
         handle.write(json.dumps(data, indent=1) + "\n")
     return sum(len(entry["experiments"]) for entry in data)
+
+
+def merge_exports(old: list[dict], new: list[dict]) -> list[dict]:
+    """Commits of both exports; within a commit, the experiments of both by name, the new copy winning."""
+    merged = {entry["rev"]: {**entry, "experiments": list(entry["experiments"])} for entry in old}
+    for entry in new:
+        if entry["rev"] not in merged:
+            merged[entry["rev"]] = entry
+            continue
+        fresh = {run.get("name") for run in entry["experiments"]}
+        kept = [run for run in merged[entry["rev"]]["experiments"] if run.get("name") not in fresh]
+        merged[entry["rev"]]["experiments"] = kept + entry["experiments"]
+    return list(merged.values())

@@ -52,26 +52,9 @@ def generate(
             params.seed,
             d2q.max_passage_words,
         )
-        outputs["doc2query"], stats["doc2query"] = generate_queries(
-            runner,
-            load_template("doc2query", folder),
-            dataset.corpus,
-            doc_ids,
-            examples,
-            d2q.density,
-            d2q.oversample,
-            d2q.dedup_jaccard,
-            d2q.max_passage_words,
-            sampling_of(d2q, params.seed),
-        )
+        outputs["doc2query"], stats["doc2query"] = run_doc2query(runner, params, dataset, doc_ids, examples)
     if params.query_negative.enabled and d2q.enabled:
-        outputs["query_negative"], stats["query_negative"] = generate_negatives(
-            runner,
-            load_template("query_negative", folder),
-            outputs["doc2query"],
-            sampling_of(params.query_negative, params.seed),
-            params.domain,
-        )
+        outputs["query_negative"], stats["query_negative"] = run_query_negative(runner, params, outputs["doc2query"])
     if params.syntriever.enabled:
         syn = params.syntriever
         query_ids = training_queries(dataset.queries, dataset.qrels["train"], syn.max_queries, params.seed)
@@ -120,6 +103,31 @@ def generate(
         handle.writelines(f"{q}\n" for q, _, _ in examples)
     write_json(metrics_path, summary)
     return stats
+
+
+def run_doc2query(
+    runner: TaskRunner, params: GenerateParams, dataset: Dataset, doc_ids: list[str], examples: list
+) -> tuple[list[dict], TaskStats]:
+    """doc2query as `params` set it: the template of `prompts_dir`, density, deduplication, sampling."""
+    d2q = params.doc2query
+    return generate_queries(
+        runner,
+        load_template("doc2query", params.prompts_dir),
+        dataset.corpus,
+        doc_ids,
+        examples,
+        d2q.density,
+        d2q.oversample,
+        d2q.dedup_jaccard,
+        d2q.max_passage_words,
+        sampling_of(d2q, params.seed),
+    )
+
+
+def run_query_negative(runner: TaskRunner, params: GenerateParams, queries: list[dict]) -> tuple[list[dict], TaskStats]:
+    """One generated negative per pseudo-query record, as `params` set it."""
+    template = load_template("query_negative", params.prompts_dir)
+    return generate_negatives(runner, template, queries, sampling_of(params.query_negative, params.seed), params.domain)
 
 
 def _load(params: GenerateParams, data_dir: Path) -> Dataset:
