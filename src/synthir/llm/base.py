@@ -104,7 +104,7 @@ class Completion:
     tokens_out_each: list[int] | None = None
     """Generated tokens per text, where the backend knows them."""
     tokens_cached: int = 0
-    """Prompt tokens the backend served from its own prompt (KV) cache, summed over the texts' calls."""
+    """Of `tokens_in`, the prompt tokens the backend served from its own prompt (KV) cache."""
 
     @classmethod
     def failure(cls, error: str) -> Completion:

@@ -102,7 +102,7 @@ class LlamaCppBackend:
                 return Completion(texts, tokens_in, sum(counts), failed=True, error=f"llamacpp: {exc}")
             usage = data.get("usage") or {}
             tokens_in = int(usage.get("prompt_tokens") or 0)
-            cached += int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+            cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
             self._add_timings(data.get("timings") or {})
             texts.append(text or "")
             counts.append(int(usage.get("completion_tokens") or 0))

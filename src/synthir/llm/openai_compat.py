@@ -283,7 +283,7 @@ def _joined(parts: list[Completion], n: int, error: str | None = None) -> Comple
         failed=len(parts) < n,
         error=error if len(parts) < n else None,
         tokens_out_each=counts,
-        tokens_cached=sum(p.tokens_cached for p in parts),
+        tokens_cached=max((p.tokens_cached for p in parts), default=0),
     )
 
 
