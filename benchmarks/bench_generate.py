@@ -103,8 +103,8 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
         start = time.perf_counter()
         result = work()
         seconds = time.perf_counter() - start
-        after = llm.stats.as_dict()
-        counts = {k: after[k] - before[k] for k in ("calls", "tokens_in", "tokens_cached", "tokens_out")}
+        gained = llm.stats.counts_since(before)
+        counts = {k: gained[k] for k in ("calls", "tokens_in", "tokens_cached", "tokens_out")}
         spent = {k: v - timings[k] for k, v in llm.backend.timings.items()}
         tasks[name] = {"seconds": round(seconds, 2), **counts, "llama_cpp": spent}
         return result

@@ -120,9 +120,8 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
         """`judge`, with the task's prompts, seconds and LLM counters recorded for the metrics."""
         before, started_task = backend.stats.as_dict(), time.perf_counter()
         scores = judge(backend, question, pairs, desc=task)
-        after = backend.stats.as_dict()
-        llm = {k: v - before[k] for k, v in after.items() if isinstance(v, int)}
-        tasks[task] = {"prompts": len(pairs), "seconds": round(time.perf_counter() - started_task, 2), "llm": llm}
+        seconds = round(time.perf_counter() - started_task, 2)
+        tasks[task] = {"prompts": len(pairs), "seconds": seconds, "llm": backend.stats.counts_since(before)}
         return scores
 
     if params.score_queries and queries:

@@ -249,6 +249,10 @@ class CacheStats:
     def as_dict(self) -> dict[str, int | str | None]:
         return asdict(self)
 
+    def counts_since(self, before: dict[str, int | str | None]) -> dict[str, int]:
+        """The counters (not the first error's text) gained since `before`, an earlier `as_dict()`."""
+        return {k: v - int(before.get(k) or 0) for k, v in self.as_dict().items() if isinstance(v, int)}
+
     def note_failure(self, error: str, count: int = 1) -> None:
         self.failures += count
         if self.first_error is None:

@@ -21,12 +21,12 @@ class LLMProgress:
         self._started = time.perf_counter()
 
     def advance(self, count: int) -> None:
-        stats, start = self.backend.stats, self._start
+        done = self.backend.stats.counts_since(self._start)
         elapsed = max(time.perf_counter() - self._started, 1e-9)
         self.bar.set_postfix(
-            calls=stats.calls - start["calls"],
-            hits=stats.cache_hits - start["cache_hits"],
-            gen_tok_s=f"{(stats.tokens_out - start['tokens_out']) / elapsed:.1f}",
+            calls=done["calls"],
+            hits=done["cache_hits"],
+            gen_tok_s=f"{done['tokens_out'] / elapsed:.1f}",
             refresh=False,
         )
         self.bar.update(count)

@@ -45,10 +45,8 @@ class TaskRunner:
         stats.samples += sum(r.n for r in requests)
         stats.failed += sum(r.failed for r in results)
         stats.seconds += time.perf_counter() - started
-        after = self.backend.stats.as_dict()
-        for key, value in after.items():
-            if isinstance(value, int):  # the counters, not the first error's text
-                stats.llm[key] = stats.llm.get(key, 0) + value - before.get(key, 0)
+        for key, value in self.backend.stats.counts_since(before).items():
+            stats.llm[key] = stats.llm.get(key, 0) + value
         return results
 
     def provenance(self, template: Template, sampling: Sampling, sample: int, **extra) -> dict:
