@@ -1,10 +1,11 @@
-"""baseline: the untrained base model and BM25 on the evaluation split, the numbers training must beat."""
+"""baseline: the untrained base model, BM25 and their rank fusion (the strongest label-free system of the same
+parts) on the evaluation split: the numbers training must beat."""
 
 import argparse
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.evaluate import evaluate_bm25, evaluate_dense, skipped
+from synthir.evaluate import evaluate_bm25, evaluate_dense, evaluate_fusion, per_query_record, skipped
 from synthir.fileio import write_json
 from synthir.retrieval import Prefixes, load_encoder
 from synthir.stage import stage_params
@@ -16,6 +17,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--output", required=True, help="metrics JSON")
     parser.add_argument("--details", required=True, help="folder for runs and per-query metrics")
+    parser.add_argument("--per-query", required=True, help="JSON of the headline per-query scores (committed)")
     args = parser.parse_args()
     params = stage_params("baseline")
     model, settings = params.train, params.evaluate
@@ -36,9 +38,12 @@ def main() -> None:
         model.base_model, args.data, settings, Prefixes(model.query_prefix, model.passage_prefix), model=encoder
     )
     bm25 = evaluate_bm25(args.data, settings)
-    for name, result in (("dense", dense), ("bm25", bm25)):
+    hybrid = evaluate_fusion("bm25+base (RRF)", [bm25.run, dense.run], args.data, settings)
+    results = {"dense": dense, "bm25": bm25, "hybrid": hybrid}
+    for name, result in results.items():
         result.save(details / f"{name}.json", details / f"{name}.per_query.json", details / f"{name}.run.trec")
-    write_json(args.output, {"dense": dense.summary(), "bm25": bm25.summary()})
+    write_json(args.per_query, per_query_record({"base": dense, "bm25": bm25, "bm25+base": hybrid}))
+    write_json(args.output, {name: result.summary() for name, result in results.items()})
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""download: the configured BEIR dataset as a validated folder (mirror, official URL, or a local path)."""
+"""download: the configured BEIR dataset as a validated folder (mirror, official URL, or a local path), with a
+dev split held out of the train queries (dataset.dev_fraction) and recorded."""
 
 import argparse
 
 from synthir.download import fetch_dataset
 from synthir.errors import friendly_errors
+from synthir.fileio import write_json
+from synthir.splits import describe_splits
 from synthir.stage import stage_params
 
 
@@ -11,9 +14,12 @@ from synthir.stage import stage_params
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--splits", required=True, help="JSON record of the splits and the dev query ids")
     args = parser.parse_args()
     dataset = stage_params("download").dataset
-    fetch_dataset(dataset.name, args.output, dataset.path)
+    folder = fetch_dataset(dataset.name, args.output, dataset.path, dataset.dev_fraction, dataset.dev_seed)
+    record = {"dev_fraction": dataset.dev_fraction, "dev_seed": dataset.dev_seed, **describe_splits(folder)}
+    write_json(args.splits, record)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""sample: the nested, seeded fraction of the corpus that generation works on."""
+"""sample: the nested, seeded fraction of the corpus that generation works on (random, or diverse: spread over
+k-means clusters of the base retriever's embeddings)."""
 
 import argparse
 
-from synthir.beir import load_corpus
+from synthir.beir import load_corpus, passage_text
 from synthir.errors import friendly_errors
 from synthir.fileio import atomic_file
-from synthir.sampling import sample_ids
+from synthir.sampling import corpus_order, diverse_order, take_fraction
 from synthir.stage import stage_params
 
 
@@ -16,10 +17,20 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     sample = stage_params("sample").sample
-    ids = sample_ids(load_corpus(f"{args.data}/corpus.jsonl"), sample.fraction, sample.seed)
+    corpus = load_corpus(f"{args.data}/corpus.jsonl")
+    if sample.strategy == "diverse":
+        from synthir.retrieval import encode_passages, load_encoder
+
+        doc_ids = sorted(corpus)
+        texts = [passage_text(corpus[d]) for d in doc_ids]
+        embeddings = encode_passages(load_encoder(sample.model), texts, sample.batch_size).cpu().numpy()
+        order = diverse_order(doc_ids, embeddings, sample.clusters, sample.seed)
+    else:
+        order = corpus_order(corpus, sample.seed)
+    ids = take_fraction(order, sample.fraction)
     with atomic_file(args.output) as handle:
         handle.writelines(f"{doc_id}\n" for doc_id in ids)
-    print(f"sampled {len(ids)} documents (fraction {sample.fraction}, seed {sample.seed})")
+    print(f"sampled {len(ids)} documents ({sample.strategy}, fraction {sample.fraction}, seed {sample.seed})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""triples: training examples (train split, doc2query, Syntriever sets) with mined or generated negatives."""
+"""triples: training examples (train split, doc2query, Syntriever sets, cropped sentences of the sampled documents)
+with mined or generated negatives."""
 
 import argparse
 from pathlib import Path
@@ -13,10 +14,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--verified", type=Path, required=True)
+    parser.add_argument(
+        "--sample", type=Path, required=True, help="the sampled doc ids (the cropped source's documents)"
+    )
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    build(stage_params("triples").triples, args.data, args.verified, args.output, args.metrics)
+    sample_ids = args.sample.read_text(encoding="utf-8").split()
+    build(stage_params("triples").triples, args.data, args.verified, args.output, args.metrics, sample_ids)
 
 
 if __name__ == "__main__":

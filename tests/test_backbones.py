@@ -58,3 +58,26 @@ def test_a_lora_student_trains_and_saves_as_a_plain_sentence_transformer(tmp_pat
     embeddings = [n for n in trained if "embed_tokens" in n]
     assert all(torch.equal(trained[n], base[n.split("model.", 1)[-1]]) for n in embeddings)  # LoRA: frozen
     assert json.loads((tmp_path / "model" / "config_sentence_transformers.json").read_text())["prompts"] == {}
+
+
+def test_attention_dropout_is_set_on_every_attention_and_nowhere_else(tiny_encoder, tiny_decoder):
+    from synthir.backbones import set_attention_dropout
+    from synthir.retrieval import load_encoder
+
+    model = load_encoder(tiny_encoder)
+    assert set_attention_dropout(model, 0.0) == 2  # the two BERT layers' self-attention
+    bert = model[0].auto_model
+    assert [layer.attention.self.dropout.p for layer in bert.encoder.layer] == [0.0, 0.0]
+    assert [layer.output.dropout.p for layer in bert.encoder.layer] == [0.1, 0.1]  # hidden-state dropout kept
+    assert bert.config.attention_probs_dropout_prob == 0.0
+    model.train()
+    features = model.tokenize(["cats purr when content"] * 2)
+    torch.manual_seed(0)
+    first = model(dict(features))["sentence_embedding"]
+    for layer in bert.encoder.layer:
+        layer.output.dropout.p = layer.attention.output.dropout.p = 0.0
+    bert.embeddings.dropout.p = 0.0
+    assert torch.equal(model(dict(features))["sentence_embedding"], model(dict(features))["sentence_embedding"])
+    assert not torch.equal(first, model(dict(features))["sentence_embedding"])  # hidden dropout was still on
+    decoder = build_encoder(tiny_decoder, "lasttoken", 0, None, "cpu")
+    assert set_attention_dropout(decoder, 0.0) >= 1

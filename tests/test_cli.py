@@ -94,3 +94,51 @@ def test_a_bad_since_names_the_flag(tmp_path):
         "--since: expected a UTC time like 2026-11-26T07:00 (got 'yesterday')"
     )
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def _record(path, systems: dict[str, dict[str, float]]):
+    record = {"split": "dev", "metrics": ["ndcg@10", "recall@100"], "systems": {}}
+    for name, scores in systems.items():
+        record["systems"][name] = {q: [v, 1.0] for q, v in scores.items()}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_compare_prints_wins_ci_and_p_value(tmp_path, capsys):
+    a = {f"q{i}": 0.5 + (0.2 if i % 4 else -0.1) for i in range(40)}
+    b = {f"q{i}": 0.5 for i in range(41)}  # q40 scored by B only
+    one = _record(tmp_path / "one.json", {"student": a})
+    two = _record(tmp_path / "two.json", {"base": b, "student": a})
+    assert run(["compare", str(one), f"{two}:base", "--permutations", "2000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "ndcg@10 over 40 queries (1 scored by one run only, left out)"
+    assert lines[3].startswith("  A - B: +0.1250, 95% CI [+0.")
+    assert lines[4] == "  per query: A wins 30, loses 10, ties 0"
+    assert lines[5].startswith("  p = 0.0005 (paired randomization, 2000 sign flips); t-test p = 0.0000")
+    assert run(["compare", str(one), f"{two}:student"]) == 0
+    assert "p = 1.0000" in capsys.readouterr().out
+
+
+def test_compare_reads_seeds_of_exported_experiments(tmp_path, capsys):
+    from tests.test_report import experiments, rev
+
+    runs = []
+    for name, shift in (("crop-s1", 0.1), ("crop-s2", 0.3), ("supervised", 0.0)):
+        entry = rev(name, 0.6)
+        scores = {f"q{i}": 0.4 + shift * (i % 2) for i in range(10)}
+        entry["data"]["per_query"] = {
+            "split": "dev",
+            "metrics": ["ndcg@10", "recall@100"],
+            "systems": {"student": {q: [v, 1.0] for q, v in scores.items()}},
+        }
+        runs.append(entry)
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(experiments(*runs)))
+    assert run(["compare", "crop-s1,crop-s2", "supervised", "--experiments", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "A crop-s1,crop-s2: 0.5000" in out and "B supervised: 0.4000" in out
+    done = _cli("compare", "crop-s3", "supervised", "--experiments", str(path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "crop-s3: no file and no experiment named 'crop-s3'" in done.stderr
+    done = _cli("compare", "crop-s1:bm25", "supervised", "--experiments", str(path))
+    assert done.returncode == 1 and "no system 'bm25' (have: student)" in done.stderr

@@ -5,8 +5,8 @@ import pytrec_eval
 import torch
 
 from synthir.config import EvaluateParams
-from synthir.evaluate import aggregate, evaluate_bm25, evaluate_dense, per_query_metrics, ranked, read_trec_run
-from synthir.retrieval import faiss_top_k, top_k
+from synthir.evaluate import aggregate, evaluate_bm25, evaluate_dense, per_query_metrics, read_trec_run
+from synthir.retrieval import faiss_top_k, ranked, top_k
 from tests.conftest import write_beir
 
 QRELS = {"q1": {"d1": 1, "d2": 2}, "q2": {"d3": 1}}
@@ -97,3 +97,26 @@ def test_corpus_embeddings_are_memoised_per_model_and_text(tmp_path, monkeypatch
         retrieval.encode_passages(model, ["a passage", "another"], 2)
     with pytest.raises(AssertionError, match="re-encoded"):
         retrieval.encode_passages(model, ["a passage", "changed"], 2, cache=True)
+
+
+def test_reciprocal_rank_fusion_by_hand():
+    from synthir.retrieval import reciprocal_rank_fusion
+
+    fused = reciprocal_rank_fusion([{"q": {"a": 3.0, "b": 2.0, "c": 1.0}}, {"q": {"c": 5.0, "a": 4.0}}], depth=2)
+    assert fused == {"q": {"a": pytest.approx(1 / 61 + 1 / 62), "c": pytest.approx(1 / 63 + 1 / 61)}}
+    tied = reciprocal_rank_fusion([{"q": {"x": 1.0, "y": 1.0}}])  # ties ranked as trec_eval: doc id descending
+    assert tied["q"] == {"y": pytest.approx(1 / 61), "x": pytest.approx(1 / 62)}
+
+
+def test_fusion_evaluation_and_the_committed_per_query_record(beir_dir):
+    from synthir.evaluate import evaluate_fusion, per_query_record
+    from synthir.report import system_scores
+
+    bm25 = evaluate_bm25(beir_dir)
+    fused = evaluate_fusion("bm25+bm25", [bm25.run, bm25.run], beir_dir)
+    assert fused.metrics == pytest.approx(bm25.metrics)  # a run fused with itself keeps its order
+    record = per_query_record({"bm25": bm25, "fused": fused})
+    assert record["split"] == "test" and record["metrics"] == ["ndcg@10", "recall@100"]
+    assert system_scores(record, "fused", "recall@100") == {q: v["recall@100"] for q, v in bm25.per_query.items()}
+    with pytest.raises(KeyError, match="no system 'dense'"):
+        system_scores(record, "dense")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from synthir.sampling import sample_ids
@@ -21,3 +22,20 @@ def test_deterministic_and_independent_of_input_order():
 def test_fraction_range(fraction):
     with pytest.raises(ValueError, match="fraction must be in"):
         sample_ids(IDS, fraction, 1)
+
+
+def test_diverse_order_is_nested_and_reaches_every_cluster_first():
+    from synthir.sampling import diverse_order, take_fraction
+
+    rng = np.random.default_rng(0)
+    big = rng.normal(0, 0.1, size=(90, 4)) + [5, 0, 0, 0]  # one large cluster and two small, far apart
+    small = [rng.normal(0, 0.1, size=(5, 4)) + centre for centre in ([0, 5, 0, 0], [0, 0, 5, 0])]
+    embeddings = np.vstack([big, *small])
+    ids = [f"big{i}" for i in range(90)] + [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
+    order = diverse_order(ids, embeddings, clusters=3, seed=1)
+    kind = lambda doc_id: doc_id.rstrip("0123456789")  # noqa: E731
+    assert sorted(order) == sorted(ids)
+    assert {kind(d) for d in order[:3]} == {"big", "a", "b"}  # one of each cluster first
+    assert sum(kind(d) != "big" for d in take_fraction(order, 0.15)) == 10  # the small clusters, all in 15%
+    assert take_fraction(order, 0.3)[:15] == take_fraction(order, 0.15)  # nested
+    assert diverse_order(list(reversed(ids)), embeddings[::-1], 3, 1) == order  # input order does not matter

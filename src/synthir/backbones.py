@@ -123,6 +123,27 @@ def _plain_text_tokenizer(tokenizer, append_eos: bool) -> None:
         tokenizer.add_eos_token = True
 
 
+def set_attention_dropout(model, p: float) -> int:
+    """Set the dropout on attention probabilities of every attention module (BERT-like `dropout` modules,
+    decoder `attention_dropout` floats) and in the config; returns how many modules changed. Hidden-state
+    dropout is left as it is."""
+    changed = 0
+    for module in model.modules():
+        if "Attention" not in type(module).__name__:
+            continue
+        if isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
+            module.dropout.p = p
+            changed += 1
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+            changed += 1
+        config = getattr(module, "config", None)
+        for key in ("attention_probs_dropout_prob", "attention_dropout"):
+            if config is not None and isinstance(getattr(config, key, None), float):
+                setattr(config, key, p)
+    return changed
+
+
 def add_lora(model, rank: int) -> None:
     """Train the transformer through LoRA adapters of `rank` on every linear layer; its own weights freeze."""
     from peft import LoraConfig, get_peft_model

@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     import_files = actions.add_parser("import", help="add the completions of files the cache lacks (never overwrites)")
     import_files.add_argument("files", type=Path, nargs="*", help="default: llm-cache/completions.jsonl")
     import_files.set_defaults(func=_cmd_cache_import)
+    versus = commands.add_parser("compare", help="paired significance test of two runs over the same queries")
+    versus.add_argument("run_a", help="NAME[:SYSTEM] of an experiment, NAME,NAME,... (mean over seeds) or a JSON file")
+    versus.add_argument("run_b", help="the same for the run compared with")
+    versus.add_argument("--metric", default="ndcg@10", help="ndcg@10 or recall@100 (the committed per-query scores)")
+    versus.add_argument("--experiments", type=Path, default=Path("report/experiments.json"))
+    versus.add_argument("--permutations", type=int, default=10_000, help="sign flips of the randomization test")
+    versus.set_defaults(func=_cmd_compare)
     export = commands.add_parser("export-experiments", help="save `dvc exp show --json` for the report stage")
     export.add_argument("--output", type=Path, default=Path("report/experiments.json"))
     export.add_argument("--merge", action="store_true", help="keep the runs already in --output (other clones')")
@@ -137,6 +144,34 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     count = export_experiments(args.output, merge=args.merge)
     print(f"{args.output}: {count} experiments; `dvc repro report` renders report/README.md")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from .report import load_experiments, scores_of
+    from .stats import compare
+
+    if args.permutations < 1:
+        raise ConfigError(f"--permutations: must be at least 1 (got {args.permutations})")
+    names = (args.run_a, args.run_b)
+    needs_runs = any(not Path(spec.partition(":")[0]).is_file() for spec in names)
+    runs = load_experiments(args.experiments) if needs_runs else []
+    try:
+        a, b = (scores_of(spec, runs, args.metric) for spec in names)
+        result = compare(a, b, permutations=args.permutations)
+    except (KeyError, ValueError) as error:
+        raise ConfigError(str(error).strip("'\"")) from None
+    only = len(a.keys() - b.keys()) + len(b.keys() - a.keys())
+    print(
+        f"{args.metric} over {result.queries} queries" + (f" ({only} scored by one run only, left out)" if only else "")
+    )
+    print(f"  A {args.run_a}: {result.mean_a:.4f}")
+    print(f"  B {args.run_b}: {result.mean_b:.4f}")
+    print(
+        f"  A - B: {result.difference:+.4f}, {result.confidence:.0%} CI [{result.ci_low:+.4f}, {result.ci_high:+.4f}]"
+    )
+    print(f"  per query: A wins {result.wins}, loses {result.losses}, ties {result.ties}")
+    randomization = f"paired randomization, {args.permutations} sign flips"
+    print(f"  p = {result.p_value:.4f} ({randomization}); t-test p = {result.p_ttest:.4f}")
 
 
 def _cmd_cache_export(args: argparse.Namespace) -> None:

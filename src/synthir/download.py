@@ -17,6 +17,7 @@ from .archive import safe_extract
 from .beir import load_dataset, split_names
 from .errors import ChecksumError, DataError
 from .fileio import atomic_dir, cache_root, file_digest, require_file
+from .splits import carve_dev
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,14 @@ def _from_folder(folder: Path, source: Source | None, dest: Path) -> str:
     return str(folder)
 
 
-def fetch_dataset(name: str, dest: str | Path, path: str | Path | None = None) -> Path:
+def fetch_dataset(
+    name: str, dest: str | Path, path: str | Path | None = None, dev_fraction: float = 0.0, dev_seed: int = 13
+) -> Path:
     """Materialise dataset `name` as a validated BEIR folder at `dest`, atomically.
 
     `path` (a local BEIR folder) makes it a custom dataset; otherwise the registry entry is taken from
-    $SYNTHIR_DATA_MIRROR when set, else downloaded from the official BEIR URL."""
+    $SYNTHIR_DATA_MIRROR when set, else downloaded from the official BEIR URL. `dev_fraction` > 0 holds out that
+    share of the train queries as the dev split (`synthir.splits`), unless the dataset has its own."""
     dest = Path(dest)
     with atomic_dir(dest) as tmp:
         if path is not None:
@@ -157,6 +161,7 @@ def fetch_dataset(name: str, dest: str | Path, path: str | Path | None = None) -
             load_dataset(tmp)  # validate before the folder becomes visible
         except DataError as error:  # name the user's file, not the temporary copy
             raise DataError(str(error).replace(str(tmp), origin)) from None
+        carve_dev(tmp, dev_fraction, dev_seed)
     log.info("%s ready at %s", name, dest)
     return dest
 

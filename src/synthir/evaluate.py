@@ -13,7 +13,7 @@ import pytrec_eval
 from .beir import Qrels, has_split, load_dataset
 from .config import EvaluateParams
 from .fileio import atomic_file, write_json
-from .retrieval import Prefixes, Run, bm25_search, dense_search, load_encoder
+from .retrieval import Prefixes, Run, bm25_search, dense_search, load_encoder, ranked, reciprocal_rank_fusion
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ MEASURES = {
     "map@100": "map_cut_100",
 }
 METRICS = [*MEASURES, "mrr@10"]
-
-
-def ranked(hits: dict[str, float]) -> list[tuple[str, float]]:
-    """trec_eval's order: score descending, ties by doc id descending."""
-    return sorted(hits.items(), key=lambda item: (item[1], item[0]), reverse=True)
 
 
 def per_query_metrics(qrels: Qrels, run: Run, ignore_identical_ids: bool = True) -> dict[str, dict[str, float]]:
@@ -155,6 +150,43 @@ def evaluate_bm25(data_dir: str | Path, settings: EvaluateParams = EvaluateParam
     seconds: dict[str, float] = {}
     run = bm25_search(dataset.corpus, queries, settings.depth, settings.bm25, seconds)
     return _finish("bm25", settings.split, qrels, run, len(dataset.corpus), seconds, started)
+
+
+def evaluate_fusion(
+    system: str,
+    runs: list[Run],
+    data_dir: str | Path,
+    settings: EvaluateParams = EvaluateParams(),
+    exclude_queries: set[str] = frozenset(),
+) -> Evaluation:
+    """Reciprocal rank fusion of runs on the split (e.g. BM25 with a dense retriever: a label-free hybrid)."""
+    started = time.perf_counter()
+    dataset = load_dataset(data_dir, [settings.split])
+    _, qrels = dataset.split(settings.split)
+    qrels = {q: j for q, j in qrels.items() if q not in exclude_queries}
+    seconds: dict[str, float] = {}
+    begin = time.perf_counter()
+    run = reciprocal_rank_fusion([{q: hits for q, hits in r.items() if q in qrels} for r in runs], settings.depth)
+    seconds["fuse"] = time.perf_counter() - begin
+    return _finish(system, settings.split, qrels, run, len(dataset.corpus), seconds, started)
+
+
+PER_QUERY_METRICS = ("ndcg@10", "recall@100")
+"""The metrics whose per-query scores are committed, for paired significance tests across runs."""
+
+
+def per_query_record(evaluations: dict[str, Evaluation]) -> dict:
+    """The committed per-query scores of several systems on one split: {split, metrics, systems: {name: {query
+    id: [score per metric]}}}."""
+    splits = {e.split for e in evaluations.values()}
+    return {
+        "split": ",".join(sorted(splits)),
+        "metrics": list(PER_QUERY_METRICS),
+        "systems": {
+            name: {q: [round(values[m], 6) for m in PER_QUERY_METRICS] for q, values in e.per_query.items()}
+            for name, e in evaluations.items()
+        },
+    }
 
 
 def skipped(data_dir: str | Path, split: str) -> dict | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import AlignParams
@@ -26,6 +26,8 @@ STAGE_SECONDS = {
     "evaluate": ("metrics/eval.json", "seconds.total"),
 }
 LLM_STAGES = ("metrics/generate.json", "metrics/verify.json", "metrics/align_judge.json")
+PER_QUERY_FILES = ("metrics/baseline_per_query.json", "metrics/eval_per_query.json")
+"""Committed per-query scores (`synthir.evaluate.per_query_record`) that an export attaches to each run."""
 
 
 @dataclass
@@ -35,6 +37,8 @@ class Run:
     params: dict[str, object]
     metrics: dict[str, dict]
     timestamp: str = ""
+    per_query: dict = field(default_factory=dict)
+    """{split, metrics, systems: {name: {query id: scores}}}: base, bm25, bm25+base, student, bm25+student."""
 
     def metric(self, name: str) -> float | None:
         return _get(self.metrics.get("metrics/eval.json", {}), name)
@@ -59,6 +63,45 @@ class Run:
             if isinstance(value, int | float):
                 out[stage] = float(value)
         return out
+
+
+def system_scores(record: dict, system: str, metric: str = "ndcg@10") -> dict[str, float]:
+    """One system's per-query `metric` from a `per_query_record`."""
+    systems = record.get("systems", {})
+    if system not in systems:
+        raise KeyError(f"no system '{system}' (have: {', '.join(systems) or 'none'})")
+    metrics = record.get("metrics", [])
+    if metric not in metrics:
+        raise KeyError(f"no per-query {metric} (have: {', '.join(metrics)})")
+    column = metrics.index(metric)
+    return {q: values[column] for q, values in systems[system].items()}
+
+
+DEFAULT_SYSTEM = "student"
+"""The system of a run that `synthir compare NAME` means: the trained (or aligned) retriever."""
+
+
+def scores_of(spec: str, runs: list[Run], metric: str = "ndcg@10") -> dict[str, float]:
+    """Per-query scores named on the command line: `NAME[:SYSTEM]`, an experiment's system (student,
+    bm25+student, base, bm25, bm25+base); `NAME,NAME,...[:SYSTEM]`, the mean over runs (seeds); or a JSON file
+    `PATH[:SYSTEM]`, a committed per-query record or the {query: {metric: score}} sidecar of `synthir evaluate`."""
+    from .stats import mean_over_runs
+
+    target, _, system = spec.partition(":")
+    if Path(target).is_file():
+        data = json.loads(Path(target).read_text(encoding="utf-8"))
+        if "systems" not in data:  # a sidecar: {query: {metric: score}}
+            return {q: float(values[metric]) for q, values in data.items()}
+        return system_scores(data, system or next(iter(data["systems"])), metric)
+    by_name = {run.name: run for run in runs}
+    chosen = []
+    for name in target.split(","):
+        if name not in by_name:
+            raise SynthirError(f"{spec}: no file and no experiment named '{name}' (have: {', '.join(by_name)})")
+        if not by_name[name].per_query:
+            raise SynthirError(f"{spec}: experiment '{name}' has no per-query scores (exported before they existed)")
+        chosen.append(system_scores(by_name[name].per_query, system or DEFAULT_SYSTEM, metric))
+    return mean_over_runs(chosen)
 
 
 def _get(data: Mapping, dotted: str):
@@ -110,7 +153,9 @@ def _run(rev: dict) -> Run | None:
     if not metrics.get("metrics/eval.json"):
         return None
     name = rev.get("name") or rev.get("rev", "")[:7]
-    return Run(name, rev.get("rev", ""), flatten(params), metrics, data.get("timestamp", ""))
+    return Run(
+        name, rev.get("rev", ""), flatten(params), metrics, data.get("timestamp", ""), data.get("per_query") or {}
+    )
 
 
 # The on/off switches of optional blocks: a run from before a block existed ran without it (no `align` block =
@@ -315,11 +360,32 @@ def export_experiments(out: Path, all_commits: bool = True, merge: bool = False)
     if done.returncode != 0:
         raise SynthirError(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
     data = [entry for entry in json.loads(done.stdout) if entry.get("experiments")]  # commits with experiments
+    for entry in data:
+        for experiment in entry["experiments"]:
+            for rev in experiment.get("revs") or []:
+                if rev.get("data") is not None and rev.get("rev"):
+                    rev["data"]["per_query"] = committed_per_query(rev["rev"])
     if merge and out.exists():
         data = merge_exports(json.loads(out.read_text(encoding="utf-8")), data)
     with atomic_file(out) as handle:
         handle.write(json.dumps(data, indent=1) + "\n")
     return sum(len(entry["experiments"]) for entry in data)
+
+
+def committed_per_query(rev: str) -> dict:
+    """The per-query records an experiment's commit holds, merged into one (their systems side by side)."""
+    import subprocess
+
+    merged: dict = {}
+    for path in PER_QUERY_FILES:
+        done = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if done.returncode != 0:
+            continue  # an experiment from before per-query scores were committed
+        record = json.loads(done.stdout)
+        merged.setdefault("split", record["split"])
+        merged.setdefault("metrics", record["metrics"])
+        merged.setdefault("systems", {}).update(record["systems"])
+    return merged
 
 
 def merge_exports(old: list[dict], new: list[dict]) -> list[dict]:

@@ -170,6 +170,27 @@ def to_run(query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray,
     return run
 
 
+def ranked(hits: dict[str, float]) -> list[tuple[str, float]]:
+    """trec_eval's order: score descending, ties by doc id descending."""
+    return sorted(hits.items(), key=lambda item: (item[1], item[0]), reverse=True)
+
+
+RRF_K = 60
+"""Reciprocal rank fusion's constant (Cormack, Clarke and Buettcher, SIGIR 2009)."""
+
+
+def reciprocal_rank_fusion(runs: Sequence[Run], depth: int = 100, k: int = RRF_K) -> Run:
+    """Fuse runs by ranks alone: a document scores the sum over runs of 1 / (k + rank), rank 1 the best (ties
+    in a run broken as trec_eval breaks them). Each query keeps its top `depth`."""
+    fused: Run = {}
+    for run in runs:
+        for query_id, hits in run.items():
+            scores = fused.setdefault(query_id, {})
+            for rank, (doc_id, _) in enumerate(ranked(hits), start=1):
+                scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (k + rank)
+    return {q: dict(ranked(hits)[:depth]) for q, hits in fused.items()}
+
+
 def dense_search(
     model,
     corpus: Corpus,

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import add_lora, merge_lora
+from .backbones import add_lora, merge_lora, set_attention_dropout
 from .config import FitParams
 from .errors import ConfigError
 from .examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
@@ -328,6 +328,8 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
         pooling=params.pooling,
         keep_layers=params.keep_layers,
     )
+    if params.attention_dropout is not None and not set_attention_dropout(model, params.attention_dropout):
+        raise ConfigError(f"train.attention_dropout: {params.base_model} has no attention dropout synthir can set")
     if params.lora_rank:
         add_lora(model, params.lora_rank)
     if params.gradient_checkpointing:

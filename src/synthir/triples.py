@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from .beir import Corpus, Qrels, Queries, passage_text
+from .cropping import cropped_examples
 from .examples import negative_kind
 from .negatives import MiningRule, ScoreRows, choose
 
@@ -109,8 +110,9 @@ def use_llm_negatives(examples: Sequence[dict], num: int) -> None:
         example["negative_ids"] += ["generated"] * len(generated)
 
 
-def build(params, data_dir, verified, output, metrics_path) -> dict:
-    """The triples stage: examples from the configured sources, negatives from the configured method."""
+def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str] = ()) -> dict:
+    """The triples stage: examples from the configured sources, negatives from the configured method;
+    `sample_ids` are the sampled documents the `cropped` source crops."""
     import time
     from pathlib import Path
 
@@ -123,7 +125,7 @@ def build(params, data_dir, verified, output, metrics_path) -> dict:
     if not labeled and {"train", "syntriever"} & set(params.sources):
         raise ConfigError(
             f"triples.sources: {params.sources} needs labeled train queries, and {data_dir} has no "
-            f"qrels/train.tsv; for a corpus without labels use sources: [doc2query]"
+            f"qrels/train.tsv; for a corpus without labels use sources: [doc2query], [cropped] or both"
         )
     dataset = load_dataset(data_dir, ["train"] if labeled else [])
     corpus, train = dataset.corpus, dataset.qrels.get("train", {})
@@ -136,6 +138,17 @@ def build(params, data_dir, verified, output, metrics_path) -> dict:
     if "doc2query" in params.sources:
         examples += from_doc2query(corpus, read("doc2query"), read("query_negative"))
     examples += syntriever
+    if "cropped" in params.sources:
+        crop = params.cropped
+        examples += cropped_examples(
+            corpus,
+            list(sample_ids),
+            crop.per_doc,
+            crop.min_words,
+            crop.max_words,
+            crop.remove_from_positive,
+            params.seed,
+        )
     neg = params.negatives
     rule = MiningRule(neg.num_negatives, neg.rank_from, neg.rank_to, neg.margin, neg.max_score, neg.strategy)
     if neg.method == "llm":
