@@ -1,0 +1,64 @@
+"""Run the study's configurations as DVC experiments, one per training seed (issue 14; README "Results").
+
+A configuration is a list of presets under study/ joined by '+', applied in order on top of the committed
+params.yaml and study/protocol.yaml (dev split): `crop+frac25+attn0` is study/crop.yaml, study/frac25.yaml and
+study/attn0.yaml. Each seed is one `dvc exp run -n <configuration>-s<seed> -S train.seed=<seed>`; what the seeds
+share (download, sample, generate, verify, triples, baseline) comes from DVC's run cache after the first.
+`--test` scores a configuration chosen on dev on the test split instead (its experiments end in `-test-s<seed>`).
+
+    python scripts/study.py --seeds 1 2 3 supervised+no-llm crop+no-llm+frac25
+    synthir export-experiments --merge && dvc repro report
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = ROOT / "study"
+
+
+def presets(configuration: str) -> list[Path]:
+    paths = [STUDY / "protocol.yaml"] + [STUDY / f"{name}.yaml" for name in configuration.split("+")]
+    missing = [str(p.relative_to(ROOT)) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"error: {configuration}: no preset {', '.join(missing)}")
+    return paths
+
+
+def run(configuration: str, seed: int, test: bool, dry_run: bool) -> bool:
+    name = f"{configuration}{'-test' if test else ''}-s{seed}"
+    commands = [["git", "checkout", "--", "params.yaml"]]
+    commands += [["synthir", "preset", str(p.relative_to(ROOT))] for p in presets(configuration)]
+    overrides = ["-S", f"train.seed={seed}"] + (["-S", "evaluate.split=test"] if test else [])
+    commands.append(["dvc", "exp", "run", "-n", name, *overrides])
+    started = time.perf_counter()
+    for command in commands:
+        print("$", " ".join(command), flush=True)
+        if not dry_run and subprocess.call(command, cwd=ROOT) != 0:
+            print(f"{name}: failed after {time.perf_counter() - started:.0f} s", flush=True)
+            return False
+    print(f"{name}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configurations", nargs="+", help="presets of study/ joined by '+'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--test", action="store_true", help="score on the test split (configurations chosen on dev)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = parser.parse_args()
+    for configuration in args.configurations:
+        presets(configuration)  # every name checked before the first run
+    failed = [f"{c}-s{s}" for c in args.configurations for s in args.seeds if not run(c, s, args.test, args.dry_run)]
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
