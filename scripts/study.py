@@ -6,7 +6,7 @@ study/attn0.yaml. Each seed is one `dvc exp run -n <configuration>-s<seed> -S tr
 share (download, sample, generate, verify, triples, baseline) comes from DVC's run cache after the first.
 `--test` scores a configuration chosen on dev on the test split instead (its experiments end in `-test-s<seed>`).
 
-    python scripts/study.py --seeds 1 2 3 supervised+no-llm crop+no-llm+frac25
+    python scripts/study.py --seeds 1,2,3 supervised+no-llm crop+no-llm+frac25
     synthir export-experiments --merge && dvc repro report
 """
 
@@ -46,10 +46,17 @@ def run(configuration: str, seed: int, test: bool, dry_run: bool) -> bool:
     return True
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 1,2,3 (got {text!r})") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configurations", nargs="+", help="presets of study/ joined by '+'")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", type=_seeds, default=[1, 2, 3], help="training seeds, e.g. 1,2,3")
     parser.add_argument("--test", action="store_true", help="score on the test split (configurations chosen on dev)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args()
