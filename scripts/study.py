@@ -6,7 +6,7 @@ study/attn0.yaml. Each seed is one `dvc exp run -n <configuration>-s<seed> -S tr
 share (download, sample, generate, verify, triples, baseline) comes from DVC's run cache after the first.
 `--test` scores a configuration chosen on dev on the test split instead (its experiments end in `-test-s<seed>`).
 
-    python scripts/study.py --seeds 1,2,3 supervised+no-llm crop+no-llm+frac25
+    python scripts/study.py --seeds 1,2,3 supervised crop+frac25
     synthir export-experiments --merge && dvc repro report
 """
 
