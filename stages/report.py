@@ -17,7 +17,7 @@ def main() -> None:
     args = parser.parse_args()
     report = stage_params("report").report
     runs = load_experiments(args.experiments)
-    summary = write_report(runs, report.reference, report.sweeps, report.metrics, args.output)
+    summary = write_report(runs, report.reference, report.sweeps, report.metrics, args.output, report.selected)
     print(json.dumps(summary, indent=2))
 
 

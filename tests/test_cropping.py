@@ -42,7 +42,8 @@ def test_examples_are_seeded_distinct_and_keep_the_title():
 
 
 def test_triples_crop_the_sampled_documents_and_mine_their_negatives(tmp_path):
-    corpus = [{"_id": f"d{i}", "title": "", "text": f"Topic{i} is studied here at length. Cells of kind{i} grow."} for i in range(20)]
+    text = "Topic{i} is studied here at length. Cells of kind{i} grow."
+    corpus = [{"_id": f"d{i}", "title": "", "text": text.format(i=i)} for i in range(20)]
     folder = write_beir(tmp_path / "data", corpus, [{"_id": "q", "text": "x"}], {"test": [("q", "d0", 1)]})
     params = TriplesParams.model_validate(
         {"sources": ["cropped"], "negatives": {"method": "bm25", "rank_from": 0}, "cropped": {"min_words": 4}}

@@ -101,7 +101,7 @@ def test_bad_inputs_are_named(tmp_path, exported):
     bad.write_text('[\n{"rev": ')
     with pytest.raises(SynthirError, match=r"bad\.json:2: not JSON"):
         load_experiments(bad)
-    with pytest.raises(SynthirError, match=r"report\.reference: no finished experiment named 'nope'"):
+    with pytest.raises(SynthirError, match=r"report\.reference: no finished experiment or configuration named 'nope'"):
         write_report(load_experiments(exported), "nope", {}, ["ndcg@10"], tmp_path / "r")
     with pytest.raises(SynthirError, match="synthir export-experiments"):
         load_experiments(tmp_path / "missing.json")

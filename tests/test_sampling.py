@@ -28,7 +28,7 @@ def test_diverse_order_is_nested_and_reaches_every_cluster_first():
     from synthir.sampling import diverse_order, take_fraction
 
     rng = np.random.default_rng(0)
-    big = rng.normal(0, 0.1, size=(90, 4)) + [5, 0, 0, 0]  # one large cluster and two small, far apart
+    big = rng.normal(0, 0.1, size=(90, 4)) + np.array([5, 0, 0, 0])  # one large cluster and two small, far apart
     small = [rng.normal(0, 0.1, size=(5, 4)) + centre for centre in ([0, 5, 0, 0], [0, 0, 5, 0])]
     embeddings = np.vstack([big, *small])
     ids = [f"big{i}" for i in range(90)] + [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]

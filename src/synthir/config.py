@@ -449,7 +449,9 @@ class ReportParams(Block):
     """Which experiments the report compares, and how."""
 
     reference: str = "default"
-    """The experiment every other is compared with (name given to `dvc exp run -n`)."""
+    """The experiment, or study configuration (runs less their `-s<seed>`), every other is compared with."""
+    selected: list[str] = []
+    """Study configurations chosen on the dev split: marked in the report, and the ones scored on test."""
     metrics: list[str] = Field(default=["ndcg@10", "recall@100"], min_length=1)
     sweeps: dict[str, list[str]] = {}
     """A plot per sweep: the runs differing from the reference only in these dotted params."""

@@ -1,0 +1,149 @@
+"""The study's tables (issue 14): configurations over seeds, per split and setting, with paired significance.
+
+A configuration is the runs whose params differ only in their training seeds; it is named after its runs, less
+a trailing `-s<seed>`. Only runs made under the protocol (params with `dataset.dev_fraction`, so trained
+without the dev queries) are configurations; older runs stay in the report's list of all runs.
+
+A configuration's setting says which labels it used: *zero-label* (no labeled query in training or in a
+prompt), *label-augmented* (the labeled train queries plus whatever else), or *few-shot prompts* (labeled
+queries only as the generator's examples). Each configuration is compared with the base model and with the
+reference configuration on the same split by a paired randomization test over the per-query scores averaged
+over its seeds (`synthir.stats`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .report import Run, _get, system_scores
+from .stats import compare, mean_over_runs
+
+SEED_KEYS = frozenset({"train.seed", "align.seed"})
+ZERO_LABEL, LABELED, FEW_SHOT = "zero-label", "label-augmented", "few-shot prompts"
+SETTINGS = (ZERO_LABEL, LABELED, FEW_SHOT)
+_SEED_SUFFIX = re.compile(r"-s(eed)?\d+$")
+
+
+@dataclass
+class Configuration:
+    name: str
+    runs: list[Run]
+
+    @property
+    def params(self) -> dict[str, object]:
+        return self.runs[0].params
+
+    @property
+    def split(self) -> str:
+        return str(self.params.get("evaluate.split", "test"))
+
+    @property
+    def setting(self) -> str:
+        return setting_of(self.params)
+
+    def values(self, metric: str) -> list[float]:
+        return [v for v in (run.metric(metric) for run in self.runs) if v is not None]
+
+    def scores(self, system: str = "student", metric: str = "ndcg@10") -> dict[str, float]:
+        """Per-query scores averaged over the seeds ({} when the runs carry no per-query scores)."""
+        records = [run.per_query for run in self.runs if run.per_query]
+        if not records:
+            return {}
+        return mean_over_runs([system_scores(record, system, metric) for record in records])
+
+
+def setting_of(params: dict[str, object]) -> str:
+    sources = set(params.get("triples.sources") or ())
+    if params.get("align.enabled"):
+        sources |= set(params.get("align.query_sources") or ())
+    if sources & {"train", "syntriever"}:
+        return LABELED
+    prompted = "doc2query" in sources and params.get("generate.doc2query.enabled") is not False
+    return FEW_SHOT if prompted and params.get("generate.doc2query.few_shot", 2) else ZERO_LABEL
+
+
+def configurations(runs: Iterable[Run]) -> list[Configuration]:
+    """Protocol runs grouped by their params less the seeds (and the `report` block)."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: r.name):
+        if "dataset.dev_fraction" not in run.params:
+            continue
+        key = tuple(
+            sorted((k, repr(v)) for k, v in run.params.items() if k not in SEED_KEYS and not k.startswith("report."))
+        )
+        groups.setdefault(key, []).append(run)
+    return [Configuration(_SEED_SUFFIX.sub("", members[0].name), members) for members in groups.values()]
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    std = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.4f}{std}"
+
+
+def _versus(config: Configuration, other: dict[str, float], metric: str) -> str:
+    mine = config.scores("student", metric)
+    if not mine or not other:
+        return "—"
+    result = compare(mine, other)
+    return f"{result.difference:+.4f} (p={result.p_value:.3f})"
+
+
+def _label_free(configs: list[Configuration], metric: str) -> str:
+    baseline = configs[0].runs[0].metrics.get("metrics/baseline.json", {})
+    names = {"dense": "base", "bm25": "BM25", "hybrid": "BM25+base (RRF)"}
+    found = [f"{label} {value:.4f}" for key, label in names.items() if (value := _get(baseline, f"{key}.{metric}"))]
+    return "Label-free systems: " + ", ".join(found) + "." if found else ""
+
+
+def study_section(runs: list[Run], reference: str, selected: list[str], metrics: list[str]) -> list[str]:
+    """Markdown: a table per split (dev first) and setting, one row per configuration."""
+    configs = configurations(runs)
+    if not configs:
+        return []
+    head, lines = metrics[0], ["## The study: configurations over seeds", ""]
+    lines += [
+        f"Mean ± std over training seeds. Δ is the {head} difference of the seed-averaged per-query scores, with",
+        "the p-value of a paired randomization test (10,000 sign flips; `synthir compare`). ✓: chosen on dev",
+        "(`report.selected`), the configurations scored on test. Cost: LLM requests behind the data (fresh calls),",
+        "prompt tokens (reused) / generated, and the stages' seconds, mean per seed.",
+    ]
+    for split in sorted({c.split for c in configs}, key=lambda s: (s != "dev", s)):
+        in_split = [c for c in configs if c.split == split]
+        base = next((s for c in in_split if (s := c.scores("base", head))), {})
+        ref = next((c for c in in_split if c.name in (reference, f"{reference}-test")), None)
+        lines += ["", f"### {split} split", "", _label_free(in_split, head)]
+        for setting in SETTINGS:
+            rows = sorted((c for c in in_split if c.setting == setting), key=lambda c: -np.mean(c.values(head) or [0]))
+            if not rows:
+                continue
+            lines += ["", f"**{setting}**", ""]
+            lines += [
+                "| configuration | seeds | "
+                + " | ".join(metrics)
+                + f" | Δ vs base | Δ vs {reference} | BM25+student {head} | chosen | LLM requests (fresh) "
+                "| tokens in (reused) / out | seconds per seed |",
+                "|---|---|" + "---|" * (len(metrics) + 7),
+            ]
+            for config in rows:
+                first = config.runs[0]
+                hybrid = [
+                    v for r in config.runs if (v := _get(r.metrics.get("metrics/eval.json", {}), f"hybrid.{head}"))
+                ]
+                seconds = np.mean([sum(r.seconds().values()) for r in config.runs])
+                chosen = "✓" if config.name.removesuffix("-test") in selected else ""
+                lines.append(
+                    f"| {config.name} | {len(config.runs)} | "
+                    + " | ".join(_mean_std(config.values(m)) for m in metrics)
+                    + f" | {_versus(config, base, head)} | "
+                    + (_versus(config, ref.scores("student", head), head) if ref and ref is not config else "—")
+                    + f" | {_mean_std(hybrid)} | {chosen} | {first.llm_requests()} ({first.fresh('calls')}) | "
+                    f"{first.fresh('tokens_in')} ({first.fresh('tokens_cached')}) / {first.fresh('tokens_out')} | "
+                    f"{seconds:.0f} |"
+                )
+    return [*lines, ""]

@@ -1,0 +1,89 @@
+"""The study's tables: seeds grouped into configurations, settings from params, paired tests against base."""
+
+import json
+
+import numpy as np
+import pytest
+
+from synthir.report import load_experiments, write_report
+from synthir.study import FEW_SHOT, LABELED, ZERO_LABEL, configurations, setting_of
+from tests.test_report import experiments, rev
+
+
+def _study_rev(name: str, ndcg: float, sources: list[str], shift: float, split: str = "dev", **params) -> dict:
+    entry = rev(name, ndcg)
+    data = entry["data"]["params"]["params.yaml"]["data"]
+    data |= {"dataset": {"dev_fraction": 0.2}, "evaluate": {"split": split}, "triples": {"sources": sources}}
+    data["train"]["seed"] = int(name[-1]) if name[-1].isdigit() else 13
+    data["generate"] = {"doc2query": {"enabled": True, "few_shot": params.get("few_shot", 0)}}
+    entry["data"]["metrics"]["metrics/baseline.json"] = {"data": {"dense": {"ndcg@10": 0.6}, "bm25": {"ndcg@10": 0.7}}}
+    rng = np.random.default_rng(0)  # the base model scores the same on every run of a split
+    base = {f"q{i}": float(v) for i, v in enumerate(rng.random(60))}
+    entry["data"]["per_query"] = {
+        "split": split,
+        "metrics": ["ndcg@10", "recall@100"],
+        "systems": {
+            "base": {q: [v, 1.0] for q, v in base.items()},
+            "student": {q: [min(1.0, v + shift), 1.0] for q, v in base.items()},
+        },
+    }
+    return entry
+
+
+@pytest.fixture
+def study(tmp_path):
+    runs = [
+        _study_rev("supervised-s1", 0.66, ["train"], 0.0),
+        _study_rev("supervised-s2", 0.68, ["train"], 0.0),
+        _study_rev("crop-s1", 0.70, ["cropped"], 0.2),
+        _study_rev("crop-s2", 0.72, ["cropped"], 0.2),
+        _study_rev("d2q-fewshot-s1", 0.65, ["doc2query"], 0.0, few_shot=2),
+        _study_rev("crop-test-s1", 0.69, ["cropped"], 0.1, split="test"),
+        rev("legacy", 0.5),  # before the protocol: in the list of every run only
+    ]
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(experiments(*runs)))
+    return path
+
+
+def test_seeds_group_into_configurations(study):
+    configs = {c.name: c for c in configurations(load_experiments(study))}
+    assert sorted(configs) == ["crop", "crop-test", "d2q-fewshot", "supervised"]
+    assert [r.name for r in configs["crop"].runs] == ["crop-s1", "crop-s2"]
+    assert configs["crop"].values("ndcg@10") == [0.70, 0.72]
+    assert configs["crop-test"].split == "test"
+
+
+def test_settings_follow_the_labels_a_run_used():
+    assert setting_of({"triples.sources": ("cropped",)}) == ZERO_LABEL
+    assert setting_of({"triples.sources": ("train", "doc2query")}) == LABELED
+    assert setting_of({"triples.sources": ("syntriever",)}) == LABELED
+    d2q = {"triples.sources": ("doc2query",), "generate.doc2query.enabled": True}
+    assert setting_of({**d2q, "generate.doc2query.few_shot": 2}) == FEW_SHOT
+    assert setting_of({**d2q, "generate.doc2query.few_shot": 0}) == ZERO_LABEL
+    aligned = {"triples.sources": ("cropped",), "align.enabled": True, "align.query_sources": ("train",)}
+    assert setting_of(aligned) == LABELED
+
+
+def test_report_tables_per_split_and_setting(study, tmp_path):
+    write_report(load_experiments(study), "supervised", {}, ["ndcg@10"], tmp_path / "r", selected=["crop"])
+    text = (tmp_path / "r" / "README.md").read_text()
+    dev = text[text.index("### dev split") : text.index("### test split")]
+    zero = dev[dev.index("**zero-label**") : dev.index("**label-augmented**")]
+    row = next(line for line in zero.splitlines() if line.startswith("| crop |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[:3] == ["crop", "2", "0.7100 ± 0.0141"]
+    assert cells[3].startswith("+0.") and "(p=0.000)" in cells[3]  # +0.2 per query (capped at 1) over base
+    assert cells[4].startswith("+0.") and cells[6] == "✓"
+    assert "Label-free systems: base 0.6000, BM25 0.7000." in dev
+    assert "| supervised | 2 | 0.6700 ± 0.0141 | +0.0000 (p=1.000) | — |" in dev
+    assert "**few-shot prompts**" in dev and "| d2q-fewshot | 1 | 0.6500 |" in dev
+    assert "| crop-test | 1 | 0.6900 |" in text[text.index("### test split") :]
+    assert "| legacy |" in text[text.index("## Every run") :]
+
+
+def test_unknown_selection_is_named(study, tmp_path):
+    from synthir.errors import SynthirError
+
+    with pytest.raises(SynthirError, match="report.selected: no configuration named 'crops'"):
+        write_report(load_experiments(study), "supervised", {}, ["ndcg@10"], tmp_path / "r", selected=["crops"])
