@@ -224,7 +224,7 @@ def test_every_loss_gives_a_scalar_with_grad_through_the_encoder(encoder, name):
     texts = [text for pair in zip(POSITIVES, NEGATIVES, strict=True) for text in pair]
     queries = encoder(encoder.preprocess(QUERIES))["sentence_embedding"]
     passages = encoder(encoder.preprocess(texts))["sentence_embedding"]
-    value = batch_loss(name, 0.05)(queries, passages, [[0], [2], [4]], [[1], [3], [5]])
+    value = batch_loss(name, 0.05)(queries, passages, [[0], [2], [4]], [[1], [3], [5]], [[0.3], [0.1], [0.2]])
     assert value.dim() == 0 and torch.isfinite(value)
     encoder.zero_grad()
     value.backward()
@@ -240,3 +240,17 @@ def test_batch_loss_rejects_bad_settings():
     q, p = torch.randn(2, 4), torch.randn(3, 4)
     with pytest.raises(ValueError, match="rejected passage"):
         batch_loss("bt", 0.05)(q, p, [[0], [1]], [[2], []])
+
+
+def test_marginmse_by_hand():
+    from synthir.losses import marginmse
+
+    queries = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    passages = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 1.0], [2.0, 0.0]])
+    # query 0: positive 0 (cos 1), negatives 1 (cos 0) and 3 (cos 1/sqrt 2); query 1: positive 2 (1), negative 4 (0)
+    value = marginmse(queries, passages, [[0], [2]], [[1, 3], [4]], [[0.5, 0.2], [1.0]])
+    student = [1.0, 1 - 2**-0.5, 1.0]
+    teacher = [0.5, 0.2, 1.0]
+    expected = sum((s - t) ** 2 for s, t in zip(student, teacher, strict=True)) / 3
+    assert value.item() == pytest.approx(expected)
+    assert marginmse(queries, passages, [[0], [2]], [[], []], [[], []]).item() == 0.0  # no negative, no term

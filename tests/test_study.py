@@ -85,5 +85,5 @@ def test_report_tables_per_split_and_setting(study, tmp_path):
 def test_unknown_selection_is_named(study, tmp_path):
     from synthir.errors import SynthirError
 
-    with pytest.raises(SynthirError, match="report.selected: no configuration named 'crops'"):
+    with pytest.raises(SynthirError, match=r"report\.selected: no configuration named 'crops'"):
         write_report(load_experiments(study), "supervised", {}, ["ndcg@10"], tmp_path / "r", selected=["crops"])

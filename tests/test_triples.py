@@ -210,3 +210,28 @@ def test_relabeled_hallucinations_reach_the_triples_and_the_loss(tmp_path, data,
     )
     assert trained["in_loss"]["negatives"] == {"mined": 5, "relabeled": 1, "synthetic": 1}
     assert trained["in_loss"]["positives"] == {"document": 5, "synthetic": 2}  # q1: gold + p+ + CoT
+
+
+def test_hybrid_teacher_scores_every_example(tmp_path, data, tiny_encoder):
+    folder, verified = data
+    params = TriplesParams.model_validate(
+        {
+            "sources": ["train"],
+            "negatives": {"method": "bm25", "rank_from": 1},
+            "teacher": {"method": "hybrid", "model": tiny_encoder},
+        }
+    )
+    summary = build(params, folder, verified, tmp_path / "train.jsonl", tmp_path / "triples.json")
+    examples = list(read_jsonl(tmp_path / "train.jsonl"))
+    assert summary["with_teacher_scores"] == len(examples) == 5
+    for example in examples:
+        teacher = example["teacher"]
+        assert teacher["method"] == "hybrid" and len(teacher["negatives"]) == len(example["negatives"]) == 1
+        assert 0 < teacher["negatives"][0] <= 1 and 0 < teacher["positive"] <= 1
+
+
+def test_an_llm_teacher_needs_a_judge():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="method llm needs a judge"):
+        TriplesParams.model_validate({"teacher": {"method": "llm"}})

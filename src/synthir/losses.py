@@ -9,6 +9,8 @@ negatives among the passages (`Slots`). Similarity is cosine / tau throughout. E
     snn         Syntriever's soft-nearest-neighbour loss: every positive of a query in the numerator
     partial_pl  partial Plackett–Luce: c+ ranked first and c− second among the whole batch's candidates
     bt          Bradley–Terry: σ(s+ − s−), no in-batch terms
+    marginmse   GPL's Margin-MSE distillation: cos(q, p) − cos(q, n) regressed on a teacher's margin, no in-batch
+                terms; teacher scores come in cosine units, [0, 1] (`synthir.teacher`)
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_TAU = 0.05
-STAGE1_LOSSES = ("mnrl", "snn")
+STAGE1_LOSSES = ("mnrl", "snn", "marginmse")
 ALIGNMENT_LOSSES = ("partial_pl", "bt")
+DISTILLATION_LOSSES = ("marginmse",)
 
 Slots = list[list[int]]
 """Per query, the rows of the passage matrix that are its positives (or its negatives)."""
-BatchLoss = Callable[[Tensor, Tensor, Slots, Slots], Tensor]
+Margins = list[list[float]]
+"""Per query, the teacher's score of its positive minus that of each of its negatives (in `negatives` order)."""
+BatchLoss = Callable[[Tensor, Tensor, Slots, Slots, Margins | None], Tensor]
 
 
 def similarity(queries: Tensor, docs: Tensor, tau: float = DEFAULT_TAU) -> Tensor:
@@ -74,6 +79,12 @@ def bt_from_scores(preferred: Tensor, dispreferred: Tensor) -> Tensor:
     return -F.logsigmoid(preferred - dispreferred).mean()
 
 
+def marginmse_from_scores(positive: Tensor, negative: Tensor, teacher_margin: Tensor) -> Tensor:
+    """[P] student scores of each (query, positive) and (query, negative) pair, [P] teacher margins ->
+    mean ((s+ − s−) − teacher margin)²."""
+    return F.mse_loss(positive - negative, teacher_margin)
+
+
 # --- batch losses: queries [B, d], passages [M, d], each query's positive and negative slots ---
 
 
@@ -115,13 +126,38 @@ def bt(queries: Tensor, passages: Tensor, positives: Slots, negatives: Slots, ta
     return bt_from_scores(scores[rows, rows], scores[rows, rows + queries.shape[0]])
 
 
-LOSSES: dict[str, Callable[..., Tensor]] = {"mnrl": mnrl, "snn": snn, "partial_pl": partial_pl, "bt": bt}
+def marginmse(
+    queries: Tensor, passages: Tensor, positives: Slots, negatives: Slots, margins: Margins, tau: float = DEFAULT_TAU
+) -> Tensor:
+    """Margin-MSE over every (query, first positive, negative) of the batch, in cosine units (tau unused)."""
+    rows, pos, neg, target = [], [], [], []
+    for i, (own, others, margin) in enumerate(zip(positives, negatives, margins, strict=True)):
+        for slot, value in zip(others, margin, strict=True):
+            rows.append(i), pos.append(own[0]), neg.append(slot), target.append(value)
+    if not rows:
+        return queries.sum() * 0.0
+    cosine = F.normalize(queries, dim=-1) @ F.normalize(passages, dim=-1).T
+    teacher = torch.tensor(target, dtype=cosine.dtype, device=cosine.device)
+    return marginmse_from_scores(cosine[rows, pos], cosine[rows, neg], teacher)
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {
+    "mnrl": mnrl,
+    "snn": snn,
+    "partial_pl": partial_pl,
+    "bt": bt,
+    "marginmse": marginmse,
+}
 
 
 def batch_loss(name: str, tau: float) -> BatchLoss:
-    """The loss registered as `name` at temperature `tau`: (queries, passages, positives, negatives) -> scalar."""
+    """The loss registered as `name` at temperature `tau`: (queries, passages, positives, negatives, teacher
+    margins or None) -> scalar. Only the distillation losses read the margins."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss '{name}'; choose one of {sorted(LOSSES)}")
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
-    return partial(LOSSES[name], tau=tau)
+    loss = partial(LOSSES[name], tau=tau)
+    if name in DISTILLATION_LOSSES:
+        return loss
+    return lambda queries, passages, positives, negatives, margins=None: loss(queries, passages, positives, negatives)

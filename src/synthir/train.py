@@ -32,7 +32,7 @@ from .backbones import add_lora, merge_lora, set_attention_dropout
 from .config import FitParams
 from .errors import ConfigError
 from .examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
-from .losses import BatchLoss, Slots, batch_loss
+from .losses import DISTILLATION_LOSSES, BatchLoss, Margins, Slots, batch_loss
 from .model_card import describe_training, set_prompts
 from .models import resolve
 
@@ -79,6 +79,8 @@ class Encoded:
     """What examples of one batch may not share (`synthir.examples.batch_keys`)."""
     positive_kinds: list[list[str]] = field(default_factory=list)
     negative_kinds: list[list[str]] = field(default_factory=list)
+    margins: list[list[float]] | None = None
+    """Per example, the teacher's score of the first positive minus each trained negative's (distillation)."""
 
     def kinds_trained(self, batches: list[list[int]]) -> dict[str, dict[str, int]]:
         """How many positives and negatives of each kind (`synthir.examples`) the batches put into the loss."""
@@ -105,16 +107,18 @@ def encode_examples(
     passage_prefix: str,
     all_positives: bool,
     num_negatives: int,
+    margins: bool = False,
 ) -> tuple[TokenTable, Encoded]:
     """Tokenize every distinct text once. `all_positives`: every positive of an example (snn), else the first
-    (mnrl, and the alignment losses' c+)."""
+    (mnrl, and the alignment losses' c+). `margins`: the teacher margins of each trained negative, from the
+    examples' `teacher` scores (`synthir.teacher`)."""
     index: dict[str, int] = {}
 
     def slot(text: str) -> int:
         return index.setdefault(text, len(index))
 
-    data = Encoded([], [], [], [])
-    for e in examples:
+    data = Encoded([], [], [], [], margins=[] if margins else None)
+    for number, e in enumerate(examples, start=1):
         positive_ids = _padded(e.get("positive_ids", []), len(e["positives"]), "document")
         negative_ids = _padded(e.get("negative_ids", []), len(e["negatives"]), "mined")
         kept_positives = range(len(e["positives"]) if all_positives else 1)
@@ -125,7 +129,20 @@ def encode_examples(
         data.keys.append(batch_keys(e))
         data.positive_kinds.append([positive_kind(positive_ids[i]) for i in kept_positives])
         data.negative_kinds.append([negative_kind(negative_ids[i]) for i in kept_negatives])
+        if data.margins is not None:
+            data.margins.append(teacher_margins(e, kept_negatives, number))
     return TokenTable.build(tokenizer, list(index), max_length), data
+
+
+def teacher_margins(example: dict, negatives: list[int], number: int) -> list[float]:
+    """The teacher's score of the example's first positive minus that of each of the given negatives."""
+    teacher = example.get("teacher")
+    if not teacher or len(teacher.get("negatives", [])) < len(example["negatives"]):
+        raise ConfigError(
+            f"training example {number} ({example.get('query_id', '?')}) has no teacher score for every negative: "
+            "train.loss marginmse distils triples.teacher's scores (set triples.teacher.method)"
+        )
+    return [teacher["positive"] - teacher["negatives"][i] for i in negatives]
 
 
 def _padded(ids: list[str], length: int, filler: str) -> list[str]:
@@ -218,10 +235,12 @@ class BatchLayout:
     positives: Slots
     negatives: Slots
     starts: list[int]
+    margins: Margins | None = None
 
     @classmethod
     def of(cls, data: Encoded, batch: list[int]) -> BatchLayout:
-        layout = cls([data.query[i] for i in batch], [], [], [], [0])
+        margins = [data.margins[i] for i in batch] if data.margins is not None else None
+        layout = cls([data.query[i] for i in batch], [], [], [], [0], margins)
         for i in batch:
             for texts, slots in ((data.positives[i], layout.positives), (data.negatives[i], layout.negatives)):
                 slots.append(list(range(len(layout.passages), len(layout.passages) + len(texts))))
@@ -278,7 +297,7 @@ def global_batch_loss(
     )
     all_queries = gather_rows(queries, [b - a for a, b in bounds], rank)
     all_passages = gather_rows(passages, [layout.starts[b] - layout.starts[a] for a, b in bounds], rank)
-    return loss_fn(all_queries, all_passages, layout.positives, layout.negatives)
+    return loss_fn(all_queries, all_passages, layout.positives, layout.negatives, layout.margins)
 
 
 # --- a training run: setup, loop, summary ---
@@ -343,6 +362,7 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
         params.passage_prefix,
         params.loss == "snn",
         params.num_negatives,
+        margins=params.loss in DISTILLATION_LOSSES,
     )
     schedule = batch_schedule(data, table, params.batch_size, params.seed, params.epochs, params.max_steps)
     if not schedule:

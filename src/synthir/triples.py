@@ -159,6 +159,8 @@ def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str
             mine(short, fill, corpus, train, rule, params.seed)
     elif neg.method != "none":
         mine(examples, score_rows(neg, corpus), corpus, train, rule, params.seed)
+    if params.teacher.method != "none":
+        score_teacher(params.teacher, examples, corpus)
     for example in examples:
         example.pop("llm_negatives", None)
         example["negative_method"] = neg.method
@@ -189,6 +191,25 @@ def score_rows(neg, corpus: Corpus) -> ScoreRows:
     return rerank_rows(pairs, bm25_rows(corpus), corpus, neg.rerank_depth)
 
 
+def score_teacher(teacher, examples: list[dict], corpus: Corpus) -> None:
+    """Each example's `teacher` scores (`synthir.teacher`) for its first positive and its negatives."""
+    from .teacher import hybrid_scores, llm_scores
+
+    if teacher.method == "hybrid":
+        from .negatives import bm25_rows, dense_rows
+        from .retrieval import load_encoder
+
+        dense = dense_rows(load_encoder(teacher.model), corpus, teacher.batch_size, "", "")
+        hybrid_scores(examples, corpus, bm25_rows(corpus), dense)
+    else:
+        from .llm import open_backend
+        from .prompting import load_template
+        from .verify import judge
+
+        backend, template = open_backend(teacher.judge), load_template("verify_relevance")
+        llm_scores(examples, lambda pairs: judge(backend, template, pairs, desc="teacher"))
+
+
 def stats(examples: list[dict]) -> dict:
     kinds = Counter(negative_kind(n) for e in examples for n in e["negative_ids"])
     return {
@@ -198,4 +219,5 @@ def stats(examples: list[dict]) -> dict:
         "negatives": sum(len(e["negatives"]) for e in examples),
         "negatives_by_kind": dict(sorted(kinds.items())),
         "positives": sum(len(e["positives"]) for e in examples),
+        "with_teacher_scores": sum("teacher" in e for e in examples),
     }

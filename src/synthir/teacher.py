@@ -1,0 +1,61 @@
+"""Teacher scores for distillation (GPL's Margin-MSE), in cosine units [0, 1] so that a margin between two
+passages is on the student's scale.
+
+    hybrid  reciprocal rank fusion of BM25 and the base retriever over the whole corpus, normalised so that rank
+            1 in both is 1: (k + 1) / 2 * (1 / (k + r_bm25) + 1 / (k + r_dense)). Label-free, no LLM.
+    llm     the LLM judge's P(yes) for the (query, passage) text, sigmoid of its yes/no log-odds (verify's judge).
+
+Each example gets `teacher = {"method", "positive", "negatives"}`: the score of its first positive and of each
+negative, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .beir import Corpus
+from .errors import ConfigError
+from .negatives import ScoreRows
+from .retrieval import RRF_K
+
+
+def ranks_of(row: np.ndarray, columns: list[int]) -> list[int]:
+    """Rank (1 = best) of each column in a score row; tied scores share the best rank."""
+    return [int((row > row[c]).sum()) + 1 for c in columns]
+
+
+def fused_score(rank_a: int, rank_b: int, k: int = RRF_K) -> float:
+    """Reciprocal rank fusion of two ranks, scaled to 1 for rank 1 in both."""
+    return (k + 1) / 2 * (1 / (k + rank_a) + 1 / (k + rank_b))
+
+
+def hybrid_scores(examples: list[dict], corpus: Corpus, bm25: ScoreRows, dense: ScoreRows, chunk: int = 256) -> None:
+    """Set each example's `teacher` from the fused ranks of its first positive and its negatives among the corpus
+    (every one must be a corpus document)."""
+    position = {doc_id: i for i, doc_id in enumerate(corpus)}
+    for start in range(0, len(examples), chunk):
+        batch = examples[start : start + chunk]
+        queries = [e["query"] for e in batch]
+        for example, lexical, semantic in zip(batch, bm25(queries), dense(queries), strict=True):
+            ids = [example["positive_ids"][0], *example["negative_ids"]]
+            missing = [d for d in ids if d not in position]
+            if missing:
+                raise ConfigError(
+                    f"triples.teacher.method: hybrid ranks corpus documents, and example {example['query_id']} has "
+                    f"'{missing[0]}' (generated text); use the llm teacher, or mined negatives"
+                )
+            columns = [position[d] for d in ids]
+            pairs = zip(ranks_of(lexical, columns), ranks_of(semantic, columns), strict=True)
+            scores = [round(fused_score(a, b), 6) for a, b in pairs]
+            example["teacher"] = {"method": "hybrid", "positive": scores[0], "negatives": scores[1:]}
+
+
+def llm_scores(examples: list[dict], judge: Callable[[list[tuple[str, str]]], list[float]]) -> None:
+    """Set each example's `teacher` from the judge's yes/no log-odds of its first positive and its negatives."""
+    pairs = [(e["query"], text) for e in examples for text in [e["positives"][0], *e["negatives"]]]
+    probabilities = iter(1 / (1 + np.exp(-np.asarray(judge(pairs), dtype=np.float64))))
+    for example in examples:
+        scores = [round(float(next(probabilities)), 6) for _ in range(1 + len(example["negatives"]))]
+        example["teacher"] = {"method": "llm", "positive": scores[0], "negatives": scores[1:]}
