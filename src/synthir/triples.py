@@ -37,20 +37,27 @@ def from_train(corpus: Corpus, queries: Queries, qrels: Qrels) -> list[dict]:
 
 
 def from_doc2query(corpus: Corpus, queries: list[dict], negatives: list[dict]) -> list[dict]:
+    """One example per verified pseudo-query: its source document as the positive, or the one the judge chose
+    (Gecko's relabeling), whose worst-scored candidate then comes first among the negatives."""
     generated = {n["query_id"]: n["negative"] for n in negatives}
-    return [
-        {
-            "query_id": q["id"],
-            "query": q["query"],
-            "positive_ids": [q["doc_id"]],
-            "positives": [passage_text(corpus[q["doc_id"]])],
-            "negatives": [],
-            "negative_ids": [],
-            "llm_negatives": [generated[q["id"]]] if q["id"] in generated else [],
-            "source": "doc2query",
-        }
-        for q in queries
-    ]
+    examples = []
+    for q in queries:
+        positive = q.get("positive_doc_id", q["doc_id"])
+        hard = [q["hard_negative_id"]] if q.get("hard_negative_id") else []
+        examples.append(
+            {
+                "query_id": q["id"],
+                "query": q["query"],
+                "positive_ids": [positive],
+                "positives": [passage_text(corpus[positive])],
+                "negatives": [passage_text(corpus[d]) for d in hard],
+                "negative_ids": hard,
+                "llm_negatives": [generated[q["id"]]] if q["id"] in generated else [],
+                "not_negative_ids": [q["doc_id"]] if positive != q["doc_id"] else [],  # the source: never mined
+                "source": "doc2query",
+            }
+        )
+    return examples
 
 
 def from_syntriever(corpus: Corpus, sets: list[dict]) -> list[dict]:
@@ -94,7 +101,9 @@ def mine(
         batch = examples[start : start + chunk]
         scores = rows([e["query"] for e in batch])
         for example, row in zip(batch, scores, strict=True):
-            positives = {d for d in example["positive_ids"] if d != "synthetic"}
+            positives = {d for d in example["positive_ids"] if d != "synthetic"} | set(
+                example.get("not_negative_ids", [])
+            )
             positives |= {d for d, g in known.get(example["query_id"], {}).items() if g > 0}
             chosen = choose(row, doc_ids, positives, rule, rng)
             example["negative_ids"] += [d for d, _ in chosen]
@@ -163,6 +172,7 @@ def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str
         score_teacher(params.teacher, examples, corpus)
     for example in examples:
         example.pop("llm_negatives", None)
+        example.pop("not_negative_ids", None)
         example["negative_method"] = neg.method
     write_jsonl(output, examples)
     summary = {**stats(examples), "seconds": round(time.perf_counter() - started, 2)}

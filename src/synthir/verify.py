@@ -93,6 +93,28 @@ def round_trip_ranks(
     return ranks
 
 
+def fused_candidates(model, corpus: Corpus, queries: list[str], k: int, batch_size: int) -> list[list[str]]:
+    """Each query's top k documents by reciprocal rank fusion of BM25 and a dense model over the corpus."""
+    from .retrieval import bm25_search, dense_search, reciprocal_rank_fusion
+
+    named = {str(i): text for i, text in enumerate(queries)}
+    runs = [bm25_search(corpus, named, k), dense_search(model, corpus, named, k, batch_size)]
+    fused = reciprocal_rank_fusion(runs, depth=k)
+    return [list(fused.get(str(i), {})) for i in range(len(queries))]
+
+
+def relabel_positive(record: dict, candidates: list[str], scores: list[float]) -> dict:
+    """Gecko: the best-scored candidate is the positive (the source wins ties), the worst of the others the hard
+    negative; the source, which the query was written from, is never the negative."""
+    best = max(range(len(candidates)), key=lambda i: (scores[i], candidates[i] == record["doc_id"]))
+    others = [i for i in range(len(candidates)) if i != best and candidates[i] != record["doc_id"]]
+    scored = dict(zip(candidates, scores, strict=True))
+    relabeled = {**record, "positive_doc_id": candidates[best], "gecko_scores": scored}
+    if others:
+        relabeled["hard_negative_id"] = candidates[min(others, key=lambda i: scores[i])]
+    return relabeled
+
+
 def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_path: Path, backend=None) -> dict:
     """The verify stage: judge, relabel and round-trip filter the generate stage's outputs."""
     import time
@@ -108,6 +130,7 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     queries, negatives, sets = read("doc2query"), read("query_negative"), read("syntriever")
     needs_judge = (
         (params.score_queries and queries)
+        or (params.gecko.enabled and queries)
         or (params.relabel and sets)
         or (params.max_negative_score is not None and negatives)
     )
@@ -144,6 +167,20 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
         counts["dropped_by_round_trip"] = len(queries) - len(kept)
         queries = kept
     counts["queries_kept"] = len(queries)
+    if params.gecko.enabled and queries:
+        gecko = params.gecko
+        backend = backend or open_backend(params.judge)
+        found = fused_candidates(
+            load_encoder(gecko.model), corpus, [q["query"] for q in queries], gecko.k, gecko.batch_size
+        )
+        candidates = [
+            [q["doc_id"], *(d for d in c if d != q["doc_id"])][: gecko.k + 1]
+            for q, c in zip(queries, found, strict=True)
+        ]
+        pairs = [(q["query"], passage_text(corpus[d])) for q, c in zip(queries, candidates, strict=True) for d in c]
+        scores = iter(judged("gecko", template, pairs))
+        queries = [relabel_positive(q, c, [next(scores) for _ in c]) for q, c in zip(queries, candidates, strict=True)]
+        counts["gecko_positive_changed"] = sum(q["positive_doc_id"] != q["doc_id"] for q in queries)
     kept_ids = {q["id"] for q in queries}
     negatives = [n for n in negatives if n["query_id"] in kept_ids]
     if params.max_negative_score is not None and negatives:  # a "negative" that answers its query is a false one

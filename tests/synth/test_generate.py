@@ -242,3 +242,50 @@ def test_syntriever_sets_pass_unjudged_when_relabeling_is_off(data, tmp_path):
     assert out["t1"]["positive"] == "made-up passage" and out["t1"]["negatives"] == ["neg one"]
     assert out["t1"]["positive_score"] is None and not out["t1"]["relabeled"]
     assert summary["relabeled"] == 0 and llm.scored == []
+
+
+def test_gecko_relabeling_picks_the_judges_best_candidate_and_its_worst_as_negative(data, tmp_path, tiny_encoder):
+    """The scripted judge says yes only to passages containing RELEVANT: d7's, not the query's source d3."""
+    corpus = [dict(d) for d in CORPUS]
+    corpus[7]["text"] += " RELEVANT"
+    folder = write_beir(tmp_path / "gecko-data", corpus, QUERIES, QRELS)
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    (generated / "doc2query.jsonl").write_text(json.dumps({"id": "d3-q0", "doc_id": "d3", "query": "subject7"}) + "\n")
+    verify = VerifyParams.model_validate(
+        {
+            "judge": {"backend": "hf", "model": "org/unused"},
+            "score_queries": False,
+            "round_trip": {"enabled": False},
+            "gecko": {"enabled": True, "k": 4, "model": tiny_encoder},
+        }
+    )
+    llm = ScriptedLLM()
+    summary = verify_outputs(
+        verify, folder, generated, tmp_path / "verified", tmp_path / "v.json", cached(llm, tmp_path)
+    )
+    (record,) = read_jsonl(tmp_path / "verified" / "doc2query.jsonl")
+    assert record["positive_doc_id"] == "d7" and record["doc_id"] == "d3"  # BM25 finds d7 for "subject7"
+    assert next(iter(record["gecko_scores"])) == "d3" and len(record["gecko_scores"]) in (4, 5)  # the source, + top 4
+    assert record["hard_negative_id"] not in ("d7",) and record["gecko_scores"][record["hard_negative_id"]] == -2.0
+    assert summary["gecko_positive_changed"] == 1 and summary["tasks"]["gecko"]["prompts"] == len(llm.scored)
+
+    from synthir.config import TriplesParams
+    from synthir.triples import build
+
+    params = TriplesParams.model_validate({"sources": ["doc2query"], "negatives": {"method": "bm25", "rank_from": 0}})
+    build(params, folder, tmp_path / "verified", tmp_path / "t.jsonl", tmp_path / "t.json")
+    (example,) = read_jsonl(tmp_path / "t.jsonl")
+    assert example["positive_ids"] == ["d7"] and example["negative_ids"][0] == record["hard_negative_id"]
+    assert "d3" not in example["negative_ids"]  # the source is never mined as a negative
+
+
+def test_relabel_positive_keeps_the_source_on_ties():
+    from synthir.verify import relabel_positive
+
+    record = {"id": "x", "doc_id": "b"}
+    assert relabel_positive(record, ["b", "a", "c"], [1.0, 1.0, -3.0])["positive_doc_id"] == "b"
+    assert relabel_positive(record, ["b", "a", "c"], [1.0, 1.0, -3.0])["hard_negative_id"] == "c"
+    assert "hard_negative_id" not in relabel_positive(record, ["b"], [0.5])
+    worse_source = relabel_positive(record, ["b", "a", "c"], [-5.0, 1.0, -3.0])
+    assert (worse_source["positive_doc_id"], worse_source["hard_negative_id"]) == ("a", "c")
