@@ -79,7 +79,9 @@ def test_report_tables_per_split_and_setting(study, tmp_path):
     assert "| supervised | 2 | 0.6700 ± 0.0141 | +0.0000 (p=1.000) | — |" in dev
     assert "**few-shot prompts**" in dev and "| d2q-fewshot | 1 | 0.6500 |" in dev
     assert "| crop-test | 1 | 0.6900 |" in text[text.index("### test split") :]
-    assert "| legacy |" in text[text.index("## Every run") :]
+    assert "| legacy |" in text[text.index("## Every run") :] and text.index("## The study") < text.index("## Every")
+    for split in ("dev", "test"):
+        assert (tmp_path / "r" / "figures" / f"study-{split}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_unknown_selection_is_named(study, tmp_path):

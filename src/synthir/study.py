@@ -101,8 +101,45 @@ def _label_free(configs: list[Configuration], metric: str) -> str:
     return "Label-free systems: " + ", ".join(found) + "." if found else ""
 
 
-def study_section(runs: list[Run], reference: str, selected: list[str], metrics: list[str]) -> list[str]:
-    """Markdown: a table per split (dev first) and setting, one row per configuration."""
+COLORS = {ZERO_LABEL: "#4c72b0", LABELED: "#dd8452", FEW_SHOT: "#8c8c8c"}
+
+
+def plot_split(configs: list[Configuration], split: str, metric: str, out) -> None:
+    """Bars of each configuration's mean (error bars: std over seeds), coloured by setting, with the label-free
+    systems as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rows = sorted(
+        (c for c in configs if c.split == split and c.values(metric)), key=lambda c: np.mean(c.values(metric))
+    )
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(rows) + 1.8))
+    means = [np.mean(c.values(metric)) for c in rows]
+    errors = [np.std(c.values(metric), ddof=1) if len(c.values(metric)) > 1 else 0.0 for c in rows]
+    ax.barh(range(len(rows)), means, xerr=errors, color=[COLORS[c.setting] for c in rows], capsize=3)
+    ax.set_yticks(range(len(rows)), [f"{c.name} ({len(c.runs)})" for c in rows], fontsize=8)
+    baseline = rows[0].runs[0].metrics.get("metrics/baseline.json", {}) if rows else {}
+    for key, label, style in (("dense", "base", ":"), ("bm25", "BM25", "--"), ("hybrid", "BM25+base", "-.")):
+        value = _get(baseline, f"{key}.{metric}")
+        if value is not None:
+            ax.axvline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} {value:.4f}")
+    low = min([*means, *(_get(baseline, f"{k}.{metric}") or 1 for k in ("dense", "bm25", "hybrid"))])
+    ax.set_xlim(low - 0.02, max([*means, low]) + 0.02)
+    handles = [Patch(color=color, label=name) for name, color in COLORS.items()]
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="lower right")
+    ax.set_xlabel(f"{metric} on {split}: mean over seeds (count), std as error bars")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def study_section(runs: list[Run], reference: str, selected: list[str], metrics: list[str], figures=None) -> list[str]:
+    """Markdown: a table per split (dev first) and setting, one row per configuration; with `figures` (a
+    folder), a bar chart per split."""
     configs = configurations(runs)
     if not configs:
         return []
@@ -118,6 +155,9 @@ def study_section(runs: list[Run], reference: str, selected: list[str], metrics:
         base = next((s for c in in_split if (s := c.scores("base", head))), {})
         ref = next((c for c in in_split if c.name in (reference, f"{reference}-test")), None)
         lines += ["", f"### {split} split", "", _label_free(in_split, head)]
+        if figures is not None:
+            plot_split(in_split, split, head, figures / f"study-{split}.png")
+            lines += ["", f"![{split}](figures/study-{split}.png)"]
         for setting in SETTINGS:
             rows = sorted((c for c in in_split if c.setting == setting), key=lambda c: -np.mean(c.values(head) or [0]))
             if not rows:
