@@ -5,6 +5,8 @@ params.yaml and study/protocol.yaml (dev split): `crop+frac25+attn0` is study/cr
 study/attn0.yaml. Each seed is one `dvc exp run -n <configuration>-s<seed> -S train.seed=<seed>`; what the seeds
 share (download, sample, generate, verify, triples, baseline) comes from DVC's run cache after the first.
 `--test` scores a configuration chosen on dev on the test split instead (its experiments end in `-test-s<seed>`).
+Each run starts from the committed params.yaml (`git checkout -- params.yaml`: uncommitted edits are dropped),
+so run it in a clean clone; the last configuration's params stay applied afterwards.
 
     python scripts/study.py --seeds 1,2,3 supervised crop+frac25
     synthir export-experiments --merge && dvc repro report
@@ -30,8 +32,12 @@ def presets(configuration: str) -> list[Path]:
     return paths
 
 
+def experiment_name(configuration: str, seed: int, test: bool) -> str:
+    return f"{configuration}{'-test' if test else ''}-s{seed}"
+
+
 def run(configuration: str, seed: int, test: bool, dry_run: bool) -> bool:
-    name = f"{configuration}{'-test' if test else ''}-s{seed}"
+    name = experiment_name(configuration, seed, test)
     commands = [["git", "checkout", "--", "params.yaml"]]
     commands += [["synthir", "preset", str(p.relative_to(ROOT))] for p in presets(configuration)]
     overrides = ["-S", f"train.seed={seed}"] + (["-S", "evaluate.split=test"] if test else [])

@@ -30,6 +30,7 @@ def main() -> None:
     nothing = skipped(args.data, settings.split)
     if nothing:
         args.details.mkdir(parents=True, exist_ok=True)
+        write_json(args.per_query, per_query_record({}, settings.split))
         write_json(args.output, nothing)
         return
     exclude = set(args.exclude.read_text().split()) if args.exclude and args.exclude.exists() else set()

@@ -75,7 +75,7 @@ def test_report_tables_per_split_and_setting(study, tmp_path):
     assert cells[:3] == ["crop", "2", "0.7100 ± 0.0141"]
     assert cells[3].startswith("+0.") and "(p=0.000)" in cells[3]  # +0.2 per query (capped at 1) over base
     assert cells[4].startswith("+0.") and cells[6] == "✓"
-    assert "Label-free systems: base 0.6000, BM25 0.7000." in dev
+    assert "Label-free systems (crop's baseline): base 0.6000, BM25 0.7000." in dev
     assert "| supervised | 2 | 0.6700 ± 0.0141 | +0.0000 (p=1.000) | — |" in dev
     assert "**few-shot prompts**" in dev and "| d2q-fewshot | 1 | 0.6500 |" in dev
     assert "| crop-test | 1 | 0.6900 |" in text[text.index("### test split") :]
@@ -89,3 +89,16 @@ def test_unknown_selection_is_named(study, tmp_path):
 
     with pytest.raises(SynthirError, match=r"report\.selected: no configuration named 'crops'"):
         write_report(load_experiments(study), "supervised", {}, ["ndcg@10"], tmp_path / "r", selected=["crops"])
+
+
+def test_runs_of_one_name_with_different_params_are_separate_configurations(tmp_path):
+    runs = [
+        _study_rev("crop-s1", 0.70, ["cropped"], 0.2),
+        _study_rev("crop-s2", 0.71, ["cropped"], 0.2),
+        _study_rev("crop-s3", 0.60, ["train"], 0.0),  # the same name, other data: not a seed of crop
+    ]
+    del runs[1]["data"]["params"]["params.yaml"]["data"]["generate"]  # a block added later is not a difference
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(experiments(*runs)))
+    configs = {c.name: [r.name for r in c.runs] for c in configurations(load_experiments(path))}
+    assert configs == {"crop": ["crop-s1", "crop-s2"], "crop (2)": ["crop-s3"]}

@@ -19,7 +19,7 @@ def test_hybrid_scores_rank_positive_and_negatives_in_the_whole_corpus():
     corpus = {d: {"title": "", "text": d} for d in ("a", "b", "c", "d")}
     bm25 = lambda queries: np.array([[4.0, 3.0, 2.0, 1.0]] * len(queries))  # noqa: E731 - a test double: a b c d
     dense = lambda queries: np.array([[0.1, 0.2, 0.9, 0.3]] * len(queries))  # noqa: E731 - c d b a
-    examples = [{"query_id": "q", "query": "q", "positive_ids": ["a"], "negative_ids": ["c", "d"]}]
+    examples = [{"query_id": "q", "query": "q", "positive_ids": ["a"], "positives": ["a"], "negative_ids": ["c", "d"]}]
     hybrid_scores(examples, corpus, bm25, dense)
     expected = [fused_score(1, 4), fused_score(3, 1), fused_score(4, 2)]
     assert examples[0]["teacher"] == {
@@ -27,9 +27,14 @@ def test_hybrid_scores_rank_positive_and_negatives_in_the_whole_corpus():
         "positive": pytest.approx(expected[0], abs=1e-6),
         "negatives": [pytest.approx(v, abs=1e-6) for v in expected[1:]],
     }
-    generated = [{"query_id": "q2", "query": "q", "positive_ids": ["a"], "negative_ids": ["generated"]}]
+    generated = [
+        {"query_id": "q2", "query": "q", "positive_ids": ["a"], "positives": ["a"], "negative_ids": ["generated"]}
+    ]
     with pytest.raises(ConfigError, match="example q2 has 'generated'"):
         hybrid_scores(generated, corpus, bm25, dense)
+    cropped = [{"query_id": "q3", "query": "q", "positive_ids": ["a"], "positives": ["a, cut"], "negative_ids": ["b"]}]
+    with pytest.raises(ConfigError, match="example q3's positive is not its document's text"):
+        hybrid_scores(cropped, corpus, bm25, dense)
 
 
 def test_llm_scores_are_the_judges_probability_of_yes():
@@ -78,6 +83,8 @@ def test_marginmse_training_reads_the_teacher_and_refuses_examples_without_it(tm
     trained = SentenceTransformer(str(tmp_path / "model"), device="cpu").state_dict()
     base = SentenceTransformer(tiny_encoder, device="cpu").state_dict()
     assert any(not torch.allclose(trained[k], base[k]) for k in base)
+    with pytest.raises(ValueError, match="num_negatives must be >= 1"):
+        TrainParams(base_model=tiny_encoder, loss="marginmse", num_negatives=0)
     del rows[3]["teacher"]
     write_jsonl(tmp_path / "t.jsonl", rows)
     with pytest.raises(ConfigError, match=r"training example 4 \(q3\) has no teacher score for every negative"):

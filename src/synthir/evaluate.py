@@ -175,10 +175,10 @@ PER_QUERY_METRICS = ("ndcg@10", "recall@100")
 """The metrics whose per-query scores are committed, for paired significance tests across runs."""
 
 
-def per_query_record(evaluations: dict[str, Evaluation]) -> dict:
+def per_query_record(evaluations: dict[str, Evaluation], split: str | None = None) -> dict:
     """The committed per-query scores of several systems on one split: {split, metrics, systems: {name: {query
-    id: [score per metric]}}}."""
-    splits = {e.split for e in evaluations.values()}
+    id: [score per metric]}}} (no systems when the split was not evaluated)."""
+    splits = {e.split for e in evaluations.values()} | ({split} if split else set())
     return {
         "split": ",".join(sorted(splits)),
         "metrics": list(PER_QUERY_METRICS),

@@ -160,7 +160,10 @@ def _run(rev: dict) -> Run | None:
 
 # The on/off switches of optional blocks: a run from before a block existed ran without it (no `align` block =
 # alignment off). Other keys a run lacks are not compared.
-SWITCH_DEFAULTS: dict[str, object] = {"align.enabled": AlignParams.model_fields["enabled"].default}
+SWITCH_DEFAULTS: dict[str, object] = {
+    "align.enabled": AlignParams.model_fields["enabled"].default,
+    "dataset.dev_fraction": 0.0,  # before the dev split existed, training read every train query
+}
 _MISSING = object()
 
 

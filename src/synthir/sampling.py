@@ -39,8 +39,8 @@ def diverse_order(doc_ids: list[str], embeddings: np.ndarray, clusters: int, see
     members: list[list[str]] = [[] for _ in range(k)]
     for i in np.lexsort((np.arange(len(doc_ids)), distance)):  # nearest first, ties by id
         members[kmeans.labels_[i]].append(doc_ids[i])
-    members.sort(key=min)  # clusters named by their smallest id, not by k-means' label numbers
-    visit = np.random.default_rng(seed).permutation(k)
+    members = sorted((m for m in members if m), key=min)  # named by their smallest id, not k-means' numbers
+    visit = np.random.default_rng(seed).permutation(len(members))
     order = []
     for depth in range(max(map(len, members))):
         order += [members[c][depth] for c in visit if depth < len(members[c])]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .beir import load_qrels, split_names
+from .errors import DataError
 from .fileio import atomic_file
 
 _BOM = b"\xef\xbb\xbf"
@@ -43,7 +44,10 @@ def carve_dev(folder: str | Path, fraction: float, seed: int) -> bool:
     train_path, dev_path = qrels_dir / "train.tsv", qrels_dir / "dev.tsv"
     if fraction == 0 or dev_path.exists() or not train_path.exists():
         return False
-    dev = set(dev_query_ids(list(load_qrels(train_path)), fraction, seed))
+    try:
+        dev = set(dev_query_ids(list(load_qrels(train_path)), fraction, seed))
+    except ValueError as error:
+        raise DataError(f"{train_path}: {error}; set dataset.dev_fraction: 0 to keep every train query") from None
     lines = train_path.read_bytes().splitlines(keepends=True)
     if not lines[-1].endswith(b"\n"):
         lines[-1] += b"\r\n" if lines[0].endswith(b"\r\n") else b"\n"

@@ -66,17 +66,31 @@ def setting_of(params: dict[str, object]) -> str:
     return FEW_SHOT if prompted and params.get("generate.doc2query.few_shot", 2) else ZERO_LABEL
 
 
+def _same_configuration(a: Run, b: Run) -> bool:
+    """Equal params on the keys both have, less the seeds and the `report` block (a key only one run has comes
+    from a params block added in between: not a difference)."""
+    keys = (a.params.keys() & b.params.keys()) - SEED_KEYS
+    return all(a.params[k] == b.params[k] for k in keys if not k.startswith("report."))
+
+
 def configurations(runs: Iterable[Run]) -> list[Configuration]:
-    """Protocol runs grouped by their params less the seeds (and the `report` block)."""
-    groups: dict[tuple, list[Run]] = {}
+    """Protocol runs grouped by name less `-s<seed>`; runs of one name whose params differ (beyond their seeds)
+    are separate configurations, the later ones numbered."""
+    groups: dict[str, list[list[Run]]] = {}
     for run in sorted(runs, key=lambda r: r.name):
         if "dataset.dev_fraction" not in run.params:
             continue
-        key = tuple(
-            sorted((k, repr(v)) for k, v in run.params.items() if k not in SEED_KEYS and not k.startswith("report."))
-        )
-        groups.setdefault(key, []).append(run)
-    return [Configuration(_SEED_SUFFIX.sub("", members[0].name), members) for members in groups.values()]
+        named = groups.setdefault(_SEED_SUFFIX.sub("", run.name), [])
+        match = next((g for g in named if _same_configuration(g[0], run)), None)
+        if match is None:
+            named.append([run])
+        else:
+            match.append(run)
+    return [
+        Configuration(name if i == 0 else f"{name} ({i + 1})", members)
+        for name, named in groups.items()
+        for i, members in enumerate(named)
+    ]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -86,9 +100,20 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.4f}{std}"
 
 
+LABEL_FREE = {"dense": "base", "bm25": "BM25", "hybrid": "BM25+base (RRF)"}
+"""The baseline stage's systems (metrics/baseline.json keys) and how the report names them."""
+
+
+def _scores(config: Configuration, system: str, metric: str) -> dict[str, float]:
+    try:
+        return config.scores(system, metric)
+    except KeyError:  # a run without that system's per-query scores
+        return {}
+
+
 def _versus(config: Configuration, other: dict[str, float], metric: str) -> str:
-    mine = config.scores("student", metric)
-    if not mine or not other:
+    mine = _scores(config, "student", metric)
+    if len(mine.keys() & other.keys()) < 2:
         return "—"
     result = compare(mine, other)
     return f"{result.difference:+.4f} (p={result.p_value:.3f})"
@@ -96,9 +121,9 @@ def _versus(config: Configuration, other: dict[str, float], metric: str) -> str:
 
 def _label_free(configs: list[Configuration], metric: str) -> str:
     baseline = configs[0].runs[0].metrics.get("metrics/baseline.json", {})
-    names = {"dense": "base", "bm25": "BM25", "hybrid": "BM25+base (RRF)"}
-    found = [f"{label} {value:.4f}" for key, label in names.items() if (value := _get(baseline, f"{key}.{metric}"))]
-    return "Label-free systems: " + ", ".join(found) + "." if found else ""
+    values = {label: _get(baseline, f"{key}.{metric}") for key, label in LABEL_FREE.items()}
+    found = [f"{label} {value:.4f}" for label, value in values.items() if value is not None]
+    return f"Label-free systems ({configs[0].name}'s baseline): " + ", ".join(found) + "." if found else ""
 
 
 COLORS = {ZERO_LABEL: "#4c72b0", LABELED: "#dd8452", FEW_SHOT: "#8c8c8c"}
@@ -122,12 +147,12 @@ def plot_split(configs: list[Configuration], split: str, metric: str, out) -> No
     ax.barh(range(len(rows)), means, xerr=errors, color=[COLORS[c.setting] for c in rows], capsize=3)
     ax.set_yticks(range(len(rows)), [f"{c.name} ({len(c.runs)})" for c in rows], fontsize=8)
     baseline = rows[0].runs[0].metrics.get("metrics/baseline.json", {}) if rows else {}
-    for key, label, style in (("dense", "base", ":"), ("bm25", "BM25", "--"), ("hybrid", "BM25+base", "-.")):
+    for (key, label), style in zip(LABEL_FREE.items(), (":", "--", "-."), strict=True):
         value = _get(baseline, f"{key}.{metric}")
         if value is not None:
             ax.axvline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} {value:.4f}")
-    low = min([*means, *(_get(baseline, f"{k}.{metric}") or 1 for k in ("dense", "bm25", "hybrid"))])
-    ax.set_xlim(low - 0.02, max([*means, low]) + 0.02)
+    lines = [v for k in LABEL_FREE if (v := _get(baseline, f"{k}.{metric}")) is not None]
+    ax.set_xlim(min(means + lines) - 0.02, max(means + lines) + 0.02)
     handles = [Patch(color=color, label=name) for name, color in COLORS.items()]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="lower right")
     ax.set_xlabel(f"{metric} on {split}: mean over seeds (count), std as error bars")
@@ -135,6 +160,26 @@ def plot_split(configs: list[Configuration], split: str, metric: str, out) -> No
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def _row(config: Configuration, metrics: list[str], ref: Configuration | None, selected: list[str]) -> str:
+    head, first = metrics[0], config.runs[0]
+    hybrid = [_get(r.metrics.get("metrics/eval.json", {}), f"hybrid.{head}") for r in config.runs]
+    seconds = np.mean([sum(r.seconds().values()) for r in config.runs])
+    versus_ref = _versus(config, _scores(ref, "student", head), head) if ref and ref is not config else "—"
+    cells = [
+        config.name,
+        str(len(config.runs)),
+        *(_mean_std(config.values(m)) for m in metrics),
+        _versus(config, _scores(config, "base", head), head),
+        versus_ref,
+        _mean_std([v for v in hybrid if v is not None]),
+        "✓" if config.name.removesuffix("-test") in selected else "",
+        f"{first.llm_requests()} ({first.fresh('calls')})",
+        f"{first.fresh('tokens_in')} ({first.fresh('tokens_cached')}) / {first.fresh('tokens_out')}",
+        f"{seconds:.0f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def study_section(runs: list[Run], reference: str, selected: list[str], metrics: list[str], figures=None) -> list[str]:
@@ -152,7 +197,6 @@ def study_section(runs: list[Run], reference: str, selected: list[str], metrics:
     ]
     for split in sorted({c.split for c in configs}, key=lambda s: (s != "dev", s)):
         in_split = [c for c in configs if c.split == split]
-        base = next((s for c in in_split if (s := c.scores("base", head))), {})
         ref = next((c for c in in_split if c.name in (reference, f"{reference}-test")), None)
         lines += ["", f"### {split} split", "", _label_free(in_split, head)]
         if figures is not None:
@@ -170,20 +214,5 @@ def study_section(runs: list[Run], reference: str, selected: list[str], metrics:
                 "| tokens in (reused) / out | seconds per seed |",
                 "|---|---|" + "---|" * (len(metrics) + 7),
             ]
-            for config in rows:
-                first = config.runs[0]
-                hybrid = [
-                    v for r in config.runs if (v := _get(r.metrics.get("metrics/eval.json", {}), f"hybrid.{head}"))
-                ]
-                seconds = np.mean([sum(r.seconds().values()) for r in config.runs])
-                chosen = "✓" if config.name.removesuffix("-test") in selected else ""
-                lines.append(
-                    f"| {config.name} | {len(config.runs)} | "
-                    + " | ".join(_mean_std(config.values(m)) for m in metrics)
-                    + f" | {_versus(config, base, head)} | "
-                    + (_versus(config, ref.scores("student", head), head) if ref and ref is not config else "—")
-                    + f" | {_mean_std(hybrid)} | {chosen} | {first.llm_requests()} ({first.fresh('calls')}) | "
-                    f"{first.fresh('tokens_in')} ({first.fresh('tokens_cached')}) / {first.fresh('tokens_out')} | "
-                    f"{seconds:.0f} |"
-                )
+            lines += [_row(config, metrics, ref, selected) for config in rows]
     return [*lines, ""]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .beir import Corpus
+from .beir import Corpus, passage_text
 from .errors import ConfigError
 from .negatives import ScoreRows
 from .retrieval import RRF_K
@@ -45,6 +45,12 @@ def hybrid_scores(examples: list[dict], corpus: Corpus, bm25: ScoreRows, dense: 
                 raise ConfigError(
                     f"triples.teacher.method: hybrid ranks corpus documents, and example {example['query_id']} has "
                     f"'{missing[0]}' (generated text); use the llm teacher, or mined negatives"
+                )
+            if example["positives"][0] != passage_text(corpus[ids[0]]):
+                raise ConfigError(
+                    f"triples.teacher.method: hybrid ranks corpus documents, and example {example['query_id']}'s "
+                    "positive is not its document's text (a sentence cut out: triples.cropped.remove_from_positive); "
+                    "use the llm teacher for such examples"
                 )
             columns = [position[d] for d in ids]
             pairs = zip(ranks_of(lexical, columns), ranks_of(semantic, columns), strict=True)

@@ -364,6 +364,8 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
         params.num_negatives,
         margins=params.loss in DISTILLATION_LOSSES,
     )
+    if data.margins is not None and not any(data.margins):
+        raise ConfigError(f"{triples}: no example has a negative, and train.loss {params.loss} learns from margins")
     schedule = batch_schedule(data, table, params.batch_size, params.seed, params.epochs, params.max_steps)
     if not schedule:
         raise ValueError(f"{triples}: {len(examples)} examples make no batch of {params.batch_size}")

@@ -38,7 +38,8 @@ def from_train(corpus: Corpus, queries: Queries, qrels: Qrels) -> list[dict]:
 
 def from_doc2query(corpus: Corpus, queries: list[dict], negatives: list[dict]) -> list[dict]:
     """One example per verified pseudo-query: its source document as the positive, or the one the judge chose
-    (Gecko's relabeling), whose worst-scored candidate then comes first among the negatives."""
+    (Gecko's relabeling), whose worst-scored candidate then comes first among the negatives. The source and the
+    candidates the judge found relevant are never mined as negatives."""
     generated = {n["query_id"]: n["negative"] for n in negatives}
     examples = []
     for q in queries:
@@ -53,7 +54,7 @@ def from_doc2query(corpus: Corpus, queries: list[dict], negatives: list[dict]) -
                 "negatives": [passage_text(corpus[d]) for d in hard],
                 "negative_ids": hard,
                 "llm_negatives": [generated[q["id"]]] if q["id"] in generated else [],
-                "not_negative_ids": [q["doc_id"]] if positive != q["doc_id"] else [],  # the source: never mined
+                "not_negative_ids": [q["doc_id"], *q.get("relevant_ids", [])],  # never mined (Gecko)
                 "source": "doc2query",
             }
         )
@@ -101,9 +102,8 @@ def mine(
         batch = examples[start : start + chunk]
         scores = rows([e["query"] for e in batch])
         for example, row in zip(batch, scores, strict=True):
-            positives = {d for d in example["positive_ids"] if d != "synthetic"} | set(
-                example.get("not_negative_ids", [])
-            )
+            positives = {d for d in example["positive_ids"] if d != "synthetic"}
+            positives |= set(example.get("not_negative_ids", [])) | set(example["negative_ids"])  # nor twice
             positives |= {d for d, g in known.get(example["query_id"], {}).items() if g > 0}
             chosen = choose(row, doc_ids, positives, rule, rng)
             example["negative_ids"] += [d for d, _ in chosen]

@@ -103,15 +103,18 @@ def fused_candidates(model, corpus: Corpus, queries: list[str], k: int, batch_si
     return [list(fused.get(str(i), {})) for i in range(len(queries))]
 
 
-def relabel_positive(record: dict, candidates: list[str], scores: list[float]) -> dict:
-    """Gecko: the best-scored candidate is the positive (the source wins ties), the worst of the others the hard
-    negative; the source, which the query was written from, is never the negative."""
+def relabel_positive(record: dict, candidates: list[str], scores: list[float], max_negative: float = 0.0) -> dict:
+    """Gecko: the best-scored candidate is the positive (the source wins ties); the worst of the others, if the
+    judge scores it below `max_negative`, the hard negative. The source, which the query was written from, is
+    never the negative, and candidates scored `max_negative` or more are recorded as relevant (never mined)."""
     best = max(range(len(candidates)), key=lambda i: (scores[i], candidates[i] == record["doc_id"]))
     others = [i for i in range(len(candidates)) if i != best and candidates[i] != record["doc_id"]]
     scored = dict(zip(candidates, scores, strict=True))
     relabeled = {**record, "positive_doc_id": candidates[best], "gecko_scores": scored}
-    if others:
-        relabeled["hard_negative_id"] = candidates[min(others, key=lambda i: scores[i])]
+    relabeled["relevant_ids"] = [d for i, d in enumerate(candidates) if i != best and scores[i] >= max_negative]
+    worst = min(others, key=lambda i: scores[i], default=None)
+    if worst is not None and scores[worst] < max_negative:
+        relabeled["hard_negative_id"] = candidates[worst]
     return relabeled
 
 
@@ -179,7 +182,10 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
         ]
         pairs = [(q["query"], passage_text(corpus[d])) for q, c in zip(queries, candidates, strict=True) for d in c]
         scores = iter(judged("gecko", template, pairs))
-        queries = [relabel_positive(q, c, [next(scores) for _ in c]) for q, c in zip(queries, candidates, strict=True)]
+        queries = [
+            relabel_positive(q, c, [next(scores) for _ in c], gecko.max_negative_score)
+            for q, c in zip(queries, candidates, strict=True)
+        ]
         counts["gecko_positive_changed"] = sum(q["positive_doc_id"] != q["doc_id"] for q in queries)
     kept_ids = {q["id"] for q in queries}
     negatives = [n for n in negatives if n["query_id"] in kept_ids]

@@ -287,5 +287,8 @@ def test_relabel_positive_keeps_the_source_on_ties():
     assert relabel_positive(record, ["b", "a", "c"], [1.0, 1.0, -3.0])["positive_doc_id"] == "b"
     assert relabel_positive(record, ["b", "a", "c"], [1.0, 1.0, -3.0])["hard_negative_id"] == "c"
     assert "hard_negative_id" not in relabel_positive(record, ["b"], [0.5])
+    assert relabel_positive(record, ["b", "a", "c"], [1.0, 1.0, -3.0])["relevant_ids"] == ["a"]  # never mined
     worse_source = relabel_positive(record, ["b", "a", "c"], [-5.0, 1.0, -3.0])
     assert (worse_source["positive_doc_id"], worse_source["hard_negative_id"]) == ("a", "c")
+    all_relevant = relabel_positive(record, ["b", "a", "c"], [2.0, 1.0, 0.5])  # a yes everywhere: no negative
+    assert "hard_negative_id" not in all_relevant and all_relevant["relevant_ids"] == ["a", "c"]
