@@ -1,6 +1,7 @@
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
@@ -89,3 +90,28 @@ def test_preset_output_is_readable_like_any_file(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(params.stat().st_mode) == 0o644
+
+
+def _merged(tmp_path, name: str, presets: list[Path]) -> dict:
+    params = tmp_path / f"{name}.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    for preset in presets:
+        apply_preset(preset, params)
+    return yaml.safe_load(params.read_text())
+
+
+def test_every_study_configuration_merges_into_valid_params(tmp_path):
+    from synthir.config import load_params
+
+    for preset in sorted((REPO / "study").glob("*.yaml")):
+        params = tmp_path / "params.yaml"
+        shutil.copy(REPO / "params.yaml", params)
+        apply_preset(REPO / "study" / "protocol.yaml", params)
+        apply_preset(preset, params)
+        assert load_params(params).evaluate.split == "dev", preset.name
+
+
+def test_the_recommended_preset_is_the_studys_best_zero_label_configuration(tmp_path):
+    """presets/new-corpus.yaml writes out study/ d2q-zs+frac11+attn0+distill (less the dev-split protocol)."""
+    study = [REPO / "study" / f"{name}.yaml" for name in ("d2q-zs", "frac11", "attn0", "distill")]
+    assert _merged(tmp_path, "study", study) == _merged(tmp_path, "preset", [REPO / "presets" / "new-corpus.yaml"])
