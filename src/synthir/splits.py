@@ -11,26 +11,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .beir import load_qrels, split_names
 from .errors import DataError
 from .fileio import atomic_file
+from .sampling import corpus_order
 
 _BOM = b"\xef\xbb\xbf"
 
 
 def dev_query_ids(train_query_ids: list[str], fraction: float, seed: int) -> list[str]:
-    """The `fraction` of the queries (at least one, never all) that a seeded permutation of their sorted ids
-    puts first; independent of input order."""
+    """The `fraction` of the queries (at least one, never all) that the seeded order of `corpus_order` puts first;
+    independent of input order."""
     ids = sorted(set(train_query_ids))
     if not 0 < fraction < 1:
         raise ValueError(f"the dev fraction must be in (0, 1), got {fraction}")
     if len(ids) < 2:
         raise ValueError(f"{len(ids)} labeled train queries cannot be split into train and dev")
     count = min(max(1, round(fraction * len(ids))), len(ids) - 1)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    return sorted(ids[i] for i in order[:count])
+    return sorted(corpus_order(ids, seed)[:count])
 
 
 def _query_id(line: bytes) -> str:
