@@ -3,7 +3,7 @@ import json
 import pytest
 
 from synthir.errors import SynthirError
-from synthir.report import load_experiments, sweep_runs, write_report
+from synthir.report import load_experiments, write_report
 
 PARAMS = {"sample": {"fraction": 0.01}, "train": {"loss": "mnrl"}, "align": {"enabled": False, "loss": "partial_pl"}}
 
@@ -69,31 +69,16 @@ def test_finished_runs_only(exported):
     assert [r.name for r in load_experiments(exported)] == ["align-bt", "default", "mixed", "scale-0.005", "scale-0.02"]
 
 
-def test_a_sweep_holds_runs_differing_only_in_its_params(exported):
-    runs = {r.name: r for r in load_experiments(exported)}
-    scale = sweep_runs(runs.values(), runs["default"], ["sample.fraction"])
-    assert [r.name for r in scale] == ["default", "scale-0.005", "scale-0.02"]  # "mixed" also changes the loss
-    del runs["align-bt"].params["sample.fraction"]  # a key without a default, absent from one run: not compared
-    for key in ("align.enabled", "align.loss"):  # a run from before the align block: it ran with the defaults
-        del runs["default"].params[key]
-    align = sweep_runs(runs.values(), runs["default"], ["align.enabled", "align.loss"])
-    assert [r.name for r in align] == ["default", "align-bt"]
-
-
 def test_report_writes_table_and_pngs(exported, tmp_path):
-    sweeps = {"scale": ["sample.fraction"], "alignment": ["align.enabled", "align.loss"], "density": ["x.density"]}
+    sweeps = {"scale": ["sample.fraction"]}
     summary = write_report(load_experiments(exported), "default", sweeps, ["ndcg@10", "recall@100"], tmp_path / "r")
-    assert summary["sweeps"] == {
-        "scale": ["scale-0.005", "default", "scale-0.02"],  # by fraction: 0.005, 0.01, 0.02
-        "alignment": ["default", "align-bt"],
-    }
-    for name in ("scale", "alignment", "cost"):
-        assert (tmp_path / "r" / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["sweeps"] == {}  # runs from before the study's protocol are not configurations
+    assert summary["figures"] == ["cost.png"]
+    assert (tmp_path / "r" / "figures" / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (tmp_path / "r" / "README.md").read_text()
     assert (
         "| mixed | `sample.fraction=0.02`; `train.loss=snn` | 0.7000 | 0.9000 | 0.1000 | 10 | 3 | 30 (20) / 9 |" in text
     )
-    assert "Sweeps without runs yet: density." in text
 
 
 def test_bad_inputs_are_named(tmp_path, exported):
@@ -114,8 +99,7 @@ def test_runs_on_a_corpus_without_qrels_are_reported_without_scores(tmp_path):
     path.write_text(json.dumps(experiments(rev("default", 0.66), unlabeled)))
     runs = load_experiments(path)
     assert [r.name for r in runs] == ["default", "own-corpus"]
-    summary = write_report(runs, "default", {"scale": ["sample.fraction"]}, ["ndcg@10"], tmp_path / "r")
-    assert summary["sweeps"] == {"scale": ["default", "own-corpus"]}
+    write_report(runs, "default", {}, ["ndcg@10"], tmp_path / "r")
     assert "| own-corpus | `sample.fraction=0.02` | — | — |" in (tmp_path / "r" / "README.md").read_text()
 
 

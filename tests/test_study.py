@@ -102,3 +102,54 @@ def test_runs_of_one_name_with_different_params_are_separate_configurations(tmp_
     path.write_text(json.dumps(experiments(*runs)))
     configs = {c.name: [r.name for r in c.runs] for c in configurations(load_experiments(path))}
     assert configs == {"crop": ["crop-s1", "crop-s2"], "crop (2)": ["crop-s3"]}
+
+
+def _swept_rev(name: str, shift: float, fraction: float, sources=("doc2query",), split="dev", **train) -> dict:
+    entry = _study_rev(name, 0.6 + shift / 2, list(sources), shift, split=split)
+    data = entry["data"]["params"]["params.yaml"]["data"]
+    data["sample"]["fraction"] = fraction
+    data["train"] |= train
+    data["triples"]["teacher"] = {"method": "hybrid" if "loss" in train else "none"}  # covered by `triples.teacher`
+    return entry
+
+
+def test_sweeps_group_configurations_that_differ_only_in_their_params(tmp_path):
+    runs = [
+        _swept_rev("d2q+frac11-s1", 0.1, 0.11),
+        _swept_rev("d2q+frac11-s2", 0.1, 0.11),
+        _swept_rev("d2q+frac01-s1", 0.0, 0.01),
+        _swept_rev("d2q+frac25-s1", 0.1, 0.25),
+        _swept_rev("d2q+frac11+distill-s1", 0.15, 0.11, loss="marginmse"),
+        _swept_rev("crop+frac11-s1", 0.05, 0.11, sources=["cropped"]),
+        _swept_rev("d2q+frac01-test-s1", 0.0, 0.01, split="test"),  # another split: never in a dev family
+    ]
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(experiments(*runs)))
+    sweeps = {
+        "scale": ["sample.fraction"],
+        "distillation": ["train.loss", "triples.teacher"],
+        "queries": ["triples.sources"],
+        "density": ["generate.doc2query.density"],
+    }
+    summary = write_report(load_experiments(path), "d2q+frac11", sweeps, ["ndcg@10"], tmp_path / "r")
+    assert summary["sweeps"] == {
+        "scale": [["d2q+frac01", "d2q+frac11", "d2q+frac25"]],  # by fraction, not by name
+        "distillation": [["d2q+frac11", "d2q+frac11+distill"]],  # the switch off first
+        "queries": [["crop+frac11", "d2q+frac11"]],
+    }
+    text = (tmp_path / "r" / "README.md").read_text()
+    sweep = text[text.index("## Sweeps") : text.index("## Every run")]
+
+    def rows(name: str) -> dict[str, str]:
+        section = sweep[sweep.index(f"### {name}") :].split("\n### ")[0]
+        return {line.split(" | ")[0][2:]: line for line in section.splitlines() if line.startswith("| d2q+")}
+
+    scale = rows("scale")
+    assert "| `sample.fraction=0.11` | 2 | 0.6500 ± 0.0000 | +0.0" in scale["d2q+frac11"]
+    assert "(p=0.000) vs d2q+frac01 |" in scale["d2q+frac11"]
+    assert "| +0.0000 (p=1.000) vs d2q+frac11 |" in scale["d2q+frac25"]  # a numeric step: against the previous
+    distill = rows("distillation")["d2q+frac11+distill"]
+    assert "`train.loss=marginmse`, `triples.teacher.method=hybrid`" in distill and "vs d2q+frac11 |" in distill
+    assert "Sweeps without two comparable configurations yet: density." in sweep
+    for name in ("scale", "distillation", "queries"):
+        assert (tmp_path / "r" / "figures" / f"sweep-{name}.png").read_bytes()[:4] == b"\x89PNG"

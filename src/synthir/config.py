@@ -489,7 +489,8 @@ class ReportParams(Block):
     """Study configurations chosen on the dev split: marked in the report, and the ones scored on test."""
     metrics: list[str] = Field(default=["ndcg@10", "recall@100"], min_length=1)
     sweeps: dict[str, list[str]] = {}
-    """A plot per sweep: the runs differing from the reference only in these dotted params."""
+    """A plot per sweep: the study's configurations differing from each other only in these dotted params (a key
+    covers the params under it)."""
 
 
 class PublishParams(Block):

@@ -1,15 +1,15 @@
 """Results across experiments: a markdown table and PNG plots (matplotlib, no network) from `dvc exp show --json`.
 
-A sweep is a set of params: its runs are the reference run plus every run that differs from it only in those
-params (keys a run lacks, e.g. from an older params.yaml, are not counted as differences). Numeric sweeps (scale,
-density) are drawn as curves, the others as bars. Cost is what a run's data needed from the LLM (requests
+The study's configurations (runs over seeds) and its sweeps are in `synthir.study`; here, every run, its
+params as they differ from the reference run (keys a run lacks, e.g. from an older params.yaml, are not counted
+as differences), and its cost. Cost is what a run's data needed from the LLM (requests
 served, fresh or from the cache) and the wall time of its stages.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,74 +184,11 @@ def differences(run: Run, reference: Run) -> set[str]:
     return diff
 
 
-def sweep_runs(runs: Iterable[Run], reference: Run, keys: list[str]) -> list[Run]:
-    """The reference and the runs differing from it only in `keys` (and in at least one of them)."""
-    chosen = [reference]
-    for run in runs:
-        diff = differences(run, reference)
-        if run.name != reference.name and diff and diff <= set(keys):
-            chosen.append(run)
-    return chosen
-
-
-def label(run: Run, reference: Run, keys: list[str]) -> str:
-    diff = [k for k in keys if k in differences(run, reference)]
-    if not diff:
-        return f"{run.name} (reference)"
-    return ", ".join(f"{k.split('.')[-1]}={_short(value_of(run, k))}" for k in diff)
-
-
 def _short(value: object) -> str:
     if isinstance(value, tuple):
         return "+".join(map(str, value))
     text = str(value)
     return text if len(text) <= 24 else "…" + text[-20:]
-
-
-def sweep_value(run: Run, keys: list[str]):
-    """The run's value of a one-param numeric sweep (None when the sweep is not one numeric param)."""
-    if len(keys) != 1:
-        return None
-    value = value_of(run, keys[0])
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def plot_sweep(name: str, runs: list[Run], reference: Run, keys: list[str], metrics: list[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    numeric = all(sweep_value(r, keys) is not None for r in runs)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        base = _get(reference.metrics.get("metrics/eval.json", {}), f"baseline.{metric}")
-        scored = [r for r in runs if r.metric(metric) is not None]  # a corpus without qrels has no scores
-        if not scored:
-            ax.text(0.5, 0.5, "not evaluated (no qrels)", ha="center", va="center", transform=ax.transAxes)
-        elif numeric:
-            points = sorted((sweep_value(r, keys), r.metric(metric)) for r in scored)
-            ax.plot([x for x, _ in points], [y for _, y in points], marker="o")
-            for x, y in points:
-                ax.annotate(f"{y:.4f}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            ax.set_xlabel(keys[0])
-        else:
-            labels = [label(r, reference, keys) for r in scored]
-            values = [r.metric(metric) for r in scored]
-            bars = ax.bar(range(len(scored)), values, color="#4c72b0")
-            ax.bar_label(bars, fmt="%.4f", fontsize=7)
-            ax.set_xticks(range(len(scored)), labels, rotation=20, ha="right", fontsize=8)
-            low = min(values + ([base] if base is not None else []))
-            ax.set_ylim(low - 0.02, max(values) + 0.01)
-        if base is not None:
-            ax.axhline(base, color="grey", linestyle="--", linewidth=1, label="base model")
-            ax.legend(fontsize=8)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    fig.suptitle(name)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
 
 
 def plot_cost(runs: list[Run], metric: str, out: Path) -> None:
@@ -289,10 +226,11 @@ def write_report(
     selected: list[str] = (),
 ) -> dict:
     """`out_dir`/README.md and `out_dir`/figures/*.png; returns what was drawn. `reference_name` is a run or a
-    configuration of the study (its first seed's run is the sweeps' reference); `selected` are the
+    configuration of the study (its first seed's run is what every run's changed params are listed against);
+    `sweeps` name the params each sweep varies (`synthir.study.sweep_families`); `selected` are the
     configurations chosen on dev."""
     from .fileio import atomic_dir, atomic_file
-    from .study import configurations, study_section
+    from .study import configurations, study_section, sweep_section
 
     by_name = {r.name: r for r in runs}
     configs = {c.name: c for c in configurations(runs)}
@@ -306,7 +244,6 @@ def write_report(
     if unknown:
         found = ", ".join(configs) or "none"
         raise SynthirError(f"report.selected: no configuration named {', '.join(map(repr, unknown))} (found: {found})")
-    drawn: dict[str, list[str]] = {}
     lines = [
         "# Results",
         "",
@@ -335,31 +272,11 @@ def write_report(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out_dir / "figures") as figures:
-        lines[every_run:every_run] = study_section(runs, reference_name, list(selected), metrics, figures)
-        for name, keys in sweeps.items():
-            members = sweep_runs(runs, reference, keys)
-            if len(members) < 2:
-                continue
-            if all(sweep_value(r, keys) is not None for r in members):
-                members.sort(key=lambda r: sweep_value(r, keys))
-            plot_sweep(name, members, reference, keys, metrics, figures / f"{name}.png")
-            drawn[name] = [r.name for r in members]
-            only = "`, `".join(keys)
-            lines += ["", f"## {name}", "", f"Runs differing from `{reference.name}` only in `{only}`.", ""]
-            lines += [f"![{name}](figures/{name}.png)", ""]
-            lines += ["| run | value | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-            for run in members:
-                lines.append(
-                    f"| {run.name} | {label(run, reference, keys)} | "
-                    + " | ".join(_fmt(run.metric(m)) for m in metrics)
-                    + " |"
-                )
+        sweep_lines, drawn = sweep_section(list(configs.values()), sweeps, metrics[0], figures)
+        lines[every_run:every_run] = study_section(runs, reference_name, list(selected), metrics, figures) + sweep_lines
         plot_cost(runs, metrics[0], figures / "cost.png")
         lines += ["", "## Cost against gain", "", "![cost](figures/cost.png)", ""]
         names = sorted(p.name for p in figures.glob("*.png"))
-    missing = [name for name in sweeps if name not in drawn]
-    if missing:
-        lines += ["", "Sweeps without runs yet: " + ", ".join(missing) + "."]
     with atomic_file(out_dir / "README.md") as handle:
         handle.write("\n".join(lines) + "\n")
     return {"runs": len(runs), "sweeps": drawn, "figures": names}

@@ -14,12 +14,12 @@ over its seeds (`synthir.stats`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from .report import Run, _get, system_scores
+from .report import Run, _get, _short, differences, system_scores, value_of
 from .stats import compare, mean_over_runs
 
 SEED_KEYS = frozenset({"train.seed", "align.seed"})
@@ -216,3 +216,144 @@ def study_section(runs: list[Run], reference: str, selected: list[str], metrics:
             ]
             lines += [_row(config, metrics, ref, selected) for config in rows]
     return [*lines, ""]
+
+
+def _in_sweep(key: str, keys: Iterable[str]) -> bool:
+    """A sweep key covers itself and the params under it (`verify.gecko` covers `verify.gecko.k`)."""
+    return any(key == k or key.startswith(f"{k}.") for k in keys)
+
+
+def _varied(a: Configuration, b: Configuration) -> set[str]:
+    return differences(a.runs[0], b.runs[0]) - SEED_KEYS
+
+
+def _numeric(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _swept(family: list[Configuration]) -> list[str]:
+    """The params that vary within a family."""
+    return sorted(set().union(*(_varied(c, family[0]) for c in family[1:])))
+
+
+def sweep_families(configs: Iterable[Configuration], keys: list[str]) -> list[list[Configuration]]:
+    """Configurations of one split that differ from each other only in `keys`, as families of two or more.
+
+    A family's first member has the fewest preset ingredients (the switch off: `crop` before `crop+diverse`). A
+    family varying one numeric param (the sample fraction) is ordered by it instead."""
+    families: list[list[Configuration]] = []
+    for config in sorted(configs, key=lambda c: (c.name.count("+"), c.name)):
+        for family in families:
+            varied = _varied(config, family[0])
+            if family[0].split == config.split and varied and all(_in_sweep(k, keys) for k in varied):
+                family.append(config)
+                break
+        else:
+            families.append([config])
+    families = [family for family in families if len(family) > 1]
+    for family in families:
+        if (key := _numeric_key(family)) is not None:
+            family.sort(key=lambda c: value_of(c.runs[0], key))
+    return families
+
+
+def _numeric_key(family: list[Configuration]) -> str | None:
+    swept = _swept(family)
+    if len(swept) == 1 and all(_numeric(value_of(c.runs[0], swept[0])) for c in family):
+        return swept[0]
+    return None
+
+
+def _values(config: Configuration, family: list[Configuration], keys: list[str], shown: int = 3) -> str:
+    """The swept params where `config` differs from the family's first (all of them for the first), in the order
+    of the sweep's `keys`, at most `shown` of them."""
+    varied = _swept(family) if config is family[0] else _varied(config, family[0])
+    order = sorted(varied, key=lambda v: (next(i for i, k in enumerate(keys) if _in_sweep(v, [k])), v))
+    cells = [f"`{key}={_short(value_of(config.runs[0], key))}`" for key in order]
+    return ", ".join(cells[:shown]) + (f" and {len(cells) - shown} more" if len(cells) > shown else "")
+
+
+def plot_sweep(name: str, families: list[list[Configuration]], metric: str, out) -> None:
+    """One panel per family: a curve over a numeric param, bars otherwise; std over seeds as error bars, the base
+    model as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(families), figsize=(4.6 * len(families), 3.6), squeeze=False)
+    for ax, family in zip(axes[0], families, strict=True):
+        means = [np.mean(c.values(metric)) if c.values(metric) else np.nan for c in family]
+        errors = [np.std(c.values(metric), ddof=1) if len(c.values(metric)) > 1 else 0.0 for c in family]
+        key = _numeric_key(family)
+        if key is not None:
+            xs = [value_of(c.runs[0], key) for c in family]
+            ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3)
+            for x, y, c in zip(xs, means, family, strict=True):
+                ax.annotate(f"{y:.4f} ({len(c.runs)})", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel(key)
+        else:
+            ax.bar(range(len(family)), means, yerr=errors, capsize=3, color=[COLORS[c.setting] for c in family])
+            ax.set_xticks(range(len(family)), [f"{c.name} ({len(c.runs)})" for c in family], rotation=20, ha="right")
+            ax.tick_params(axis="x", labelsize=7)
+        base = _get(family[0].runs[0].metrics.get("metrics/eval.json", {}), f"baseline.{metric}")
+        if base is not None:
+            ax.axhline(base, color="grey", linestyle="--", linewidth=1, label=f"base {base:.4f}")
+            ax.legend(fontsize=7)
+        finite = [m for m in means if not np.isnan(m)] + ([base] if base is not None else [])
+        ax.set_ylim(min(finite) - 0.02, max(finite) + 0.02)
+        ax.set_ylabel(f"{metric} ({family[0].split}), mean over seeds")
+        shared = [part for part in family[0].name.split("+") if all(part in c.name.split("+") for c in family)]
+        ax.set_title("+".join(shared) or "(no shared preset)", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def sweep_section(
+    configs: list[Configuration], sweeps: Mapping[str, list[str]], metric: str, figures
+) -> tuple[list[str], dict[str, list[list[str]]]]:
+    """Markdown and a figure (in the folder `figures`) per sweep that has a family; returns the lines and the
+    families drawn, by sweep name."""
+    lines, drawn = ["## Sweeps: configurations that differ only in the swept params", ""], {}
+    lines += [
+        f"Mean {metric} ± std over seeds (count). Δ is against the previous point of a numeric sweep (does the",
+        "next step still pay?) and against the family's first configuration (the switch off) otherwise, on the",
+        "seed-averaged per-query scores, with the paired randomization test's p-value.",
+    ]
+    for name, keys in sweeps.items():
+        families = sweep_families(configs, keys)
+        if not families:
+            continue
+        drawn[name] = [[c.name for c in family] for family in families]
+        figure = f"sweep-{name}.png"
+        plot_sweep(name, families, metric, figures / figure)
+        lines += ["", f"### {name}", "", f"Params: `{'`, `'.join(keys)}`.", "", f"![{name}](figures/{figure})"]
+        for family in families:
+            numeric = _numeric_key(family) is not None
+            lines += [
+                "",
+                f"| configuration ({family[0].split}) | params | seeds | {metric} | Δ (p) |",
+                "|---|---|---|---|---|",
+            ]
+            for i, config in enumerate(family):
+                against = family[i - 1] if numeric else family[0]
+                versus = _versus(config, _scores(against, "student", metric), metric) if i else "—"
+                if i:
+                    versus += f" vs {against.name}"
+                cells = [
+                    config.name,
+                    _values(config, family, keys),
+                    str(len(config.runs)),
+                    _mean_std(config.values(metric)),
+                    versus,
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
+    if not drawn:
+        return [], {}
+    missing = [name for name in sweeps if name not in drawn]
+    if missing:
+        lines += ["", "Sweeps without two comparable configurations yet: " + ", ".join(missing) + "."]
+    return [*lines, ""], drawn
