@@ -72,13 +72,13 @@ def test_report_tables_per_split_and_setting(study, tmp_path):
     zero = dev[dev.index("**zero-label**") : dev.index("**label-augmented**")]
     row = next(line for line in zero.splitlines() if line.startswith("| crop |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[:3] == ["crop", "2", "0.7100 ± 0.0141"]
+    assert cells[:3] == ["crop", "2 (screening)", "0.7100 ± 0.0141"]  # fewer than 3 seeds: marked
     assert cells[3].startswith("+0.") and "(p=0.000)" in cells[3]  # +0.2 per query (capped at 1) over base
     assert cells[4].startswith("+0.") and cells[6] == "✓"
     assert "Label-free systems (crop's baseline): base 0.6000, BM25 0.7000." in dev
-    assert "| supervised | 2 | 0.6700 ± 0.0141 | +0.0000 (p=1.000) | — |" in dev
-    assert "**few-shot prompts**" in dev and "| d2q-fewshot | 1 | 0.6500 |" in dev
-    assert "| crop-test | 1 | 0.6900 |" in text[text.index("### test split") :]
+    assert "| supervised | 2 (screening) | 0.6700 ± 0.0141 | +0.0000 (p=1.000) | — |" in dev
+    assert "**few-shot prompts**" in dev and "| d2q-fewshot | 1 (screening) | 0.6500 |" in dev
+    assert "| crop-test | 1 (screening) | 0.6900 |" in text[text.index("### test split") :]
     assert "| legacy |" in text[text.index("## Every run") :] and text.index("## The study") < text.index("## Every")
     for split in ("dev", "test"):
         assert (tmp_path / "r" / "figures" / f"study-{split}.png").read_bytes()[:4] == b"\x89PNG"
@@ -145,7 +145,7 @@ def test_sweeps_group_configurations_that_differ_only_in_their_params(tmp_path):
         return {line.split(" | ")[0][2:]: line for line in section.splitlines() if line.startswith("| d2q+")}
 
     scale = rows("scale")
-    assert "| `sample.fraction=0.11` | 2 | 0.6500 ± 0.0000 | +0.0" in scale["d2q+frac11"]
+    assert "| `sample.fraction=0.11` | 2 (screening) | 0.6500 ± 0.0000 | +0.0" in scale["d2q+frac11"]
     assert "(p=0.000) vs d2q+frac01 |" in scale["d2q+frac11"]
     assert "| +0.0000 (p=1.000) vs d2q+frac11 |" in scale["d2q+frac25"]  # a numeric step: against the previous
     distill = rows("distillation")["d2q+frac11+distill"]
@@ -153,3 +153,10 @@ def test_sweeps_group_configurations_that_differ_only_in_their_params(tmp_path):
     assert "Sweeps without two comparable configurations yet: density." in sweep
     for name in ("scale", "distillation", "queries"):
         assert (tmp_path / "r" / "figures" / f"sweep-{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fewer_than_three_seeds_is_a_screening_run(study):
+    from synthir.study import Configuration, _seeds
+
+    run = load_experiments(study)[0]
+    assert [_seeds(Configuration("x", [run] * n)) for n in (1, 2, 3, 4)] == ["1 (screening)", "2 (screening)", "3", "4"]

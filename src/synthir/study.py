@@ -93,6 +93,15 @@ def configurations(runs: Iterable[Run]) -> list[Configuration]:
     ]
 
 
+MIN_SEEDS = 3
+"""Seeds a configuration needs before the study claims anything about it (issue 14)."""
+
+
+def _seeds(config: Configuration) -> str:
+    count = len(config.runs)
+    return str(count) if count >= MIN_SEEDS else f"{count} (screening)"
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "—"
@@ -169,7 +178,7 @@ def _row(config: Configuration, metrics: list[str], ref: Configuration | None, s
     versus_ref = _versus(config, _scores(ref, "student", head), head) if ref and ref is not config else "—"
     cells = [
         config.name,
-        str(len(config.runs)),
+        _seeds(config),
         *(_mean_std(config.values(m)) for m in metrics),
         _versus(config, _scores(config, "base", head), head),
         versus_ref,
@@ -193,7 +202,8 @@ def study_section(runs: list[Run], reference: str, selected: list[str], metrics:
         f"Mean ± std over training seeds. Δ is the {head} difference of the seed-averaged per-query scores, with",
         "the p-value of a paired randomization test (10,000 sign flips; `synthir compare`). ✓: chosen on dev",
         "(`report.selected`), the configurations scored on test. Cost: LLM requests behind the data (fresh calls),",
-        "prompt tokens (reused) / generated, and the stages' seconds, mean per seed.",
+        "prompt tokens (reused) / generated, and the stages' seconds, mean per seed. A configuration with fewer",
+        f"than {MIN_SEEDS} seeds is a screening run (marked so): its differences are not claimed.",
     ]
     for split in sorted({c.split for c in configs}, key=lambda s: (s != "dev", s)):
         in_split = [c for c in configs if c.split == split]
@@ -346,7 +356,7 @@ def sweep_section(
                 cells = [
                     config.name,
                     _values(config, family, keys),
-                    str(len(config.runs)),
+                    _seeds(config),
                     _mean_std(config.values(metric)),
                     versus,
                 ]
