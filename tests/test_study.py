@@ -73,7 +73,7 @@ def test_report_tables_per_split_and_setting(study, tmp_path):
     row = next(line for line in zero.splitlines() if line.startswith("| crop |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[:3] == ["crop", "2 (screening)", "0.7100 ± 0.0141"]  # fewer than 3 seeds: marked
-    assert cells[3].startswith("+0.") and "(p=0.000)" in cells[3]  # +0.2 per query (capped at 1) over base
+    assert cells[3].startswith("+0.") and "(p<0.001)" in cells[3]  # +0.2 per query (capped at 1) over base
     assert cells[4].startswith("+0.") and cells[6] == "✓"
     assert "Label-free systems (crop's baseline): base 0.6000, BM25 0.7000." in dev
     assert "| supervised | 2 (screening) | 0.6700 ± 0.0141 | +0.0000 (p=1.000) | — |" in dev
@@ -146,7 +146,7 @@ def test_sweeps_group_configurations_that_differ_only_in_their_params(tmp_path):
 
     scale = rows("scale")
     assert "| `sample.fraction=0.11` | 2 (screening) | 0.6500 ± 0.0000 | +0.0" in scale["d2q+frac11"]
-    assert "(p=0.000) vs d2q+frac01 |" in scale["d2q+frac11"]
+    assert "(p<0.001) vs d2q+frac01 |" in scale["d2q+frac11"]
     assert "| +0.0000 (p=1.000) vs d2q+frac11 |" in scale["d2q+frac25"]  # a numeric step: against the previous
     distill = rows("distillation")["d2q+frac11+distill"]
     assert "`train.loss=marginmse`, `triples.teacher.method=hybrid`" in distill and "vs d2q+frac11 |" in distill

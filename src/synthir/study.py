@@ -125,7 +125,8 @@ def _versus(config: Configuration, other: dict[str, float], metric: str) -> str:
     if len(mine.keys() & other.keys()) < 2:
         return "—"
     result = compare(mine, other)
-    return f"{result.difference:+.4f} (p={result.p_value:.3f})"
+    p_value = "p<0.001" if result.p_value < 0.001 else f"p={result.p_value:.3f}"
+    return f"{result.difference:+.4f} ({p_value})"
 
 
 def _label_free(configs: list[Configuration], metric: str) -> str:
