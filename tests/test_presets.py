@@ -92,22 +92,24 @@ def test_preset_output_is_readable_like_any_file(tmp_path):
     assert stat.S_IMODE(params.stat().st_mode) == 0o644
 
 
-def _merged(tmp_path, name: str, presets: list[Path]) -> dict:
+def _params_with(tmp_path, name: str, presets: list[Path]) -> Path:
+    """A copy of params.yaml with the presets applied in order."""
     params = tmp_path / f"{name}.yaml"
     shutil.copy(REPO / "params.yaml", params)
     for preset in presets:
         apply_preset(preset, params)
-    return yaml.safe_load(params.read_text())
+    return params
+
+
+def _merged(tmp_path, name: str, presets: list[Path]) -> dict:
+    return yaml.safe_load(_params_with(tmp_path, name, presets).read_text())
 
 
 def test_every_study_configuration_merges_into_valid_params(tmp_path):
     from synthir.config import load_params
 
     for preset in sorted((REPO / "study").glob("*.yaml")):
-        params = tmp_path / "params.yaml"
-        shutil.copy(REPO / "params.yaml", params)
-        apply_preset(REPO / "study" / "protocol.yaml", params)
-        apply_preset(preset, params)
+        params = _params_with(tmp_path, "params", [REPO / "study" / "protocol.yaml", preset])
         assert load_params(params).evaluate.split == "dev", preset.name
 
 
