@@ -16,6 +16,7 @@ from synthir.train import train
 def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--triples", type=Path, required=True)
+    parser.add_argument("--adapted", type=Path, required=True, help="the adapt stage's model (used when adapt is on)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--live", type=Path, required=True, help="DVCLive folder")
     parser.add_argument("--checkpoints", type=Path, required=True)
@@ -24,7 +25,10 @@ def main() -> int | None:
     params = stage_params("train")
     if not launched_by_accelerate():
         return relaunch_under_accelerate(params.train, __file__, sys.argv[1:])
-    summary = train(params.train, args.triples, args.output, args.live, args.checkpoints, params.dataset.name)
+    settings = params.train
+    if params.adapt.method != "none":  # start from the corpus-adapted encoder
+        settings = settings.model_copy(update={"base_model": str(args.adapted)})
+    summary = train(settings, args.triples, args.output, args.live, args.checkpoints, params.dataset.name)
     if summary:  # the main process
         write_json(args.metrics, summary)
         print(json.dumps(summary, indent=2))

@@ -64,6 +64,12 @@ def test_repository_params_are_valid():
         (lambda p: p["train"].update(launch="--num_processes=2"), "train.launch: '--num_processes=2' is set by"),
         (lambda p: p["train"].update(loss="bt"), "train.loss: .*'mnrl', 'snn' or 'marginmse'"),
         (lambda p: p["train"].update(device="gpu"), "train.device: .*'cpu' or 'cuda'"),
+        (lambda p: p["adapt"].update(method="simcse"), "adapt.method: .*'none' or 'tsdae'"),
+        (lambda p: p["adapt"].update(deletion_ratio=1.0), "adapt.deletion_ratio: Input should be less than 1"),
+        (
+            lambda p: (p["adapt"].update(method="tsdae"), p["train"].update(keep_layers=2)),
+            "adapt.method tsdae adapts a sentence-transformers encoder; train.pooling and train.keep_layers",
+        ),
         (
             lambda p: p["generate"].update(prompts_dir="src/synthir/prompts/generat"),
             "generate.prompts_dir: .* not a folder",

@@ -444,6 +444,22 @@ class TrainParams(FitParams):
         return value
 
 
+class AdaptParams(Block):
+    """Corpus pre-adaptation before stage 1 (GPL's TSDAE step): the `adapt` stage adapts train.base_model to the
+    corpus, and `train` starts from the adapted model."""
+
+    method: Literal["none", "tsdae"] = "none"
+    """none: the adapt stage does nothing and train starts from train.base_model; tsdae: a denoising auto-encoder
+    over the corpus passages (no queries, no labels)."""
+    max_passages: int = Field(default=0, ge=0, description="corpus passages used, a seeded subset (0: all)")
+    epochs: int = Field(default=1, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    lr: float = Field(default=3e-5, gt=0)
+    deletion_ratio: float = Field(default=0.6, ge=0, lt=1, description="share of words deleted from the input")
+    max_seq_length: int = Field(default=128, gt=0, description="tokens of each passage read while adapting")
+    seed: int = 13
+
+
 class AlignParams(ScheduleParams):
     """Syntriever stage 2: LLM preferences over the trained retriever's top-K, then preference training."""
 
@@ -514,11 +530,21 @@ class Params(Block):
     generate: GenerateParams
     verify: VerifyParams
     triples: TriplesParams = TriplesParams()
+    adapt: AdaptParams = AdaptParams()
     train: TrainParams
     align: AlignParams = AlignParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
     publish: PublishParams = PublishParams()
+
+    @model_validator(mode="after")
+    def _adapt_an_encoder(self) -> Params:
+        if self.adapt.method != "none" and (self.train.pooling or self.train.keep_layers):
+            raise ValueError(
+                f"adapt.method {self.adapt.method} adapts a sentence-transformers encoder; train.pooling and "
+                "train.keep_layers build a student from a decoder LLM (set adapt.method: none)"
+            )
+        return self
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

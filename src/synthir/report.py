@@ -20,6 +20,7 @@ STAGE_SECONDS = {
     "generate": ("metrics/generate.json", "seconds"),
     "verify": ("metrics/verify.json", "seconds"),
     "triples": ("metrics/triples.json", "seconds"),
+    "adapt": ("metrics/adapt.json", "seconds"),
     "train": ("metrics/train.json", "seconds"),
     "align_judge": ("metrics/align_judge.json", "seconds"),
     "align_train": ("metrics/align_train.json", "seconds"),

@@ -118,6 +118,7 @@ def test_repro_then_only_affected_stages_go_stale(project):
     evaluation = _metrics(project, "eval")
     assert evaluation["num_queries"] == 20 and set(evaluation["delta"]) >= {"ndcg@10", "recall@100"}
     assert (project / "models" / "retriever" / "README.md").exists()
+    assert _metrics(project, "adapt") == {"enabled": False}  # off by default: train starts from its base
 
     params = yaml.safe_load((project / "params.yaml").read_text())
 
@@ -127,7 +128,10 @@ def test_repro_then_only_affected_stages_go_stale(project):
 
     align = {"align_retrieve", "align_judge", "align_train"}  # downstream of train even when off (then no-ops)
     edit("train", lr=3e-5)
-    assert _stale(project) == {"train", "evaluate", "publish"} | align
+    assert _stale(project) == {"train", "evaluate", "publish"} | align  # the corpus adaptation stays
+    edit("adapt", method="tsdae")
+    assert _stale(project) == {"adapt", "train", "evaluate", "publish"} | align
+    edit("adapt", method="none")
     edit("train", lr=2e-5)
     edit("generate", llm={**SMOLLM, "backend": "hf", "model": "HuggingFaceTB/SmolLM2-360M-Instruct"})
     assert _stale(project) == {"generate", "verify", "triples", "train", "evaluate", "publish"} | align
@@ -191,6 +195,7 @@ def test_a_corpus_without_labels_trains_a_retriever(tmp_path, shared_beir):
     params["generate"]["query_negative"]["max_tokens"] = 60
     params["verify"]["round_trip"]["k"] = 80  # keep every query the base retriever finds at all
     params["triples"]["sources"] = ["doc2query"]
+    params["adapt"].update(method="tsdae", max_passages=16)  # GPL's corpus pre-adaptation: the corpus alone
     params["train"].update(batch_size=2, max_steps=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
@@ -200,6 +205,8 @@ def test_a_corpus_without_labels_trains_a_retriever(tmp_path, shared_beir):
     assert sorted(p.name for p in (project / "data" / "raw" / "my-corpus").iterdir()) == ["corpus.jsonl"]
     assert _metrics(project, "generate")["tasks"]["doc2query"]["records"] > 0
     assert _metrics(project, "triples")["by_source"] == {"doc2query": _metrics(project, "triples")["examples"]}
+    adapted = _metrics(project, "adapt")
+    assert (adapted["passages"], adapted["steps"]) == (16, 2) and adapted["loss_last"] > 0
     assert _metrics(project, "train")["steps"] == 2
     assert (project / "models" / "retriever" / "model.safetensors").exists()
     for name in ("baseline", "eval"):

@@ -1,0 +1,129 @@
+"""Corpus pre-adaptation with TSDAE (Wang et al., 2021), GPL's first step: the encoder learns to rebuild each corpus
+passage from its embedding of a corrupted copy (most words deleted), through a decoder that shares the encoder's
+weights and reads only that embedding. It sees the target corpus and nothing else: no query, no label.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def delete_words(text: str, ratio: float, rng: random.Random) -> str:
+    """TSDAE's noise: each word is deleted with probability `ratio`; at least one word is kept."""
+    words = text.split()
+    if not words:
+        return text
+    kept = [word for word in words if rng.random() >= ratio]
+    return " ".join(kept) if kept else rng.choice(words)
+
+
+def denoising_batches(
+    passages: Sequence[str], batch_size: int, epochs: int, ratio: float, seed: int
+) -> list[tuple[list[str], list[str]]]:
+    """(corrupted, original) batches over the passages, shuffled per epoch; the last short batch is kept."""
+    rng = random.Random(seed)
+    batches = []
+    for _ in range(epochs):
+        order = list(passages)
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            originals = order[start : start + batch_size]
+            batches.append(([delete_words(text, ratio, rng) for text in originals], originals))
+    return batches
+
+
+def denoising_loss(model):
+    """sentence-transformers' TSDAE loss with the decoder tied to the encoder. Needs an encoder whose architecture
+    has a causal-LM head with cross-attention in transformers (BERT, RoBERTa and kin)."""
+    from sentence_transformers.sentence_transformer.losses import DenoisingAutoEncoderLoss
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the decoder's new cross-attention and LM head are expected to be missing
+    try:
+        return DenoisingAutoEncoderLoss(model, tie_encoder_decoder=True)
+    except (ValueError, AssertionError) as error:
+        raise ConfigError(f"adapt.method tsdae: this encoder cannot be tied to a decoder ({error})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def tsdae(
+    model,
+    passages: Sequence[str],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    deletion_ratio: float,
+    max_seq_length: int,
+    seed: int,
+) -> dict:
+    """Adapt `model` (a SentenceTransformer, changed in place) to the passages. The passages are cut to
+    `max_seq_length` tokens while adapting; the model keeps its own limit afterwards. Returns the run summary."""
+    import torch
+
+    if not passages:
+        raise ConfigError("adapt: the corpus has no passage to adapt to")
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    own_limit = model.max_seq_length
+    model.max_seq_length = max_seq_length
+    loss = denoising_loss(model)
+    loss.train()
+    optimizer = torch.optim.AdamW([p for p in loss.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    batches = denoising_batches(passages, batch_size, epochs, deletion_ratio, seed)
+    for step, (corrupted, originals) in enumerate(batches, 1):
+        value = loss([_features(model, corrupted), _features(model, originals)], None)
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(value.detach()))
+        if step % 50 == 0 or step == len(batches):
+            log.info("tsdae step %d/%d: loss %.4f", step, len(batches), sum(losses[-50:]) / len(losses[-50:]))
+    model.max_seq_length = own_limit
+    model.eval()
+    return {
+        "enabled": True,
+        "method": "tsdae",
+        "passages": len(passages),
+        "steps": len(batches),
+        "loss_first": round(sum(losses[:20]) / len(losses[:20]), 4),
+        "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _features(model, texts: list[str]) -> dict:
+    features = model.preprocess(texts)  # input ids, masks and the modality name
+    return {name: value.to(model.device) if hasattr(value, "to") else value for name, value in features.items()}
+
+
+def sample_passages(texts: Sequence[str], max_passages: int, seed: int) -> list[str]:
+    """A seeded subset of `max_passages` passages (0: all of them, in corpus order)."""
+    if not max_passages or max_passages >= len(texts):
+        return list(texts)
+    return random.Random(seed).sample(list(texts), max_passages)
+
+
+def save_adapted(model, output: Path, base_model: str | None) -> None:
+    """The adapted encoder as a sentence-transformers folder, written whole or not at all. Its card names
+    `base_model` (a Hub id, or None), so the card of a model trained from it names that model too."""
+    from .fileio import atomic_dir
+
+    card = model.model_card_data
+    card.local_files_only = True
+    card.base_model = base_model
+    card.add_tags(["synthir", "tsdae"])
+    model._model_card_text = None  # a card for this model, not the loaded one's
+    with atomic_dir(output) as folder:
+        model.save(str(folder))

@@ -1,0 +1,52 @@
+"""adapt: pre-adapt train.base_model to the corpus (adapt.method tsdae, GPL's first step); `train` starts from it.
+Off (adapt.method none), the folder holds a note and train starts from train.base_model."""
+
+import argparse
+import json
+from pathlib import Path
+
+from synthir.adapt import sample_passages, save_adapted, tsdae
+from synthir.beir import load_corpus, passage_text
+from synthir.errors import friendly_errors
+from synthir.fileio import atomic_dir, write_json
+from synthir.model_card import base_model_id
+from synthir.models import resolve
+from synthir.retrieval import load_encoder
+from synthir.stage import stage_params
+
+
+@friendly_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="BEIR dataset folder")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    params = stage_params("adapt")
+    adapt = params.adapt
+    if adapt.method == "none":
+        with atomic_dir(args.output) as folder:
+            (folder / "README.md").write_text("Adaptation is off (adapt.method: none): train starts from its base.\n")
+        write_json(args.metrics, {"enabled": False})
+        return
+    corpus = load_corpus(args.data / "corpus.jsonl")
+    passages = sample_passages([passage_text(doc) for doc in corpus.values()], adapt.max_passages, adapt.seed)
+    base = params.train.base_model
+    model = load_encoder(base, dtype="at_least_float32")
+    summary = tsdae(
+        model,
+        passages,
+        epochs=adapt.epochs,
+        batch_size=adapt.batch_size,
+        lr=adapt.lr,
+        deletion_ratio=adapt.deletion_ratio,
+        max_seq_length=adapt.max_seq_length,
+        seed=adapt.seed,
+    )
+    save_adapted(model, args.output, base_model_id(base, resolve(base)))
+    write_json(args.metrics, summary)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+import random
+
+import pytest
+import torch
+
+from synthir.adapt import delete_words, denoising_batches, sample_passages, save_adapted, tsdae
+from synthir.errors import ConfigError
+from synthir.model_card import base_model_id
+from synthir.retrieval import load_encoder
+
+PASSAGES = [
+    "aspirin lowers the risk of a second heart attack in older patients",
+    "the protein folds into a beta sheet at low temperature",
+    "vitamin d deficiency is common among night shift workers",
+    "a mutation in the gene raises the odds of early onset disease",
+]
+
+
+def test_delete_words_deletes_the_ratio_and_keeps_at_least_one_word():
+    rng = random.Random(0)
+    text = " ".join(f"w{i}" for i in range(2000))
+    kept = delete_words(text, 0.6, rng).split()
+    assert 0.35 < len(kept) / 2000 < 0.45  # TSDAE keeps 40% of the words
+    assert kept == [w for w in text.split() if w in set(kept)]  # in their order
+    assert delete_words("one two three", 0.0, rng) == "one two three"
+    assert delete_words("one two three", 0.999999, rng) in {"one", "two", "three"}
+    assert delete_words("", 0.6, rng) == ""
+
+
+def test_denoising_batches_cover_every_passage_once_per_epoch_in_a_seeded_order():
+    batches = denoising_batches(PASSAGES, 3, 2, 0.6, seed=5)
+    assert [len(originals) for _, originals in batches] == [3, 1, 3, 1]
+    for epoch in (batches[:2], batches[2:]):
+        assert sorted(text for _, originals in epoch for text in originals) == sorted(PASSAGES)
+    for corrupted, originals in batches:
+        assert all(set(c.split()) <= set(o.split()) for c, o in zip(corrupted, originals, strict=True))
+    assert batches == denoising_batches(PASSAGES, 3, 2, 0.6, seed=5)
+    assert batches != denoising_batches(PASSAGES, 3, 2, 0.6, seed=6)
+
+
+def test_sample_passages_is_all_or_a_seeded_subset():
+    texts = [f"p{i}" for i in range(10)]
+    assert sample_passages(texts, 0, 1) == texts and sample_passages(texts, 20, 1) == texts
+    subset = sample_passages(texts, 4, 1)
+    assert len(set(subset)) == 4 and set(subset) <= set(texts) and subset == sample_passages(texts, 4, 1)
+
+
+def test_tsdae_teaches_the_encoder_to_reconstruct_and_keeps_its_limit(tiny_encoder, tmp_path):
+    """The decoder reads only the sentence embedding and shares the encoder's weights, so a falling
+    reconstruction loss must come with a changed encoder; the adapted model saves and reloads as an encoder."""
+    model = load_encoder(tiny_encoder, device="cpu", dtype="float32")
+    before = model.encode(PASSAGES, convert_to_tensor=True)
+    limit = model.max_seq_length
+    summary = tsdae(model, PASSAGES * 8, epochs=4, batch_size=4, lr=1e-3, deletion_ratio=0.6, max_seq_length=32, seed=0)
+    assert summary["steps"] == 32 and summary["passages"] == 32
+    assert summary["loss_last"] < summary["loss_first"] * 0.8
+    assert model.max_seq_length == limit
+    after = model.encode(PASSAGES, convert_to_tensor=True)
+    assert not torch.allclose(before, after, atol=1e-3)
+    save_adapted(model, tmp_path / "adapted", "org/base-model")
+    reloaded = load_encoder(str(tmp_path / "adapted"), device="cpu", dtype="float32")
+    assert torch.allclose(reloaded.encode(PASSAGES, convert_to_tensor=True), after, atol=1e-5)
+    adapted = str(tmp_path / "adapted")
+    assert base_model_id(adapted, adapted) == "org/base-model"  # a model trained from it names the base
+
+
+def test_tsdae_refuses_an_empty_corpus(tiny_encoder):
+    model = load_encoder(tiny_encoder, device="cpu", dtype="float32")
+    with pytest.raises(ConfigError, match="no passage"):
+        tsdae(model, [], epochs=1, batch_size=2, lr=1e-4, deletion_ratio=0.6, max_seq_length=16, seed=0)
