@@ -9,7 +9,7 @@ from synthir.adapt import sample_passages, save_adapted, tsdae
 from synthir.beir import load_corpus, passage_text
 from synthir.errors import friendly_errors
 from synthir.fileio import atomic_dir, write_json
-from synthir.model_card import base_model_id
+from synthir.model_card import describe_adaptation
 from synthir.models import resolve
 from synthir.retrieval import load_encoder
 from synthir.stage import stage_params
@@ -43,7 +43,8 @@ def main() -> None:
         max_seq_length=adapt.max_seq_length,
         seed=adapt.seed,
     )
-    save_adapted(model, args.output, base_model_id(base, resolve(base)))
+    describe_adaptation(model, base, resolve(base))
+    save_adapted(model, args.output)
     write_json(args.metrics, summary)
     print(json.dumps(summary, indent=2))
 

@@ -3,10 +3,12 @@ import random
 import pytest
 import torch
 
-from synthir.adapt import delete_words, denoising_batches, sample_passages, save_adapted, tsdae
+from synthir.adapt import delete_words, denoising_batches, denoising_loss, sample_passages, save_adapted, tsdae
 from synthir.errors import ConfigError
-from synthir.model_card import base_model_id
+from synthir.model_card import base_model_id, describe_adaptation, read_card
+from synthir.models import resolve
 from synthir.retrieval import load_encoder
+from tests.conftest import MINILM
 
 PASSAGES = [
     "aspirin lowers the risk of a second heart attack in older patients",
@@ -28,14 +30,14 @@ def test_delete_words_deletes_the_ratio_and_keeps_at_least_one_word():
 
 
 def test_denoising_batches_cover_every_passage_once_per_epoch_in_a_seeded_order():
-    batches = denoising_batches(PASSAGES, 3, 2, 0.6, seed=5)
+    batches = list(denoising_batches(PASSAGES, 3, 2, 0.6, seed=5))
     assert [len(originals) for _, originals in batches] == [3, 1, 3, 1]
     for epoch in (batches[:2], batches[2:]):
         assert sorted(text for _, originals in epoch for text in originals) == sorted(PASSAGES)
     for corrupted, originals in batches:
         assert all(set(c.split()) <= set(o.split()) for c, o in zip(corrupted, originals, strict=True))
-    assert batches == denoising_batches(PASSAGES, 3, 2, 0.6, seed=5)
-    assert batches != denoising_batches(PASSAGES, 3, 2, 0.6, seed=6)
+    assert batches == list(denoising_batches(PASSAGES, 3, 2, 0.6, seed=5))
+    assert batches != list(denoising_batches(PASSAGES, 3, 2, 0.6, seed=6))
 
 
 def test_sample_passages_is_all_or_a_seeded_subset():
@@ -57,11 +59,35 @@ def test_tsdae_teaches_the_encoder_to_reconstruct_and_keeps_its_limit(tiny_encod
     assert model.max_seq_length == limit
     after = model.encode(PASSAGES, convert_to_tensor=True)
     assert not torch.allclose(before, after, atol=1e-3)
-    save_adapted(model, tmp_path / "adapted", "org/base-model")
+    save_adapted(model, tmp_path / "adapted")
     reloaded = load_encoder(str(tmp_path / "adapted"), device="cpu", dtype="float32")
     assert torch.allclose(reloaded.encode(PASSAGES, convert_to_tensor=True), after, atol=1e-5)
+
+
+def test_the_decoder_shares_the_encoders_weights(tiny_encoder):
+    """TSDAE ties them: the encoder's layers are the decoder's, so reconstruction trains the encoder itself."""
+    model = load_encoder(tiny_encoder, device="cpu", dtype="float32")
+    loss = denoising_loss(model)
+    encoder, decoder = model.transformers_model, loss.decoder.bert
+    assert encoder.embeddings.word_embeddings.weight is decoder.embeddings.word_embeddings.weight
+    assert encoder.encoder.layer[1].attention.self.query.weight is decoder.encoder.layer[1].attention.self.query.weight
+
+
+def test_the_adapted_card_names_the_base_with_its_language_and_license(tmp_path):
+    """A model trained from models/adapted names the original base model, and keeps its language and license."""
+    model = load_encoder(MINILM, device="cpu", dtype="float32")
+    describe_adaptation(model, MINILM, resolve(MINILM))
+    save_adapted(model, tmp_path / "adapted")
+    metadata = read_card(tmp_path / "adapted")[0]
+    assert (metadata["language"], metadata["license"]) == ("en", "apache-2.0") and "tsdae" in metadata["tags"]
     adapted = str(tmp_path / "adapted")
-    assert base_model_id(adapted, adapted) == "org/base-model"  # a model trained from it names the base
+    assert base_model_id(adapted, adapted) == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_a_length_beyond_the_models_positions_names_the_key(tiny_encoder):
+    model = load_encoder(tiny_encoder, device="cpu", dtype="float32")
+    with pytest.raises(ConfigError, match=r"adapt\.max_seq_length: 512 is beyond the model.s 128 positions"):
+        tsdae(model, PASSAGES, epochs=1, batch_size=2, lr=1e-4, deletion_ratio=0.6, max_seq_length=512, seed=0)
 
 
 def test_tsdae_refuses_an_empty_corpus(tiny_encoder):

@@ -104,6 +104,16 @@ def test_runs_of_one_name_with_different_params_are_separate_configurations(tmp_
     assert configs == {"crop": ["crop-s1", "crop-s2"], "crop (2)": ["crop-s3"]}
 
 
+def test_a_run_from_before_the_adapt_block_ran_without_adaptation(tmp_path):
+    runs = [_study_rev(f"d2q-s{seed}", 0.70, ["doc2query"], 0.2) for seed in (1, 2, 3)]
+    runs[1]["data"]["params"]["params.yaml"]["data"]["adapt"] = {"method": "none"}
+    runs[2]["data"]["params"]["params.yaml"]["data"]["adapt"] = {"method": "tsdae"}
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(experiments(*runs)))
+    configs = {c.name: [r.name for r in c.runs] for c in configurations(load_experiments(path))}
+    assert configs == {"d2q": ["d2q-s1", "d2q-s2"], "d2q (2)": ["d2q-s3"]}
+
+
 def _swept_rev(name: str, shift: float, fraction: float, sources=("doc2query",), split="dev", **train) -> dict:
     entry = _study_rev(name, 0.6 + shift / 2, list(sources), shift, split=split)
     data = entry["data"]["params"]["params.yaml"]["data"]

@@ -148,6 +148,19 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, 
     assert curve(killed / "live") == curve(tmp_path / "live-whole")  # step 5, logged before the kill, once
 
 
+def test_a_checkpoint_is_resumed_only_by_a_run_from_the_same_starting_weights(tmp_path, triples):
+    """The adapt stage rewrites models/adapted in place: a run starting from the new weights under the same
+    base_model must not resume the old run's checkpoint."""
+    from tests.conftest import build_tiny_encoder
+
+    base = build_tiny_encoder(tmp_path / "base")
+    params = TrainParams(base_model=base, batch_size=4, epochs=1, checkpoint_steps=1)
+    assert train(params, triples, tmp_path / "m1", tmp_path / "l1", tmp_path / "ckpt")["resumed_from_step"] == 0
+    build_tiny_encoder(tmp_path / "base", initializer_range=0.05)  # other weights, the same folder
+    again = train(params, triples, tmp_path / "m2", tmp_path / "l2", tmp_path / "ckpt")
+    assert again["resumed_from_step"] == 0 and again["steps"] == 3
+
+
 def test_a_run_that_did_not_happen_has_empty_curves_of_the_same_names(tmp_path, tiny_encoder, triples):
     from synthir.train import write_empty_curves
 

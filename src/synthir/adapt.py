@@ -6,9 +6,10 @@ weights and reads only that embedding. It sees the target corpus and nothing els
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import ConfigError
@@ -27,33 +28,40 @@ def delete_words(text: str, ratio: float, rng: random.Random) -> str:
 
 def denoising_batches(
     passages: Sequence[str], batch_size: int, epochs: int, ratio: float, seed: int
-) -> list[tuple[list[str], list[str]]]:
-    """(corrupted, original) batches over the passages, shuffled per epoch; the last short batch is kept."""
+) -> Iterator[tuple[list[str], list[str]]]:
+    """(corrupted, original) batches over the passages, shuffled per epoch; the last short batch is kept. Drawn
+    lazily, so a large corpus is never held corrupted in memory."""
     rng = random.Random(seed)
-    batches = []
     for _ in range(epochs):
         order = list(passages)
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
             originals = order[start : start + batch_size]
-            batches.append(([delete_words(text, ratio, rng) for text in originals], originals))
-    return batches
+            yield [delete_words(text, ratio, rng) for text in originals], originals
 
 
 def denoising_loss(model):
-    """sentence-transformers' TSDAE loss with the decoder tied to the encoder. Needs an encoder whose architecture
-    has a causal-LM head with cross-attention in transformers (BERT, RoBERTa and kin)."""
+    """sentence-transformers' TSDAE loss, its decoder tied to the encoder and on the encoder's device. Needs an
+    encoder whose architecture has a causal-LM head with cross-attention in transformers (BERT and kin)."""
     from sentence_transformers.sentence_transformer.losses import DenoisingAutoEncoderLoss
     from transformers.utils import logging as hf_logging
 
+    device = model.device
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the decoder's new cross-attention and LM head are expected to be missing
     try:
-        return DenoisingAutoEncoderLoss(model, tie_encoder_decoder=True)
-    except (ValueError, AssertionError) as error:
+        loss = DenoisingAutoEncoderLoss(model, tie_encoder_decoder=True)
+    except (ValueError, AssertionError, OSError) as error:
         raise ConfigError(f"adapt.method tsdae: this encoder cannot be tied to a decoder ({error})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    return loss.to(device)  # the decoder loads on the CPU, and tying moved the encoder's weights to it
+
+
+def check_length(model, max_seq_length: int) -> None:
+    positions = getattr(model.transformers_model.config, "max_position_embeddings", None)
+    if positions and max_seq_length > positions:
+        raise ConfigError(f"adapt.max_seq_length: {max_seq_length} is beyond the model's {positions} positions")
 
 
 def tsdae(
@@ -67,38 +75,43 @@ def tsdae(
     max_seq_length: int,
     seed: int,
 ) -> dict:
-    """Adapt `model` (a SentenceTransformer, changed in place) to the passages. The passages are cut to
-    `max_seq_length` tokens while adapting; the model keeps its own limit afterwards. Returns the run summary."""
+    """Adapt `model` (a SentenceTransformer, changed in place) to the passages: AdamW at a constant `lr`, no
+    weight decay, as TSDAE trains. The passages are cut to `max_seq_length` tokens while adapting; the model keeps
+    its own limit afterwards. Returns the run summary."""
     import torch
 
     if not passages:
         raise ConfigError("adapt: the corpus has no passage to adapt to")
+    check_length(model, max_seq_length)
     torch.manual_seed(seed)
     started = time.perf_counter()
     own_limit = model.max_seq_length
     model.max_seq_length = max_seq_length
     loss = denoising_loss(model)
     loss.train()
-    optimizer = torch.optim.AdamW([p for p in loss.parameters() if p.requires_grad], lr=lr)
+    optimizer = torch.optim.AdamW([p for p in loss.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    steps = epochs * math.ceil(len(passages) / batch_size)
     losses = []
-    batches = denoising_batches(passages, batch_size, epochs, deletion_ratio, seed)
-    for step, (corrupted, originals) in enumerate(batches, 1):
+    for step, (corrupted, originals) in enumerate(
+        denoising_batches(passages, batch_size, epochs, deletion_ratio, seed), 1
+    ):
         value = loss([_features(model, corrupted), _features(model, originals)], None)
         value.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(value.detach()))
-        if step % 50 == 0 or step == len(batches):
-            log.info("tsdae step %d/%d: loss %.4f", step, len(batches), sum(losses[-50:]) / len(losses[-50:]))
+        if step % 50 == 0 or step == steps:
+            log.info("tsdae step %d/%d: loss %.4f", step, steps, sum(losses[-50:]) / len(losses[-50:]))
     model.max_seq_length = own_limit
     model.eval()
     return {
         "enabled": True,
         "method": "tsdae",
         "passages": len(passages),
-        "steps": len(batches),
+        "steps": steps,
         "loss_first": round(sum(losses[:20]) / len(losses[:20]), 4),
         "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+        "device": str(model.device),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -115,15 +128,9 @@ def sample_passages(texts: Sequence[str], max_passages: int, seed: int) -> list[
     return random.Random(seed).sample(list(texts), max_passages)
 
 
-def save_adapted(model, output: Path, base_model: str | None) -> None:
-    """The adapted encoder as a sentence-transformers folder, written whole or not at all. Its card names
-    `base_model` (a Hub id, or None), so the card of a model trained from it names that model too."""
+def save_adapted(model, output: Path) -> None:
+    """The adapted encoder as a sentence-transformers folder, written whole or not at all."""
     from .fileio import atomic_dir
 
-    card = model.model_card_data
-    card.local_files_only = True
-    card.base_model = base_model
-    card.add_tags(["synthir", "tsdae"])
-    model._model_card_text = None  # a card for this model, not the loaded one's
     with atomic_dir(output) as folder:
         model.save(str(folder))

@@ -56,18 +56,33 @@ def set_prompts(model, query_prefix: str, passage_prefix: str) -> None:
     model.default_prompt_name = None
 
 
+def describe_base(model, ref: str, resolved: str) -> None:
+    """The card's base model (its Hub id), language and license (the base model's own), looked up offline.
+    `resolved`: where the base model was loaded from."""
+    card = model.model_card_data
+    card.local_files_only = True  # nothing is looked up online; the card says what synthir knows
+    card.base_model = base_model_id(ref, resolved)
+    base_metadata = read_card(Path(resolved))[0] if Path(resolved).is_dir() else {}
+    card.language = base_metadata.get("language") or card.language
+    card.license = card.license or base_metadata.get("license")
+    model._model_card_text = None  # sentence-transformers would re-save the loaded model's card
+
+
+def describe_adaptation(model, ref: str, resolved: str) -> None:
+    """The card of a corpus-adapted encoder (the adapt stage): the base it was adapted from, so the card of a
+    model trained from it names that base too."""
+    describe_base(model, ref, resolved)
+    model.model_card_data.add_tags(["synthir", "tsdae"])
+
+
 def describe_training(
     model, settings: dict, resolved: str, sources: dict[str, int], dataset: str | None, defaults: dict
 ) -> None:
     """Fill the card sentence-transformers writes on `model.save`: base model, language and license (the base
     model's), the training data by source, the loss, and the run's `settings` (FitParams fields; those differing
     from `defaults` listed first). `resolved`: where the base model was loaded from."""
+    describe_base(model, settings["base_model"], resolved)
     card = model.model_card_data
-    card.local_files_only = True  # nothing is looked up online; the card says what synthir knows
-    card.base_model = base_model_id(settings["base_model"], resolved)
-    base_metadata = read_card(Path(resolved))[0] if Path(resolved).is_dir() else {}
-    card.language = base_metadata.get("language") or card.language
-    card.license = card.license or base_metadata.get("license")
     card.add_tags(["synthir", "dense-retrieval", f"loss:{settings['loss']}"])
     card.task_name = "dense retrieval: queries through encode_query, passages through encode_document"
     card.ir_model = True  # the usage snippet encodes a query and documents
@@ -75,8 +90,6 @@ def describe_training(
     card.all_hyperparameters = settings
     card.non_default_hyperparameters = {k: v for k, v in settings.items() if defaults.get(k) != v}
     card.train_datasets = [_dataset_entry(sources, dataset, settings)]
-    # sentence-transformers re-saves a loaded model's card unless a Trainer trained it; this model was trained
-    model._model_card_text = None
 
 
 def _dataset_entry(sources: dict[str, int], dataset: str | None, settings: dict) -> dict[str, Any]:

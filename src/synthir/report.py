@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import AlignParams
+from .config import AdaptParams, AlignParams
 from .errors import SynthirError
 
 STAGE_SECONDS = {
@@ -160,8 +160,9 @@ def _run(rev: dict) -> Run | None:
 
 
 # The on/off switches of optional blocks: a run from before a block existed ran without it (no `align` block =
-# alignment off). Other keys a run lacks are not compared.
+# alignment off, no `adapt` block = no adaptation). Other keys a run lacks are not compared.
 SWITCH_DEFAULTS: dict[str, object] = {
+    "adapt.method": AdaptParams.model_fields["method"].default,
     "align.enabled": AlignParams.model_fields["enabled"].default,
     "dataset.dev_fraction": 0.0,  # before the dev split existed, training read every train query
 }

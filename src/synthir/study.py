@@ -67,10 +67,9 @@ def setting_of(params: dict[str, object]) -> str:
 
 
 def _same_configuration(a: Run, b: Run) -> bool:
-    """Equal params on the keys both have, less the seeds and the `report` block (a key only one run has comes
-    from a params block added in between: not a difference)."""
-    keys = (a.params.keys() & b.params.keys()) - SEED_KEYS
-    return all(a.params[k] == b.params[k] for k in keys if not k.startswith("report."))
+    """Equal params, less the seeds and the `report` block. A key only one run has comes from a params block
+    added in between: not a difference, unless it is a switch that was off before its block existed."""
+    return not differences(a, b) - SEED_KEYS
 
 
 def configurations(runs: Iterable[Run]) -> list[Configuration]:

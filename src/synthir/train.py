@@ -221,6 +221,16 @@ def run_hash(settings: dict, triples: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_digest(model) -> str:
+    """The starting weights' fingerprint: a checkpoint resumes only a run that started from the same weights,
+    whatever `base_model` names (the adapt stage's folder holds different weights from run to run)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 # --- one global batch, split across processes ---
 
 
@@ -349,6 +359,7 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
     )
     if params.attention_dropout is not None and not set_attention_dropout(model, params.attention_dropout):
         raise ConfigError(f"train.attention_dropout: {params.base_model} has no attention dropout synthir can set")
+    start = weights_digest(model)
     if params.lora_rank:
         add_lora(model, params.lora_rank)
     if params.gradient_checkpointing:
@@ -375,7 +386,11 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, len(schedule))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # what the run computes: not how it was launched (train.launch), but the number of processes (random states)
-    settings = {**params.model_dump(include=set(FitParams.model_fields)), "processes": accelerator.num_processes}
+    settings = {
+        **params.model_dump(include=set(FitParams.model_fields)),
+        "processes": accelerator.num_processes,
+        "start": start,
+    }
     return Run(
         params,
         accelerator,
