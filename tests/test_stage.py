@@ -74,7 +74,8 @@ def test_train_launch_cannot_reach_a_shell(tmp_path):
     witness = tmp_path / "pwned"
     params["train"]["launch"] = f"--cpu; touch {witness}; true"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    args = ["--triples", "t.jsonl", "--output", "m", "--live", "l", "--checkpoints", "c", "--metrics", "x.json"]
+    args = ["--triples", "t.jsonl", "--adapted", "a", "--output", "m", "--live", "l", "--checkpoints", "c"]
+    args += ["--metrics", "x.json"]
     done = _run_stage(tmp_path, "train.py", *args)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "train.launch: '--cpu;' is not an accelerate option" in done.stderr
