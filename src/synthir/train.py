@@ -221,16 +221,6 @@ def run_hash(settings: dict, triples: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def weights_digest(model) -> str:
-    """The starting weights' fingerprint: a checkpoint resumes only a run that started from the same weights,
-    whatever `base_model` names (the adapt stage's folder holds different weights from run to run)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 # --- one global batch, split across processes ---
 
 
@@ -338,7 +328,7 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
     from transformers import get_cosine_schedule_with_warmup
 
     from .fileio import read_jsonl
-    from .retrieval import load_encoder
+    from .retrieval import load_encoder, model_fingerprint
 
     if params.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda, but torch sees no GPU here (train.device: cpu trains on the CPU)")
@@ -359,7 +349,9 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
     )
     if params.attention_dropout is not None and not set_attention_dropout(model, params.attention_dropout):
         raise ConfigError(f"train.attention_dropout: {params.base_model} has no attention dropout synthir can set")
-    start = weights_digest(model)
+    # a checkpoint resumes only a run from the same starting weights, whatever base_model names (models/adapted
+    # holds different weights from run to run)
+    start = model_fingerprint(model)
     if params.lora_rank:
         add_lora(model, params.lora_rank)
     if params.gradient_checkpointing:
