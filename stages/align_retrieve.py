@@ -33,7 +33,7 @@ def main() -> None:
                 f"{present}); add doc2query to align on pseudo-queries"
             )
         candidates = retrieve_candidates(
-            load_encoder(args.model),
+            load_encoder(args.model, device=align.device, dtype=align.dtype, block="align"),
             load_corpus(args.data / "corpus.jsonl"),
             queries,
             align.k,

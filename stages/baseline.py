@@ -32,9 +32,11 @@ def main() -> None:
     encoder = load_encoder(  # the student as training starts it (pruned and pooled when asked)
         model.base_model,
         model.max_seq_length,
-        dtype=settings.dtype,
+        settings.device,
+        settings.dtype,
         pooling=model.pooling,
         keep_layers=model.keep_layers,
+        block="evaluate",
     )
     dense = evaluate_dense(
         model.base_model, args.data, settings, Prefixes(model.query_prefix, model.passage_prefix), model=encoder

@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from synthir.completions import import_committed
 from synthir.errors import friendly_errors
 from synthir.stage import stage_params
 from synthir.synth.pipeline import generate
@@ -15,9 +16,12 @@ def main() -> None:
     parser.add_argument("--sample", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True, help="folder for <task>.jsonl")
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
     doc_ids = args.sample.read_text(encoding="utf-8").split()
-    generate(stage_params("generate").generate, args.data, doc_ids, args.output, args.metrics)
+    params = stage_params("generate").generate
+    import_committed(args.completions)
+    generate(params, args.data, doc_ids, args.output, args.metrics)
 
 
 if __name__ == "__main__":

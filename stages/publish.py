@@ -2,12 +2,10 @@
 sentence-transformers card gains the evaluation scores; pushed to the Hub when publish.push_to_hub is true."""
 
 import argparse
-import json
-import re
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.model_card import publish, push_to_hub
+from synthir.model_card import publish, push_to_hub, read_scores
 from synthir.stage import stage_params
 
 
@@ -20,10 +18,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     params = stage_params("publish")
-    evaluated = json.loads(args.scores.read_text())
-    scores = {name: value for name, value in evaluated.items() if re.fullmatch(r"[a-z_]+@\d+", name)}
+    scores, split = read_scores(args.scores)
     model = args.aligned if params.align.enabled else args.model
-    split = evaluated.get("split", "test")
     publish(model, args.output, scores, params.dataset.name, split, params.publish.model_id)
     if params.publish.push_to_hub:
         print(f"pushed to {push_to_hub(args.output, params.publish.model_id)}")

@@ -23,7 +23,8 @@ def main() -> None:
 
         doc_ids = sorted(corpus)
         texts = [passage_text(corpus[d]) for d in doc_ids]
-        embeddings = encode_passages(load_encoder(sample.model), texts, sample.batch_size).cpu().numpy()
+        encoder = load_encoder(sample.model, device=sample.device, dtype=sample.dtype, block="sample")
+        embeddings = encode_passages(encoder, texts, sample.batch_size).cpu().numpy()
         order = diverse_order(doc_ids, embeddings, sample.clusters, sample.seed)
     else:
         order = corpus_order(corpus, sample.seed)

@@ -4,6 +4,7 @@ with mined or generated negatives."""
 import argparse
 from pathlib import Path
 
+from synthir.completions import import_committed
 from synthir.errors import friendly_errors
 from synthir.stage import stage_params
 from synthir.triples import build
@@ -19,9 +20,12 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
     sample_ids = args.sample.read_text(encoding="utf-8").split()
-    build(stage_params("triples").triples, args.data, args.verified, args.output, args.metrics, sample_ids)
+    params = stage_params("triples").triples
+    import_committed(args.completions)
+    build(params, args.data, args.verified, args.output, args.metrics, sample_ids)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from synthir.completions import import_committed
 from synthir.errors import friendly_errors
 from synthir.stage import stage_params
 from synthir.verify import verify_outputs
@@ -15,8 +16,11 @@ def main() -> None:
     parser.add_argument("--generated", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
-    verify_outputs(stage_params("verify").verify, args.data, args.generated, args.output, args.metrics)
+    params = stage_params("verify").verify
+    import_committed(args.completions)
+    verify_outputs(params, args.data, args.generated, args.output, args.metrics)
 
 
 if __name__ == "__main__":

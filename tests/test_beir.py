@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -39,17 +40,15 @@ def _corpus_lines(tmp_path: Path, *lines: str) -> Path:
         ('["not", "an", "object"]', "expected a JSON object"),
         ('{"title": "t", "text": "no id"}', "missing '_id'"),
         ('{"_id": "d2", "title": "no text"}', "missing 'text'"),
-        ('{"_id": "d2", "title": "", "text": "   "}', "empty text and title"),
+        ('{"_id": "d2", "title": "", "text": "   "}', "document 'd2' has empty text and title"),
         ('{"_id": "d1", "text": "again"}', "duplicate document id 'd1' (first on line 1)"),
         ('{"_id": "d2", "text": 3.5}', "'text' must be a string"),
     ],
 )
 def test_bad_corpus_lines_name_file_and_line(tmp_path, bad_line, message):
     path = _corpus_lines(tmp_path, '{"_id": "d1", "text": "fine"}', bad_line)
-    with pytest.raises(DataError) as error:
+    with pytest.raises(DataError, match=f"^{re.escape(f'{path}:2: {message}')}"):
         load_corpus(path)
-    assert f"{path}:2: " in str(error.value)
-    assert message in str(error.value)
 
 
 def test_empty_query_text(tmp_path):
@@ -186,3 +185,56 @@ def test_a_missing_split_is_named_before_missing_queries(tmp_path):
     (folder / "queries.jsonl").unlink()
     with pytest.raises(DataError, match=r"no qrels/test.tsv \(splits: none\)"):
         load_dataset(folder, ["test"])
+
+
+@pytest.mark.parametrize(("char", "code"), [("\x00", "0000"), ("\x1b", "001B"), ("\x7f", "007F"), ("\x9b", "009B")])
+def test_control_characters_in_ids_are_refused_at_load(tmp_path, char, code):
+    corpus = _corpus_lines(tmp_path, '{"_id": "d1", "text": "fine"}', json.dumps({"_id": f"d{char}2", "text": "x"}))
+    with pytest.raises(DataError, match=rf"corpus.jsonl:2: _id 'd.*2' contains the control character U\+{code}$"):
+        load_corpus(corpus)
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"_id": f"q{char}", "text": "x"}) + "\n")
+    with pytest.raises(DataError, match=rf"queries.jsonl:1: _id .* contains the control character U\+{code}$"):
+        load_queries(queries)
+    qrels = tmp_path / "test.tsv"
+    for row, key in ((f"q1{char}\td1\t1", "query-id"), (f"q1\td1{char}\t1", "corpus-id")):
+        qrels.write_text(f"query-id\tcorpus-id\tscore\nq0\td0\t1\n{row}\n", encoding="utf-8")
+        with pytest.raises(DataError, match=rf"test.tsv:3: {key} .* contains the control character U\+{code}$"):
+            load_qrels(qrels)
+
+
+def test_a_nul_in_an_id_never_scores(tmp_path):
+    """pytrec_eval cuts ids at a NUL: 'd1\\x00x' was judged as 'd1', so a run missing d1 scored nDCG@10 1.0."""
+    folder = write_beir(
+        tmp_path / "d",
+        corpus=[{"_id": "d1\x00x", "text": "cats purr"}, {"_id": "d1", "text": "dogs bark"}],
+        queries=[{"_id": "q1", "text": "why do cats purr"}],
+        qrels={"test": [("q1", "d1", 1)]},
+    )
+    with pytest.raises(DataError, match=r"corpus.jsonl:1: _id 'd1\\x00x' contains the control character U\+0000"):
+        load_dataset(folder)
+
+
+@pytest.mark.parametrize("split", ["../../outside", "../d/qrels/test", "/abs/x", "a/b", "..", "x..y", "t\x00"])
+def test_a_split_name_never_leads_outside_the_dataset(tmp_path, split):
+    from synthir.errors import ConfigError
+
+    folder = write_beir(tmp_path / "d")
+    (tmp_path / "outside.tsv").write_text("q1\td1\t1\n")
+    with pytest.raises(ConfigError, match=r"split .*: a split is a plain name like test, dev or train"):
+        load_dataset(folder, [split])
+
+
+def test_a_qrels_file_that_is_not_a_split_name_is_named(tmp_path):
+    folder = write_beir(tmp_path / "d")
+    (folder / "qrels" / "test v2.tsv").write_text("q1\td1\t1\n")
+    with pytest.raises(DataError, match=r"qrels/test v2.tsv: not a split's file \(a split is a plain name"):
+        load_dataset(folder)
+
+
+def test_a_long_id_is_echoed_as_an_excerpt(tmp_path):
+    long_id = "d" * 100_000
+    path = _corpus_lines(tmp_path, json.dumps({"_id": long_id, "text": "a"}), json.dumps({"_id": long_id, "text": "b"}))
+    with pytest.raises(DataError, match=r"corpus.jsonl:2: duplicate document id 'd+… \(first on line 1\)") as error:
+        load_corpus(path)
+    assert len(str(error.value)) < 200

@@ -1,18 +1,43 @@
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
 from synthir.cli import run
+from tests.conftest import write_beir
 
 
-def test_bm25_command_writes_metrics_and_sidecars(tmp_path, beir_dir, capsys):
+def test_bm25_command_writes_metrics_and_sidecars(tmp_path):
+    corpus = [
+        {"_id": "d1", "title": "Cats", "text": "Cats purr when they are content."},
+        {"_id": "d2", "title": "Dogs", "text": "Dogs bark at strangers."},
+        {"_id": "d3", "title": "", "text": "Bees make honey from nectar."},
+        {"_id": "d4", "title": "Honey", "text": "Honey is made by bees."},  # outranks d3 for "how is honey made"
+    ]
+    qrels = {"test": [("q1", "d1", 1), ("q1", "d2", 1), ("q2", "d3", 2)]}  # d2 shares no word with q1
+    data = write_beir(tmp_path / "tiny", corpus, qrels=qrels)
     output = tmp_path / "bm25.json"
-    assert run(["bm25", "--data", str(beir_dir), "--output", str(output)]) == 0
+    assert run(["bm25", "--data", str(data), "--output", str(output)]) == 0
+    run_lines = [line.split()[:4] for line in (tmp_path / "bm25.run.trec").read_text().splitlines()]
+    assert run_lines == [["q1", "Q0", "d1", "1"], ["q2", "Q0", "d4", "1"], ["q2", "Q0", "d3", "2"]]
+    # trec_eval by hand: q1 finds d1 first and never d2; q2 finds its grade-2 document second
+    ndcg_1 = 1 / (1 + 1 / math.log2(3))
+    ndcg_2 = (2 / math.log2(3)) / 2
+    expected = {
+        "ndcg@1": (1 + 0) / 2,
+        "ndcg@10": (ndcg_1 + ndcg_2) / 2,
+        "recall@100": (0.5 + 1) / 2,
+        "p@10": (0.1 + 0.1) / 2,
+        "mrr@10": (1 + 0.5) / 2,
+        "map@100": (0.5 + 0.5) / 2,
+    }
     metrics = json.loads(output.read_text())
-    assert {"ndcg@10", "recall@100", "p@10", "mrr@10", "map@100", "num_queries", "seconds"} <= set(metrics)
-    assert (tmp_path / "bm25.per_query.json").exists() and (tmp_path / "bm25.run.trec").exists()
+    assert {name: metrics[name] for name in expected} == pytest.approx(expected, abs=1e-6)
+    assert metrics["num_queries"] == 2 and metrics["num_docs"] == 4
+    per_query = json.loads((tmp_path / "bm25.per_query.json").read_text())
+    assert per_query["q1"]["recall@100"] == 0.5 and per_query["q2"]["mrr@10"] == 0.5
 
 
 def test_bad_data_is_one_clear_line_and_no_output(tmp_path, beir_dir):
@@ -39,8 +64,8 @@ def _cli(*args: str):
         (["--depth", "10"], "--depth: Input should be greater than or equal to 100 (got 10)"),
         (["--depth", "0"], "--depth: Input should be greater than or equal to 100 (got 0)"),
         (["--depth", "-5"], "--depth: Input should be greater than or equal to 100 (got -5)"),
-        (["--stemmer", "klingon"], "--stemmer: Value error, unknown stemmer 'klingon'"),
-        (["--stopwords", "xx"], "--stopwords: Value error, unknown stopword list 'xx'"),
+        (["--stemmer", "klingon"], "--stemmer: unknown stemmer 'klingon'"),
+        (["--stopwords", "xx"], "--stopwords: unknown stopword list 'xx'"),
         (["--k1", "nan"], "--k1: Input should be a finite number"),
     ],
 )
@@ -71,21 +96,31 @@ def test_evaluate_flags_are_checked_before_loading_a_model(tmp_path, beir_dir):
     assert done.returncode == 1 and "--max-seq-length: must be a positive number" in done.stderr
 
 
-def test_cache_commands_move_completions_and_report_conflicts(tmp_path, monkeypatch, capsys):
-    from synthir.llm import CompletionCache
-    from synthir.llm.cache import Entry
+def test_cache_commands_move_completions_and_refuse_conflicts(tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
 
+    from synthir.llm import CachedBackend, CompletionCache, Request
+    from tests.synth.fakes import ScriptedLLM
+
+    system = {"role": "system", "content": "You write search queries."}
+    requests = [Request(messages=[system, {"role": "user", "content": f"Passage: t{i}"}]) for i in range(2)]
     monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path / "here"))
     with CompletionCache() as cache:
-        cache.put_many("m", [("a" * 64, Entry("one", 1, 1, created=1e9)), ("b" * 64, Entry("two", 1, 1))])
-    run(["cache", "export", str(tmp_path / "new.jsonl.gz"), "--since", "2020-01-01T00:00"])
+        CachedBackend(ScriptedLLM(), cache).generate(requests[:1])
+        with cache.transaction() as db:
+            db.execute("UPDATE completions SET created = 1e9")  # written in 2001
+        CachedBackend(ScriptedLLM(), cache).generate(requests[1:])
+        key, model, entry = next(e for e in cache.items() if e[2].created > 1e9)
+    assert run(["cache", "export", str(tmp_path / "new.jsonl.gz"), "--since", "2020-01-01T00:00"]) == 0
     assert "new.jsonl.gz: 1 completions" in capsys.readouterr().out  # the 2001 one is older
 
     monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path / "there"))
     with CompletionCache() as cache:
-        cache.put_many("m", [("b" * 64, Entry("mine", 1, 1))])
-    run(["cache", "import", str(tmp_path / "new.jsonl.gz")])
-    assert "0 new, 0 already cached; 1 differ from the local cache, kept local" in capsys.readouterr().out
+        cache.put_many(model, [(key, replace(entry, text="mine"))])
+    assert run(["cache", "import", str(tmp_path / "new.jsonl.gz")]) == 1
+    assert "new.jsonl.gz:2: completion " in capsys.readouterr().err
+    assert run(["cache", "import", "--replace-local", str(tmp_path / "new.jsonl.gz")]) == 0
+    assert "1 completions: 1 new, 0 already cached" in capsys.readouterr().out
 
 
 def test_a_bad_since_names_the_flag(tmp_path):
@@ -142,3 +177,98 @@ def test_compare_reads_seeds_of_exported_experiments(tmp_path, capsys):
     assert "crop-s3: no file and no experiment named 'crop-s3'" in done.stderr
     done = _cli("compare", "crop-s1:bm25", "supervised", "--experiments", str(path))
     assert done.returncode == 1 and "no system 'bm25' (have: student)" in done.stderr
+
+
+@pytest.mark.parametrize(("bad", "shown"), [(float("nan"), "nan"), (float("inf"), "inf"), (1.5, "1.5"), ("x", "'x'")])
+def test_compare_refuses_a_score_that_is_not_a_metric(tmp_path, bad, shown):
+    a = {f"q{i}": 0.5 for i in range(20)} | {"q3": bad}
+    one = _record(tmp_path / "one.json", {"student": a})
+    two = _record(tmp_path / "two.json", {"student": {f"q{i}": 0.4 for i in range(20)}})
+    done = _cli("compare", str(one), str(two))
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert (
+        done.stderr
+        == f"error: {one}: system 'student', query 'q3': ndcg@10 is {shown}; a score is a number in [0, 1]\n"
+    )
+
+
+def test_compare_refuses_a_nan_in_a_sidecar_of_synthir_evaluate(tmp_path):
+    sidecar = tmp_path / "m.per_query.json"
+    sidecar.write_text(json.dumps({f"q{i}": {"ndcg@10": 0.5} for i in range(5)} | {"q9": {"ndcg@10": float("nan")}}))
+    two = _record(tmp_path / "two.json", {"student": {f"q{i}": 0.4 for i in range(10)}})
+    done = _cli("compare", str(sidecar), str(two))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == f"error: {sidecar}: query 'q9': ndcg@10 is nan; a score is a number in [0, 1]\n"
+
+
+def test_compare_refuses_runs_of_different_splits(tmp_path):
+    scores = {f"q{i}": i / 10 for i in range(10)}
+    dev = _record(tmp_path / "dev.json", {"student": scores})
+    test = tmp_path / "test.json"
+    test.write_text(dev.read_text().replace('"split": "dev"', '"split": "test"'))
+    done = _cli("compare", str(dev), str(test))
+    assert done.returncode == 1 and done.stdout == ""
+    assert f"A ({dev}) is scored on the split 'dev', B ({test}) on 'test'" in done.stderr
+    sidecar = tmp_path / "m.per_query.json"  # a sidecar's split is its metrics file's
+    sidecar.write_text(json.dumps({q: {"ndcg@10": v} for q, v in scores.items()}))
+    (tmp_path / "m.json").write_text(json.dumps({"ndcg@10": 0.45, "split": "test"}))
+    done = _cli("compare", str(dev), str(sidecar))
+    assert done.returncode == 1 and "on the split 'dev'" in done.stderr and "on 'test'" in done.stderr
+
+
+def test_compare_refuses_seeds_that_mix_splits(tmp_path):
+    from tests.test_report import experiments, rev
+
+    runs = []
+    for name, split in (("crop-s1", "dev"), ("crop-s2", "test"), ("supervised", "dev")):
+        entry = rev(name, 0.6)
+        entry["data"]["per_query"] = {
+            "split": split,
+            "metrics": ["ndcg@10", "recall@100"],
+            "systems": {"student": {f"q{i}": [i / 10, 1.0] for i in range(10)}},
+        }
+        runs.append(entry)
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(experiments(*runs)))
+    done = _cli("compare", "crop-s1,crop-s2", "supervised", "--experiments", str(path))
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert (
+        done.stderr
+        == f"error: {path}: the seeds mix splits (crop-s1 on dev, crop-s2 on test); average runs of one split\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[0.5, 0.4]", "expected an object, got an array"),
+        ('{"q1": [0.5]}', "query 'q1': expected an object, got an array"),
+        ('{"q1": {"recall@100": 0.5}}', "query 'q1': no 'ndcg@10' (have: recall@100)"),
+        ('{"split": "dev", "metrics": ["ndcg@10"], "systems": []}', "'systems': expected an object, got an array"),
+        ('{"split": "dev", "metrics": ["ndcg@10"], "systems": {}}', "no systems scored (the evaluation was skipped)"),
+        ('{"split": "dev", "metrics": ["ndcg@10"], "systems": {"s": {"q1": 0.5}}}', "expected 1 scores (ndcg@10)"),
+        ('{"split": 3, "metrics": ["ndcg@10"], "systems": {}}', "'split' is 3, expected the split's name"),
+        ('{\n"q1": ', ":2: not JSON"),
+        ("\xff", "not UTF-8 text"),
+    ],
+)
+def test_compare_names_a_malformed_per_query_file(tmp_path, text, message):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(text.encode("latin-1") if text == "\xff" else text.encode())
+    good = _record(tmp_path / "good.json", {"student": {"q1": 0.5, "q2": 0.6}})
+    done = _cli("compare", str(bad), str(good))
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: {bad}") and message in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("split", ["../../outside", "../tiny/qrels/test", "/etc/passwd", "a/b", ".."])
+def test_a_split_stays_inside_the_dataset_folder(tmp_path, beir_dir, split):
+    outside = tmp_path / "outside.tsv"  # what `--split ../../outside` reached: judged as if it were the split
+    outside.write_text("q1\td1\t1\nq2\td3\t1\n")
+    output = tmp_path / "out.json"
+    done = _cli("bm25", "--data", str(beir_dir), "--split", split, "--output", str(output))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.startswith("error: --split: ") and "a split is a plain name like test, dev or train" in done.stderr
+    )
+    assert not output.exists()

@@ -129,3 +129,118 @@ def test_params_file_that_is_a_folder_or_not_utf8(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes(b"sample:\n  fraction: 0.5 # caf\xe9\n")
     with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text"):
         load_params(tmp_path / "latin1.yaml")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p["adapt"].update(lr=1e30), r"adapt.lr: Input should be less than or equal to 1 \(got 1e\+30\)"),
+        (lambda p: p["train"].update(lr=5.0), "train.lr: Input should be less than or equal to 1"),
+        (lambda p: p["align"].update(lr=2.0), "align.lr: Input should be less than or equal to 1"),
+        (lambda p: p["train"].update(tau=1e9), "train.tau: Input should be less than or equal to 10"),
+        (lambda p: p["train"].update(weight_decay=50.0), "train.weight_decay: Input should be less than or equal to 1"),
+        (lambda p: p["train"].update(seed=-1), "train.seed: Input should be greater than or equal to 0"),
+        (lambda p: p["sample"].update(seed=2**32), "sample.seed: Input should be less than or equal to 4294967295"),
+        (lambda p: p["dataset"].update(dev_seed=-5), "dataset.dev_seed: Input should be greater than or equal to 0"),
+        (lambda p: p["train"].update(epochs=10**9), "train.epochs: Input should be less than or equal to 1000"),
+        (lambda p: p["train"].update(batch_size=10**12), "train.batch_size: Input should be less than or equal to"),
+        (lambda p: p["train"].update(max_seq_length=10**9), "train.max_seq_length: Input should be less than or"),
+        (lambda p: p["adapt"].update(max_seq_length=10**9), "adapt.max_seq_length: Input should be less than or"),
+        (lambda p: p["train"].update(num_processes=10**6), "train.num_processes: Input should be less than or"),
+        (
+            lambda p: p["generate"]["doc2query"].update(temperature=100.0),
+            "generate.doc2query.temperature: Input should be less than or equal to 2",
+        ),
+        (
+            lambda p: p["generate"]["query_negative"].update(max_tokens=10**9),
+            "generate.query_negative.max_tokens: Input should be less than or equal to 131072",
+        ),
+        (
+            lambda p: p["generate"]["doc2query"].update(density=10**6),
+            "generate.doc2query.density: Input should be less than or equal to 100",
+        ),
+        (
+            lambda p: p["generate"]["llm"]["options"].update(n_ctx=10**12),
+            r"generate.llm.options: n_ctx: 1000000000000 is out of range \(expected 1 to 1048576\)",
+        ),
+        (
+            lambda p: p["verify"]["judge"].setdefault("options", {}).update(n_parallel=0),
+            r"verify.judge.options: n_parallel: 0 is out of range \(expected 1 to 1024\)",
+        ),
+        (lambda p: p["evaluate"].update(depth=10**9), "evaluate.depth: Input should be less than or equal to 10000"),
+        (lambda p: p["evaluate"]["bm25"].update(k1=1e300), "evaluate.bm25.k1: Input should be less than or equal"),
+        (lambda p: p["verify"].update(relabel_margin=-1e300), "verify.relabel_margin: Input should be greater than"),
+        (lambda p: p["verify"]["round_trip"].update(k=10**7), "verify.round_trip.k: Input should be less than or"),
+        (
+            lambda p: p["triples"]["negatives"].update(rank_to=10**9),
+            "triples.negatives.rank_to: Input should be less than or equal to 10000",
+        ),
+        (lambda p: p["triples"]["negatives"].update(margin=-1.0), "triples.negatives.margin: Input should be greater"),
+        (lambda p: p["align"].update(min_margin=1e9), "align.min_margin: Input should be less than or equal to 100"),
+    ],
+)
+def test_numeric_params_have_ranges_named_by_key(params, edit, message):
+    edit(params)
+    with pytest.raises(ConfigError, match=message) as error:
+        parse_params(params)
+    assert str(error.value).count("\n") == 0 and str(error.value).startswith("params.yaml: ")
+
+
+def _bomb(levels: int) -> str:
+    """A "billion laughs" params file: 9**levels strings from a few hundred bytes."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "bomb:\n" + "".join(f"  {line}\n" for line in lines) + f"train: {{lr: *a{levels}}}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(_bomb(6))  # 531,441 values; 9 levels (387 million) would exhaust memory
+    with pytest.raises(ConfigError, match=r"^\S+params.yaml:7: this value holds more than 100,000 values once"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("text", ["train: &t {lr: *t}\n", "train: &t [1, *t]\n"])
+def test_a_recursive_yaml_alias_is_refused(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"params.yaml:1: an alias refers to a value that contains it"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: " + "[" * 5000 + "]" * 5000 + "\n", r"params.yaml(:\d+)?: nested too deeply \(at most 100 levels\)"),
+        ("report:\n  selected:\n" + "  - x\n" * 300_000, r"params.yaml: larger than 1024 KiB"),
+        ("train:\n  seed: " + "9" * 5000 + "\n", r"params.yaml:2: a number of 5,000 characters \(at most 100\)"),
+    ],
+    ids=["deep", "large", "long-number"],
+)
+def test_yaml_nested_too_deeply_too_large_or_with_endless_numbers_is_refused(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)
+
+
+def test_echoed_values_and_keys_are_short_excerpts(params):
+    params["train"].update(launch="A" * 100_000 + " ;", loss="x" * 100_000, **{"k" * 100_000: 1})
+    params["dataset"].update(path="a" * 5000)  # longer than a file name may be
+    with pytest.raises(ConfigError) as error:
+        parse_params(params)
+    lines = str(error.value).splitlines()
+    assert len(lines) == 4 and max(map(len, lines)) < 250
+    assert f"params.yaml: dataset.path: '{'a' * 58}… is not a folder" in lines
+    assert f"params.yaml: train.'{'k' * 38}…: unknown key" in lines
+    assert any(line.startswith("params.yaml: train.launch: 'AAAAAAAAAAAAAAAAAAA") for line in lines)
+    assert any(line.startswith("params.yaml: train.loss: Input should be 'mnrl'") for line in lines)
+
+
+def test_a_thousand_problems_are_listed_twenty_at_most(params):
+    params["sample"].update({f"extra{i}": i for i in range(1000)})
+    with pytest.raises(ConfigError) as error:
+        parse_params(params)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "params.yaml: sample.extra0: unknown key"
+    assert len(lines) == 21 and lines[-1] == "params.yaml: ... and 980 more problems"

@@ -1,7 +1,11 @@
 import hashlib
 import http.server
+import io
+import re
+import struct
 import threading
 import zipfile
+import zlib
 from functools import partial
 from pathlib import Path
 
@@ -82,21 +86,42 @@ def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path):
     assert (dest / "corpus.jsonl").stat().st_size == 8 << 20
 
 
+def _understated_zip(path: Path, data: bytes, declared: int, crc_of: bytes) -> Path:
+    """A zip of one member 'a.txt' holding `data` whose headers (local and central) declare `declared` bytes and
+    the CRC-32 of `crc_of`."""
+    with zipfile.ZipFile(path, "w") as zipped:
+        zipped.writestr("a.txt", data)
+    raw = bytearray(path.read_bytes())
+    central = raw.find(b"PK\x01\x02")
+    for crc_at, size_at in ((14, 22), (central + 16, central + 24)):  # local header, central directory entry
+        struct.pack_into("<I", raw, crc_at, zlib.crc32(crc_of))
+        struct.pack_into("<I", raw, size_at, declared)
+    path.write_bytes(raw)
+    return path
+
+
 def test_a_member_larger_than_it_declares_is_refused_and_removed(tmp_path, monkeypatch):
-    archive = tmp_path / "liar.zip"
-    with zipfile.ZipFile(archive, "w") as zipped:
-        zipped.writestr("a.txt", b"x" * 1000)
-    original = zipfile.ZipFile.infolist
-
-    def lying(self):  # a header that understates the member's size
-        infos = original(self)
-        infos[0].file_size = 10
-        return infos
-
-    monkeypatch.setattr(zipfile.ZipFile, "infolist", lying)
-    with pytest.raises((UnsafeArchiveError, zipfile.BadZipFile)):
+    """The streaming guard, alone: CPython's zipfile never reads past a member's declared size (see the next
+    test), so a reader that yields what the member really holds stands in for it."""
+    archive = _understated_zip(tmp_path / "liar.zip", b"x" * 1000, 10, b"x" * 1000)
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, info, *args, **kwargs: io.BytesIO(b"x" * 1000))
+    with pytest.raises(UnsafeArchiveError, match=rf"^{re.escape(str(archive))}: member 'a.txt' inflates past its"):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_header_that_understates_a_member_fails_its_crc_check_and_is_removed(tmp_path):
+    archive = _understated_zip(tmp_path / "liar.zip", b"x" * 1000, 10, b"x" * 1000)
+    with pytest.raises(UnsafeArchiveError, match=r"liar.zip: not a valid zip archive \(Bad CRC-32 for file 'a.txt'\)$"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zipfile_never_reads_past_a_declared_size(tmp_path):
+    """So the declared sizes that `safe_extract` checks bound what it writes, whatever the data holds."""
+    archive = _understated_zip(tmp_path / "liar.zip", b"x" * 1000, 10, b"x" * 10)
+    safe_extract(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "a.txt").read_bytes() == b"x" * 10
 
 
 def test_mirror_zip_is_verified_and_unpacked(tmp_path, monkeypatch, tiny_registered):
@@ -149,7 +174,7 @@ def test_failed_refetch_keeps_the_previous_output(tmp_path, beir_dir):
     dest = fetch_dataset("custom", tmp_path / "custom", beir_dir)
     before = (dest / "corpus.jsonl").read_bytes()
     (beir_dir / "corpus.jsonl").write_text("{broken\n")
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=rf"^{re.escape(str(beir_dir))}/corpus.jsonl:1: malformed JSON"):
         fetch_dataset("custom", dest, beir_dir)
     assert (dest / "corpus.jsonl").read_bytes() == before
 
@@ -226,3 +251,71 @@ def test_a_bad_file_inside_a_zip_is_named_by_the_zip(tmp_path, monkeypatch, beir
     with pytest.raises(DataError, match=rf"^{mirror}/tiny.zip:tiny/corpus.jsonl:4: _id 'd 9' contains whitespace"):
         fetch_dataset("tiny", tmp_path / "raw" / "tiny")
     assert _leftovers(tmp_path / "raw") == []
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("stranger", "named"),
+    [
+        ("notes.txt", "'notes.txt'"),
+        ("qrels/notes.md", "'qrels/notes.md'"),
+        ("qrels/extra.tsv/inner.txt", "'qrels/extra.tsv'"),  # a folder where the dataset has a file
+        ("a\nb" + "x" * 200, "'a\\\\nb" + "x" * 54 + "…"),  # one line, cut to an excerpt
+    ],
+)
+def test_download_refuses_a_folder_it_did_not_write_and_deletes_nothing(tmp_path, beir_dir, stranger, named):
+    dest = write_beir(tmp_path / "mine")
+    (dest / stranger).parent.mkdir(parents=True, exist_ok=True)
+    (dest / stranger).write_text("keep me")
+    before = _tree(dest)
+    with pytest.raises(DataError, match=rf"^{dest}: holds {named}, which no dataset synthir writes holds \(only "):
+        fetch_dataset("custom", dest, beir_dir)
+    assert _tree(dest) == before
+    assert _leftovers(tmp_path) == ["mine", "tiny"]
+
+
+def test_download_replaces_its_own_dataset_an_empty_folder_and_nothing_beside_them(tmp_path, beir_dir):
+    dest = tmp_path / "raw" / "custom"
+    dest.mkdir(parents=True)
+    (tmp_path / "raw" / ".custom.old").mkdir()  # a user's folder that a fixed backup name would have deleted
+    (tmp_path / "raw" / ".custom.old" / "mine.txt").write_text("keep me")
+    fetch_dataset("custom", dest, beir_dir, dev_fraction=0.5)
+    first = _tree(dest)
+    assert sorted(first) == ["corpus.jsonl", "qrels/test.tsv", "queries.jsonl"]
+    assert fetch_dataset("custom", dest, beir_dir, dev_fraction=0.5) == dest  # a rerun over its own output
+    assert _tree(dest) == first
+    assert _leftovers(tmp_path / "raw") == [".custom.old", "custom"]
+    assert (tmp_path / "raw" / ".custom.old" / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (".", r"\.: is or holds the current folder; name a new folder for the output"),
+        ("..", r"\.\.: is or holds the current folder; name a new folder for the output"),
+        ("/", r"/: is the filesystem root; name a new folder for the output"),
+        ("HOME", r"/home: is or holds the home folder; name a new folder for the output"),
+        ("project", r"/project: is or holds the current folder; name a new folder for the output"),
+    ],
+)
+def test_download_into_the_project_root_or_home_is_one_error_and_deletes_nothing(
+    tmp_path, monkeypatch, capsys, beir_dir, output, message
+):
+    from synthir.cli import run
+
+    project, home = tmp_path / "project", tmp_path / "home"
+    (project / "src").mkdir(parents=True)
+    (project / "README.md").write_text("keep me")
+    home.mkdir()  # empty: still never replaced
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(project)
+    given = {"HOME": str(home), "project": str(project)}.get(output, output)
+    before = _tree(tmp_path)
+    assert run(["download", "custom", "--output", given, "--path", str(beir_dir)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"error: ({tmp_path})?{message}", error), error
+    assert _tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "project", "tiny"]

@@ -120,3 +120,34 @@ def test_fusion_evaluation_and_the_committed_per_query_record(beir_dir):
     assert system_scores(record, "fused", "recall@100") == {q: v["recall@100"] for q, v in bm25.per_query.items()}
     with pytest.raises(KeyError, match="no system 'dense'"):
         system_scores(record, "dense")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("q1 Q0 d1 1 0.5", r"expected 6 fields \(query Q0 doc rank score tag\), got 5"),
+        ("q1 Q0 d1 1 nan bm25", "score 'nan' is not a finite number"),
+        ("q1 Q0 d1 1 inf bm25", "score 'inf' is not a finite number"),
+        ("q1 Q0 d1 1 high bm25", "score 'high' is not a finite number"),
+        ("q1 Q0 d\x001 1 0.5 bm25", r"document id 'd\\x001' contains the control character U\+0000"),
+        ("q\x1b1 Q0 d1 1 0.5 bm25", r"query id 'q\\x1b1' contains the control character U\+001B"),
+        ("q0 Q0 d0 2 0.5 bm25", "document 'd0' listed twice for this query"),
+        ("q1 Q0 d1 1 0.5 " + "x" * 5000, "line longer than 4,096 bytes"),
+    ],
+)
+def test_a_malformed_trec_run_names_the_file_and_line(tmp_path, line, message):
+    from synthir.errors import DataError
+
+    path = tmp_path / "bm25.run.trec"
+    path.write_text(f"q0 Q0 d0 1 0.9 bm25\n{line}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"bm25.run.trec:2: {message}"):
+        read_trec_run(path)
+
+
+@pytest.mark.parametrize("split", ["../../x", "a/b", "..", "", "te st", "t" * 65])
+def test_evaluate_split_in_params_is_a_plain_name(split):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="a split is a plain name like test, dev or train"):
+        EvaluateParams(split=split)
+    assert EvaluateParams(split="cqadupstack-android.v2").split == "cqadupstack-android.v2"

@@ -42,7 +42,7 @@ def test_a_folder_where_the_output_file_belongs_is_named(tmp_path):
 def test_a_failed_write_leaves_the_previous_file(tmp_path):
     path = tmp_path / "out.txt"
     path.write_text("previous")
-    with pytest.raises(RuntimeError), atomic_file(path) as handle:
+    with pytest.raises(RuntimeError, match=r"^interrupted mid-write$"), atomic_file(path) as handle:
         handle.write("half")
-        raise RuntimeError
+        raise RuntimeError("interrupted mid-write")
     assert path.read_text() == "previous" and os.listdir(tmp_path) == ["out.txt"]

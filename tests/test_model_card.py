@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from sentence_transformers import SentenceTransformer
 
@@ -52,3 +54,95 @@ def test_pushing_needs_a_model_id():
 
     with pytest.raises(ValueError, match=r"push_to_hub: needs publish\.model_id"):
         PublishParams(push_to_hub=True)
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        "a/..",
+        "café/model",
+        "org/a--b",
+        "org/a..b",
+        "org/-a",
+        "org/a-",
+        "org/.a",
+        "org/a.",
+        "org/a.git",
+        "a/b/c",
+        "org/" + "m" * 97,
+        "model",
+        "org/a b",
+        "org/a\n",
+    ],
+)
+def test_publish_model_id_must_be_a_valid_hub_id(model_id):
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from pydantic import ValidationError
+
+    from synthir.config import PublishParams
+
+    with pytest.raises(ValidationError, match=r"expected a Hub id namespace/name"):
+        PublishParams(model_id=model_id)
+    if "/" in model_id:  # huggingface_hub refuses it too (it also admits a bare name, which has no namespace)
+        with pytest.raises(HFValidationError):
+            validate_repo_id(model_id)
+
+
+@pytest.mark.parametrize("model_id", ["org/scifact-minilm", "_a/_b", "a/b", "Org-1/m_2.v3", "org/" + "m" * 96])
+def test_valid_hub_ids_are_kept(model_id):
+    from huggingface_hub.utils import validate_repo_id
+
+    from synthir.config import PublishParams
+
+    validate_repo_id(model_id)
+    assert PublishParams(model_id=model_id).model_id == model_id
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"ndcg@10": NaN, "split": "test"}', r"eval.json: ndcg@10: nan is not a score \(a number in \[0, 1\]\)"),
+        ('{"ndcg@10": Infinity}', r"eval.json: ndcg@10: inf is not a score"),
+        ('{"recall@100": 1.5}', r"eval.json: recall@100: 1.5 is not a score"),
+        ('{"ndcg@10": "0.5"}', r"eval.json: ndcg@10: '0.5' is not a score"),
+        ('{"ndcg@10": true}', r"eval.json: ndcg@10: True is not a score"),
+        (
+            '{"ndcg@10": 0.5, "split": "<h1>x</h1>\\n# owned"}',
+            r"eval.json: split: a split is a plain name .* \(got '<h1>",
+        ),
+        ('{"ndcg@10": 0.5, "split": ["test"]}', r"eval.json: split: a split is a plain name .* \(got list of 1\)"),
+        ("[0.5]", r"eval.json: expected the JSON object the evaluate stage writes, got list"),
+        ('{\n"ndcg@10": ', r"eval.json:2: not JSON"),
+        ("[" * 100_000, r"eval.json: not the JSON object the evaluate stage writes \(RecursionError\)"),
+    ],
+)
+def test_publish_reads_only_validated_scores(tmp_path, text, message):
+    from synthir.errors import DataError
+    from synthir.model_card import read_scores
+
+    path = tmp_path / "eval.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        read_scores(path)
+
+
+def test_publish_reads_the_scores_and_split_of_the_evaluate_stage(tmp_path):
+    from synthir.model_card import read_scores
+
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"ndcg@10": 0.66, "recall@100": 1, "split": "dev", "delta": {"ndcg@10": -0.1}}))
+    assert read_scores(path) == ({"ndcg@10": 0.66, "recall@100": 1.0}, "dev")
+    path.write_text(json.dumps({"skipped": "no test qrels: evaluation skipped", "split": "test"}))
+    assert read_scores(path) == ({}, "test")
+
+
+def test_every_string_copied_into_the_card_is_escaped(tmp_path):
+    from synthir.model_card import add_scores
+
+    write_card(tmp_path, {}, "# model\n\n## Training Details\n")
+    add_scores(tmp_path, {"ndcg@10": 0.5}, "sci_fact", "<script>x</script>\n# Owned\r\n[a](b)", "org/m")
+    metadata, body = read_card(tmp_path)
+    heading = next(line for line in body.splitlines() if line.startswith("## Evaluation"))
+    assert heading == r"## Evaluation: BEIR sci\_fact (&lt;script&gt;x&lt;/script&gt; # Owned \[a\](b) split)"
+    assert "<script>" not in body and "\n# Owned" not in body
+    assert metadata["model-index"][0]["results"][0]["dataset"]["split"] == "<script>x</script> # Owned [a](b)"

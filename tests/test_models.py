@@ -15,7 +15,15 @@ def test_bundled_minilm_loads():
 
     model = SentenceTransformer(resolve(MINILM), device="cpu")
     assert model.get_embedding_dimension() == 384
-    assert model.encode(["hello"]).shape == (1, 384)
+    # sentence-transformers' own example for all-MiniLM-L6-v2 (sbert.net, "Usage"): its published similarities
+    sentences = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
+    embeddings = model.encode(sentences, convert_to_tensor=True)
+    assert embeddings.shape == (3, 384)
+    assert embeddings.norm(dim=1).tolist() == pytest.approx([1.0] * 3, abs=1e-5)  # normalised: dot = cosine
+    similarities = model.similarity(embeddings, embeddings)
+    assert similarities[0, 1].item() == pytest.approx(0.6660, abs=1e-3)
+    assert similarities[0, 2].item() == pytest.approx(0.1046, abs=1e-3)
+    assert similarities[1, 2].item() == pytest.approx(0.1411, abs=1e-3)
 
 
 def test_hub_ids_and_local_paths(tmp_path):
@@ -90,3 +98,54 @@ def test_multipart_zip_is_extracted_to_its_model_folder(site):
     _fake_parts(site, payload, 2)
     path = Path(resolve(f"pkg:m_part{{1..2}}/data/part{{01..02}}.bin#sha256={hashlib.sha256(payload).hexdigest()}"))
     assert path.name == "all-mpnet" and (path / "config.json").read_text() == "{}"
+
+
+def test_part_ranges_are_bounded_before_any_name_is_built():
+    with pytest.raises(ModelRefError, match=r"a part range names 100,000 files \(at most 1000\)"):
+        expand_parts("m{1..100000}/p{1..100000}")
+    with pytest.raises(ModelRefError, match=r"a part range's numbers have at most 6 digits"):
+        expand_parts("m{1..10000000000}/x")  # exhausted memory building ten billion names
+    with pytest.raises(ModelRefError, match=r"a part range's numbers have at most 6 digits"):
+        expand_parts("m{" + "1" * 5000 + "..2}/x")  # past Python's int-from-string limit
+
+
+@pytest.fixture
+def escape_routes(site):
+    """Package pkg_a in `site`, a folder `secret` beside site-packages, and a link in pkg_a leading to it."""
+    (site / "pkg_a" / "model").mkdir(parents=True)
+    secret = site.parent / "secret"
+    secret.mkdir()
+    (secret / "weights.bin").write_bytes(b"not yours")
+    (site / "pkg_a" / "link").symlink_to(secret, target_is_directory=True)
+    return secret
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("pkg:../secret/weights.bin", r"'\.\.' is not a package name"),
+        ("pkg:pkg_a/../../secret/weights.bin", r"'\.\./\.\./secret/weights.bin': the path inside package pkg_a"),
+        ("pkg:pkg_a/model/../../../secret", r"the path inside package pkg_a must be relative, without '\.\.'"),
+        ("pkg:pkg_a/link/weights.bin", r"'link/weights.bin': leads out of package pkg_a's folder \(a link\?\)"),
+    ],
+)
+def test_a_package_reference_cannot_leave_its_package_folder(escape_routes, ref, message):
+    from synthir.models import check_reference
+
+    with pytest.raises(ModelRefError, match=message):
+        check_reference(ref)
+    with pytest.raises(ModelRefError, match=message):
+        resolve(ref)
+    assert resolve("pkg:pkg_a/model").endswith("pkg_a/model")
+
+
+def test_an_absolute_path_inside_a_package_is_refused(escape_routes):
+    with pytest.raises(ModelRefError, match=r"the path inside package pkg_a must be relative"):
+        resolve(f"pkg:pkg_a/{escape_routes / 'weights.bin'}")
+
+
+def test_a_reference_too_long_for_a_file_name_is_an_error_not_a_crash():
+    with pytest.raises(ModelRefError, match=r"^'\./aaaa\S*…: a model reference of 10,002 characters \(at most 4096\)$"):
+        resolve("./" + "a" * 10_000)
+    with pytest.raises(ModelRefError, match=r"no such file or folder"):
+        resolve("./" + "a" * 4000)  # a name too long for the file system

@@ -1,6 +1,8 @@
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,14 +58,7 @@ def test_paper_presets_merge_into_valid_params(tmp_path, preset, expected):
 
 
 def test_invalid_preset_leaves_params_untouched(tmp_path):
-    params = tmp_path / "params.yaml"
-    shutil.copy(REPO / "params.yaml", params)
-    before = params.read_text()
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("sample:\n  fraction: 3\n")
-    with pytest.raises(ConfigError, match=r"sample.fraction"):
-        apply_preset(bad, params)
-    assert params.read_text() == before
+    _refused_leaving_params_untouched(tmp_path, "bad.yaml", "sample:\n  fraction: 3\n", r"sample.fraction")
 
 
 def test_preset_keeps_comments_and_layout_of_params(tmp_path):
@@ -126,3 +121,52 @@ def test_the_recommended_preset_is_the_studys_chosen_zero_label_configuration(tm
     zero_label = [name for name, params in merged.items() if setting_of(flatten(params)) == ZERO_LABEL]
     assert len(zero_label) == 1, zero_label
     assert merged[zero_label[0]] == _merged(tmp_path, "preset", [REPO / "presets" / "new-corpus.yaml"])
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "null\n", "---\n", "{}\n"])
+def test_an_empty_preset_is_an_error_not_merged(tmp_path, text):
+    _refused_leaving_params_untouched(tmp_path, "empty.yaml", text, r"empty.yaml: empty, nothing to merge")
+
+
+def _refused_leaving_params_untouched(tmp_path: Path, name: str, text: str, message: str) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    before = params.read_text()
+    preset = tmp_path / name
+    preset.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        apply_preset(preset, params)
+    assert params.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- train\n- sample\n", r"list.yaml: expected a mapping of params blocks, got a list"),
+        ("gpu\n", r"list.yaml: expected a mapping of params blocks, got a str"),
+        ("trian:\n  epochs: 2\n", r"params.yaml \+ \S+list.yaml: trian: unknown key"),
+        ("train:\n  epoch: 2\n", r"params.yaml \+ \S+list.yaml: train.epoch: unknown key"),
+        ("train:\n  lr: 1.0e+30\n", r"params.yaml \+ \S+list.yaml: train.lr: Input should be less than or equal to 1"),
+    ],
+)
+def test_a_preset_that_is_not_a_mapping_of_known_blocks_is_refused(tmp_path, text, message):
+    _refused_leaving_params_untouched(tmp_path, "list.yaml", text, message)
+
+
+def test_an_alias_bomb_preset_is_refused_and_params_untouched(tmp_path):
+    """A 518-byte preset whose aliases expand to 9**6 (here) or 9**9 (the red team's) values."""
+    from tests.test_config import _bomb
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    before = params.read_text()
+    preset = tmp_path / "bomb.yaml"
+    preset.write_text(_bomb(6))
+    done = subprocess.run(
+        [sys.executable, "-m", "synthir.cli", "preset", str(preset), "--params", str(params)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"error: {preset}:7: this value holds more than 100,000 values")
+    assert params.read_text() == before

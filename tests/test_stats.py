@@ -53,3 +53,11 @@ def test_too_few_common_queries():
 
 def test_mean_over_seeds_keeps_common_queries():
     assert mean_over_runs([{"a": 1.0, "b": 0.0}, {"a": 0.0, "c": 1.0}]) == {"a": 0.5}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.5", None])
+def test_a_score_that_is_not_a_finite_number_is_an_error_never_a_p_value(bad):
+    a = {f"q{i}": 0.5 for i in range(10)} | {"q7": bad}
+    b = {f"q{i}": 0.4 for i in range(10)}
+    with pytest.raises(ValueError, match=r"^A: query 'q7' scores .*, not a finite number$"):
+        compare(a, b)

@@ -170,3 +170,15 @@ def test_fewer_than_three_seeds_is_a_screening_run(study):
 
     run = load_experiments(study)[0]
     assert [_seeds(Configuration("x", [run] * n)) for n in (1, 2, 3, 4)] == ["1 (screening)", "2 (screening)", "3", "4"]
+
+
+def test_seeds_scored_on_different_splits_are_refused(tmp_path):
+    from synthir.errors import DataError
+
+    mixed = _study_rev("crop-s2", 0.72, ["cropped"], 0.2)
+    mixed["data"]["per_query"]["split"] = "test"  # params say dev: the committed scores are another split's
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(experiments(_study_rev("crop-s1", 0.70, ["cropped"], 0.2), mixed)))
+    with pytest.raises(DataError, match=rf"{path}: the seeds mix splits \(crop-s1 on dev, crop-s2 on test\)"):
+        write_report(load_experiments(path), "crop", {}, ["ndcg@10"], tmp_path / "r")
+    assert not (tmp_path / "r" / "README.md").exists()

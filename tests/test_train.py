@@ -49,6 +49,8 @@ def triples(tmp_path):
 
 @pytest.mark.parametrize("loss", ["mnrl", "snn"])
 def test_train_saves_a_loadable_model_with_card_and_logs(tmp_path, tiny_encoder, triples, loss):
+    from synthir.model_card import read_card
+
     params = TrainParams(base_model=tiny_encoder, loss=loss, batch_size=4, epochs=2, lr=1e-3)
     summary = train(params, triples, tmp_path / "model", tmp_path / "live", tmp_path / "ckpt")
     assert summary["steps"] == 6
@@ -60,7 +62,17 @@ def test_train_saves_a_loadable_model_with_card_and_logs(tmp_path, tiny_encoder,
     moved = [name for name in trained if not torch.allclose(trained[name], original[name], atol=1e-6)]
     assert len(moved) >= len(trained) // 2, "training must update the encoder's weights"
     logged = json.loads((tmp_path / "live" / "metrics.json").read_text())
-    assert logged["step"] == 5 and "loss" in logged["train"]
+    assert logged["step"] == 5 and logged["train"]["lr"] == 0.0  # the linear schedule has decayed to zero
+    assert 0 < logged["train"]["loss"] < 10  # finite, and no NaN
+    metadata, body = read_card(tmp_path / "model")
+    assert "base_model" not in metadata  # a local base folder without a card: named by no path
+    assert {"synthir", "dense-retrieval", f"loss:{loss}"} <= set(metadata["tags"])
+    assert f"* Loss: <code>synthir.losses.{loss}</code>" in body and "* Size: 12 training samples" in body
+    assert "the corpus: labeled and synthetic queries (train: 12)" in body
+    hyperparameters = ["`lr`: 0.001", "`batch_size`: 4", "`epochs`: 2", "`base_model`: (a local model)"]
+    assert all(f"- {line}\n" in body for line in [*hyperparameters, f"`loss`: {loss}", "`tau`: 0.05"])
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert str(tmp_path) not in card and tiny_encoder not in card
 
 
 def test_a_trained_model_is_publishable_its_card_has_metadata_and_encode_query_applies_the_prefix(
@@ -222,3 +234,19 @@ def test_alignment_trains_on_every_judged_pair_once_per_epoch():
     assert trained == list(range(len(examples))), f"{len(examples) - len(set(trained))} pairs never trained"
     for batch in batches:  # partial Plackett-Luce needs one pair per query in a batch
         assert len({examples[i]["query_id"] for i in batch}) == len(batch)
+
+
+def test_triples_left_empty_are_one_error_naming_the_file_before_any_model_loads(tmp_path):
+    from synthir.errors import DataError
+
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("\n")
+    (tmp_path / "never-loaded").mkdir()  # no model in it: loading it would fail otherwise
+    params = TrainParams(base_model=str(tmp_path / "never-loaded"), batch_size=4)
+    with pytest.raises(
+        DataError,
+        match=rf"^{empty}: no training examples; make more: raise sample.fraction, loosen the verify filters or "
+        r"add triples.sources$",
+    ):
+        train(params, empty, tmp_path / "model", tmp_path / "live", tmp_path / "ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["never-loaded", "train.jsonl"]

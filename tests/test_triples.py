@@ -122,10 +122,20 @@ def test_a_bi_encoder_is_refused_as_a_cross_encoder(tmp_path):
 
 
 def test_a_model_with_a_relevance_head_is_accepted(tiny_cross_encoder):
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
     from synthir.negatives import cross_encoder_pairs
 
-    scores = cross_encoder_pairs(tiny_cross_encoder)([("a query", "a passage"), ("a query", "another")])
-    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+    pairs = [("a query", "a passage"), ("a query", "another")]
+    scores = cross_encoder_pairs(tiny_cross_encoder)(pairs)
+    head = BertForSequenceClassification.from_pretrained(tiny_cross_encoder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_cross_encoder)
+    tokens = tokenizer([q for q, _ in pairs], [p for _, p in pairs], return_tensors="pt", padding=True)
+    with torch.no_grad():  # the relevance head's logit through a sigmoid, pair by pair
+        expected = torch.sigmoid(head(**tokens).logits[:, 0]).tolist()
+    assert scores == pytest.approx(expected, rel=1e-6, abs=0)
+    assert scores[0] != scores[1]
 
 
 def test_a_corpus_without_labels_trains_on_doc2query_alone(tmp_path, data):

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .backbones import check_positions
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,6 @@ def denoising_loss(model):
     return loss.to(device)  # the decoder loads on the CPU, and tying moved the encoder's weights to it
 
 
-def check_length(model, max_seq_length: int) -> None:
-    positions = getattr(model.transformers_model.config, "max_position_embeddings", None)
-    if positions and max_seq_length > positions:
-        raise ConfigError(f"adapt.max_seq_length: {max_seq_length} is beyond the model's {positions} positions")
-
-
 def tsdae(
     model,
     passages: Sequence[str],
@@ -82,7 +77,7 @@ def tsdae(
 
     if not passages:
         raise ConfigError("adapt: the corpus has no passage to adapt to")
-    check_length(model, max_seq_length)
+    check_positions(model, max_seq_length, "adapt.max_seq_length")
     torch.manual_seed(seed)
     started = time.perf_counter()
     own_limit = model.max_seq_length

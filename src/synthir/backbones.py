@@ -20,6 +20,14 @@ from .fileio import atomic_dir, cache_root
 POOLINGS = ("mean", "lasttoken", "cls")
 
 
+def check_positions(model, max_seq_length: int | None, key: str) -> None:
+    """Refuse a max_seq_length (named by its params key or flag) beyond the positions `model` has embeddings for:
+    longer inputs would index past them."""
+    positions = getattr(model.transformers_model.config, "max_position_embeddings", None)
+    if max_seq_length and positions and max_seq_length > positions:
+        raise ConfigError(f"{key}: {max_seq_length} is beyond the model's {positions} positions")
+
+
 def is_gguf(resolved: str) -> bool:
     path = Path(resolved)
     if not path.is_file():

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError, at
+from .config import check_split_name
+from .errors import ConfigError, DataError, at, excerpt
 from .fileio import decode_line, json_lines, require_file
 
 Corpus = dict[str, dict[str, str]]  # doc id -> {"title": ..., "text": ...}
@@ -23,13 +24,26 @@ Qrels = dict[str, dict[str, int]]  # query id -> doc id -> gain
 GAIN_LIMIT = 2**31 - 1
 """Relevance grades beyond a C int overflow trec_eval."""
 _SPACE = re.compile(r"\s")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _check_id(value: str, key: str, path: Path, lineno: int) -> None:
+def check_id(value: str, key: str, path: Path, lineno: int) -> None:
+    """An id that survives a TREC run file and trec_eval, which cut at a NUL: no whitespace, no control
+    character."""
     if not value.strip():
         raise DataError(f"{at(path, lineno)}: empty '{key}'")
     if _SPACE.search(value):
-        raise DataError(f"{at(path, lineno)}: {key} {value!r} contains whitespace (TREC run files cannot hold it)")
+        raise DataError(
+            f"{at(path, lineno)}: {key} {excerpt(value)} contains whitespace (TREC run files cannot hold it)"
+        )
+    if control := _CONTROL.search(value):
+        raise DataError(
+            f"{at(path, lineno)}: {key} {excerpt(value)} contains the control character U+{ord(control.group()):04X}"
+        )
+
+
+def _cut(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _field(record: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -47,9 +61,9 @@ def _read_records(path: Path, kind: str) -> Iterator[tuple[int, str, dict]]:
     seen: dict[str, int] = {}
     for lineno, record in json_lines(path):
         doc_id = _field(record, "_id", path, lineno)
-        _check_id(doc_id, "_id", path, lineno)
+        check_id(doc_id, "_id", path, lineno)
         if doc_id in seen:
-            raise DataError(f"{at(path, lineno)}: duplicate {kind} id '{doc_id}' (first on line {seen[doc_id]})")
+            raise DataError(f"{at(path, lineno)}: duplicate {kind} id {excerpt(doc_id)} (first on line {seen[doc_id]})")
         seen[doc_id] = lineno
         yield lineno, doc_id, record
 
@@ -63,7 +77,7 @@ def load_corpus(path: str | Path) -> Corpus:
         text = _field(record, "text", path, lineno)
         title = _field(record, "title", path, lineno, required=False)
         if not text.strip() and not title.strip():
-            raise DataError(f"{at(path, lineno)}: document '{doc_id}' has empty text and title")
+            raise DataError(f"{at(path, lineno)}: document {excerpt(doc_id)} has empty text and title")
         corpus[doc_id] = {"title": title, "text": text}
     if not corpus:
         raise DataError(f"{path}: no documents")
@@ -76,7 +90,7 @@ def load_queries(path: str | Path) -> Queries:
     for lineno, query_id, record in _read_records(path, "query"):
         text = _field(record, "text", path, lineno)
         if not text.strip():
-            raise DataError(f"{at(path, lineno)}: query '{query_id}' has empty text")
+            raise DataError(f"{at(path, lineno)}: query {excerpt(query_id)} has empty text")
         queries[query_id] = text
     if not queries:
         raise DataError(f"{path}: no queries")
@@ -107,14 +121,18 @@ def load_qrels(path: str | Path) -> Qrels:
         try:
             gain = int(score)
         except ValueError:
-            raise DataError(f"{at(path, lineno)}: score must be an integer, got {score!r}") from None
+            raise DataError(f"{at(path, lineno)}: score must be an integer, got {excerpt(score)}") from None
         if abs(gain) > GAIN_LIMIT:
-            raise DataError(f"{at(path, lineno)}: score {score} is out of range (at most {GAIN_LIMIT} in magnitude)")
-        _check_id(query_id, "query-id", path, lineno)
-        _check_id(doc_id, "corpus-id", path, lineno)
+            raise DataError(
+                f"{at(path, lineno)}: score {_cut(score)} is out of range (at most {GAIN_LIMIT} in magnitude)"
+            )
+        check_id(query_id, "query-id", path, lineno)
+        check_id(doc_id, "corpus-id", path, lineno)
         previous = qrels.setdefault(query_id, {}).get(doc_id)
         if previous is not None and previous != gain:
-            raise DataError(f"{at(path, lineno)}: ({query_id}, {doc_id}) judged twice: {previous} and {gain}")
+            raise DataError(
+                f"{at(path, lineno)}: ({_cut(query_id)}, {_cut(doc_id)}) judged twice: {previous} and {gain}"
+            )
         qrels[query_id][doc_id] = gain
     if not qrels:
         raise DataError(f"{path}: no judgements")
@@ -127,9 +145,9 @@ def check_qrels_ids(path: Path, qrels: Qrels, corpus: Corpus, queries: Queries) 
         return
     for lineno, (query_id, doc_id, _) in _qrels_rows(path):
         if query_id not in queries:
-            raise DataError(f"{at(path, lineno)}: query id '{query_id}' is not in queries.jsonl")
+            raise DataError(f"{at(path, lineno)}: query id {excerpt(query_id)} is not in queries.jsonl")
         if doc_id not in corpus:
-            raise DataError(f"{at(path, lineno)}: corpus id '{doc_id}' is not in corpus.jsonl")
+            raise DataError(f"{at(path, lineno)}: corpus id {excerpt(doc_id)} is not in corpus.jsonl")
 
 
 @dataclass
@@ -148,17 +166,34 @@ class Dataset:
     def split(self, name: str) -> tuple[Queries, Qrels]:
         """The queries judged in a split, and its qrels."""
         if name not in self.qrels:
-            raise DataError(f"{self.folder}: no qrels/{name}.tsv (splits: {', '.join(self.splits) or 'none'})")
+            raise DataError(f"{self.folder}: no qrels/{_cut(name)}.tsv (splits: {', '.join(self.splits) or 'none'})")
         qrels = self.qrels[name]
         return {q: self.queries[q] for q in qrels}, qrels
 
 
 def split_names(folder: str | Path) -> list[str]:
-    return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
+    """The splits a folder has qrels for; a qrels file whose name is not a plain split name is an error."""
+    names = []
+    for path in sorted((Path(folder) / "qrels").glob("*.tsv")):
+        try:
+            names.append(check_split_name(path.stem))
+        except ValueError as error:
+            raise DataError(f"{path}: not a split's file ({error}); rename it") from None
+    return names
+
+
+def qrels_path(folder: str | Path, split: str) -> Path:
+    """`folder`/qrels/<split>.tsv; a split that is not a plain name (`../x`, `a/b`) is refused, so that no split
+    leads outside the dataset folder."""
+    try:
+        check_split_name(split)
+    except ValueError as error:
+        raise ConfigError(f"split {excerpt(split)}: {error}") from None
+    return Path(folder) / "qrels" / f"{split}.tsv"
 
 
 def has_split(folder: str | Path, split: str) -> bool:
-    return (Path(folder) / "qrels" / f"{split}.tsv").is_file()
+    return qrels_path(folder, split).is_file()
 
 
 def load_dataset(folder: str | Path, splits: list[str] | None = None) -> Dataset:
@@ -172,14 +207,14 @@ def load_dataset(folder: str | Path, splits: list[str] | None = None) -> Dataset
     for name in names:
         if not has_split(folder, name):
             have = ", ".join(split_names(folder)) or "none"
-            raise DataError(f"{folder}: no qrels/{name}.tsv (splits: {have})")
+            raise DataError(f"{folder}: no {qrels_path('', name)} (splits: {have})")
     queries_path = folder / "queries.jsonl"
     if not queries_path.exists() and not names:
         return Dataset(folder, corpus, {}, {})
     queries = load_queries(queries_path)
     qrels = {}
     for name in names:
-        path = folder / "qrels" / f"{name}.tsv"
+        path = qrels_path(folder, name)
         qrels[name] = load_qrels(path)
         check_qrels_ids(path, qrels[name], corpus, queries)
     return Dataset(folder, corpus, queries, qrels)

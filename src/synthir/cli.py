@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, friendly_errors
+from .errors import ConfigError, excerpt, friendly_errors
 
 
 def _sidecars(output: Path) -> tuple[Path, Path]:
@@ -31,22 +31,34 @@ def _settings(args: argparse.Namespace):
                 k1=args.k1, b=args.b, stemmer=args.stemmer or None, stopwords=args.stopwords or None
             )
         else:
-            values.update(batch_size=args.batch_size, dtype=args.dtype, search=args.search)
+            values.update(batch_size=args.batch_size, device=args.device, dtype=args.dtype, search=args.search)
         return EvaluateParams(**values)
     except ValidationError as error:
-        problems = [f"--{str(e['loc'][-1]).replace('_', '-')}: {e['msg']} (got {e['input']!r})" for e in error.errors()]
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError("; ".join(_flag_problem(item) for item in error.errors())) from None
+
+
+def _flag_problem(item: dict) -> str:
+    """One validation error, named by its flag."""
+    from .config import describe_problem
+
+    return f"--{str(item['loc'][-1]).replace('_', '-')}: {describe_problem(item)}"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .backbones import check_positions
     from .evaluate import evaluate_dense
-    from .retrieval import Prefixes
+    from .retrieval import Prefixes, check_device, load_encoder
 
     settings = _settings(args)
+    check_device(settings.device, settings.dtype, "--device", "--dtype")
     if args.max_seq_length is not None and args.max_seq_length <= 0:
         raise ConfigError(f"--max-seq-length: must be a positive number of tokens (got {args.max_seq_length})")
+    model = None
+    if args.max_seq_length is not None:  # checked against the model's positions before anything is encoded
+        model = load_encoder(args.model, args.max_seq_length, settings.device, settings.dtype)
+        check_positions(model, args.max_seq_length, "--max-seq-length")
     prefixes = Prefixes(args.query_prefix, args.passage_prefix)
-    _report(evaluate_dense(args.model, args.data, settings, prefixes, args.max_seq_length), args.output)
+    _report(evaluate_dense(args.model, args.data, settings, prefixes, args.max_seq_length, model), args.output)
 
 
 def _cmd_bm25(args: argparse.Namespace) -> None:
@@ -93,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     dense.add_argument("--query-prefix", default="")
     dense.add_argument("--passage-prefix", default="")
     dense.add_argument("--max-seq-length", type=int)
-    dense.add_argument("--dtype", default=evaluation.dtype, choices=["auto", "float32", "float16", "bfloat16"])
+    dense.add_argument("--device", default=evaluation.device, help="cpu | cuda (explicit: scores differ by machine)")
+    dense.add_argument("--dtype", default=evaluation.dtype, help="float32 | bfloat16 | float16")
     dense.add_argument("--search", default=evaluation.search, choices=["torch", "faiss"])
     dense.set_defaults(func=_cmd_evaluate)
 
@@ -118,12 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="move LLM completions between the local cache and files")
     actions = cache.add_subparsers(dest="action", required=True)
     export_file = actions.add_parser("export", help="write cached completions to a file (.gz: compressed)")
-    export_file.add_argument("file", type=Path, nargs="?", default=None, help="default: llm-cache/completions.jsonl")
+    export_file.add_argument(
+        "file", nargs="?", default=None, help="default: llm-cache/completions.jsonl; - writes to standard output"
+    )
     export_file.add_argument("--model", action="append", help="only completions by this model (repeatable)")
     export_file.add_argument("--since", help="only completions written at or after this UTC time (2026-11-26T07:00)")
+    export_file.add_argument("--force", action="store_true", help="replace a file holding more completions")
     export_file.set_defaults(func=_cmd_cache_export)
-    import_files = actions.add_parser("import", help="add the completions of files the cache lacks (never overwrites)")
-    import_files.add_argument("files", type=Path, nargs="*", help="default: llm-cache/completions.jsonl")
+    import_files = actions.add_parser(
+        "import", help="add the completions of files, verified against their requests (all or nothing)"
+    )
+    import_files.add_argument("files", type=Path, nargs="*", help="default: every file in llm-cache/")
+    import_files.add_argument(
+        "--replace-local", action="store_true", help="a key cached locally with another text takes the file's"
+    )
     import_files.set_defaults(func=_cmd_cache_import)
     versus = commands.add_parser("compare", help="paired significance test of two runs over the same queries")
     versus.add_argument("run_a", help="NAME[:SYSTEM] of an experiment, NAME,NAME,... (mean over seeds) or a JSON file")
@@ -156,7 +177,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     needs_runs = any(not Path(spec.partition(":")[0]).is_file() for spec in names)
     runs = load_experiments(args.experiments) if needs_runs else []
     try:
-        a, b = (scores_of(spec, runs, args.metric) for spec in names)
+        first, second = (scores_of(spec, runs, args.metric) for spec in names)
+        if first.split and second.split and first.split != second.split:
+            raise ConfigError(
+                f"A ({args.run_a}) is scored on the split {excerpt(first.split)}, B ({args.run_b}) on "
+                f"{excerpt(second.split)}: a paired test compares the same queries, so one split"
+            )
+        a, b = first.values, second.values
         result = compare(a, b, permutations=args.permutations)
     except (KeyError, ValueError) as error:
         raise ConfigError(str(error).strip("'\"")) from None
@@ -181,7 +208,9 @@ def _cmd_cache_export(args: argparse.Namespace) -> None:
     path = args.file or DEFAULT_FILE
     since = _utc_time(args.since) if args.since else 0.0
     with CompletionCache() as cache:
-        print(f"{path}: {export_cache(cache, path, args.model, since)} completions from {cache.path}")
+        done = export_cache(cache, path, args.model, since, force=args.force)
+    left_out = f" ({done.unverifiable} cached without their request left out)" if done.unverifiable else ""
+    print(f"{path}: {done.written} completions from {cache.path}{left_out}", file=sys.stderr if path == "-" else None)
 
 
 def _utc_time(text: str) -> float:
@@ -195,14 +224,17 @@ def _utc_time(text: str) -> float:
 
 
 def _cmd_cache_import(args: argparse.Namespace) -> None:
-    from .completions import DEFAULT_FILE, import_cache
+    from .completions import import_cache, import_folder
     from .llm import CompletionCache
 
     with CompletionCache() as cache:
-        for path in args.files or [DEFAULT_FILE]:
-            done = import_cache(cache, path)
-            conflicts = f"; {done.conflicts} differ from the local cache, kept local" if done.conflicts else ""
-            print(f"{path}: {done.added} new, {done.present} already cached{conflicts} ({len(cache)} in {cache.path})")
+        if args.files:
+            reports = import_cache(cache, args.files, replace_local=args.replace_local)
+        else:
+            reports = import_folder(cache, replace_local=args.replace_local)
+        for report in reports:
+            print(report)
+        print(f"{len(cache)} completions in {cache.path}")
 
 
 def _cmd_preset(args: argparse.Namespace) -> None:

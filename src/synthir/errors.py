@@ -62,3 +62,11 @@ def friendly_errors(main: Callable[..., int | None]) -> Callable[..., int]:
         return 1
 
     return wrapper
+
+
+def excerpt(value: object, width: int = 60) -> str:
+    """`value` as a message echoes a user's input: its repr cut to `width` characters (a container: its size)."""
+    if isinstance(value, list | tuple | dict | set):
+        return f"{type(value).__name__} of {len(value)}"
+    text = repr(value[: width + 1] if isinstance(value, str) else value)
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytrec_eval
 
-from .beir import Qrels, has_split, load_dataset
+from .beir import Qrels, check_id, has_split, load_dataset
 from .config import EvaluateParams
-from .fileio import atomic_file, write_json
-from .retrieval import Prefixes, Run, bm25_search, dense_search, load_encoder, ranked, reciprocal_rank_fusion
+from .errors import DataError, at, excerpt
+from .fileio import atomic_file, decode_line, require_file, write_json
+from .retrieval import (
+    Prefixes,
+    Run,
+    bm25_search,
+    dense_search,
+    encoder_record,
+    load_encoder,
+    ranked,
+    reciprocal_rank_fusion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +76,18 @@ class Evaluation:
     seconds: dict[str, float] = field(default_factory=dict)
     excluded: list[str] = field(default_factory=list)
     """Queries of the split left out of the evaluation (e.g. few-shot examples shown to the generator)."""
+    encoder: dict[str, str] | None = None
+    """A dense system's device and dtype (`retrieval.encoder_record`)."""
 
     def summary(self) -> dict:
-        """The metrics file: metric names -> floats, plus counts and timing."""
+        """The metrics file: metric names -> floats, plus counts, the encoder's device and dtype, and timing."""
         return {
             **{name: round(value, 6) for name, value in self.metrics.items()},
             "system": self.system,
             "split": self.split,
             "num_queries": self.num_queries,
             "num_docs": self.num_docs,
+            **({"encoder": self.encoder} if self.encoder else {}),
             "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
         }
 
@@ -94,13 +108,40 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "synthir") -> None:
                 handle.write(f"{query_id} Q0 {doc_id} {rank} {score!r} {tag}\n")
 
 
+TREC_LINE_BYTES = 4096
+"""The longest line a TREC run file may have (ids, rank, score and tag)."""
+
+
 def read_trec_run(path: str | Path) -> Run:
+    """A TREC run (`query Q0 doc rank score tag` per line); a malformed line is a DataError naming file and line."""
+    path = require_file(path)
     run: Run = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            query_id, _, doc_id, _, score, _ = line.split()
-            run.setdefault(query_id, {})[doc_id] = float(score)
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(iter(lambda: handle.readline(TREC_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > TREC_LINE_BYTES:
+                raise DataError(f"{at(path, lineno)}: line longer than {TREC_LINE_BYTES:,} bytes")
+            fields = decode_line(raw, path, lineno).split()
+            if fields:
+                query_id, doc_id, score = _trec_hit(fields, path, lineno)
+                if doc_id in run.setdefault(query_id, {}):
+                    raise DataError(f"{at(path, lineno)}: document {excerpt(doc_id)} listed twice for this query")
+                run[query_id][doc_id] = score
     return run
+
+
+def _trec_hit(fields: list[str], path: Path, lineno: int) -> tuple[str, str, float]:
+    if len(fields) != 6:
+        raise DataError(f"{at(path, lineno)}: expected 6 fields (query Q0 doc rank score tag), got {len(fields)}")
+    query_id, _, doc_id, _, score, _ = fields
+    check_id(query_id, "query id", path, lineno)
+    check_id(doc_id, "document id", path, lineno)
+    try:
+        value = float(score)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataError(f"{at(path, lineno)}: score {excerpt(score)} is not a finite number")
+    return query_id, doc_id, value
 
 
 def _finish(system, split, qrels, run, num_docs, seconds, started) -> Evaluation:
@@ -123,8 +164,9 @@ def evaluate_dense(
     exclude_queries: set[str] = frozenset(),
     cache: bool = True,
 ) -> Evaluation:
-    """Encode corpus and the split's queries with a sentence-transformers model; exact search; metrics.
-    `exclude_queries` (e.g. few-shot examples shown to the generator) are left out of the split."""
+    """Encode corpus and the split's queries with a sentence-transformers model (`model`, or `model_ref` loaded on
+    the settings' device and dtype); exact search; metrics. `exclude_queries` (e.g. few-shot examples shown to the
+    generator) are left out of the split."""
     started = time.perf_counter()
     dataset = load_dataset(data_dir, [settings.split])
     queries, qrels = dataset.split(settings.split)
@@ -133,13 +175,14 @@ def evaluate_dense(
     qrels = {q: j for q, j in qrels.items() if q not in exclude_queries}
     seconds: dict[str, float] = {}
     begin = time.perf_counter()
-    model = model or load_encoder(model_ref, max_seq_length, dtype=settings.dtype)
+    model = model or load_encoder(model_ref, max_seq_length, settings.device, settings.dtype, block="evaluate")
     seconds["load"] = time.perf_counter() - begin
     run = dense_search(
         model, dataset.corpus, queries, settings.depth, settings.batch_size, prefixes, seconds, settings.search, cache
     )
     evaluation = _finish(model_ref, settings.split, qrels, run, len(dataset.corpus), seconds, started)
     evaluation.excluded = excluded
+    evaluation.encoder = encoder_record(settings)
     return evaluation
 
 

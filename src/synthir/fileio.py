@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,28 +70,54 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def _require_replaceable(path: Path, given: Path) -> None:
+    """Refuse to replace the filesystem root or a folder holding the current or the home folder (`given`: how
+    the caller named `path`)."""
+    resolved = path.resolve()
+    if resolved == resolved.parent:
+        raise DataError(f"{given}: is the filesystem root; name a new folder for the output")
+    for place, what in ((Path.cwd(), "current"), (Path(os.path.expanduser("~")), "home")):
+        if place.resolve().is_relative_to(resolved):
+            raise DataError(f"{given}: is or holds the {what} folder; name a new folder for the output")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary sibling folder; it replaces `path` only if the block succeeds. The folder gets
-    the permissions a plain `mkdir` would give (0777 less the umask)."""
-    path = Path(path)
+    the permissions a plain `mkdir` would give (0777 less the umask). Nothing but `path` itself is removed, and
+    never the filesystem root or a folder holding the current or the home folder."""
+    given = path = Path(path)
+    if path.name in ("", ".", ".."):  # `.`, `/`, `a/..`: name the folder itself, so its siblings are well defined
+        path = path.resolve()
     _require_writable_target(path, "folder")
+    if path.is_dir():
+        _require_replaceable(path, given)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         tmp.chmod(0o777 & ~_umask())
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        if path.exists() or path.is_symlink():
+            _swap(tmp, path)
         else:
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap(new: Path, path: Path) -> None:
+    """Put folder `new` in the place of `path`; the previous `path` is put back if that fails."""
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))  # never a user's file
+    try:
+        os.replace(path, old / path.name)
+        try:
+            os.replace(new, path)
+        except BaseException:
+            os.replace(old / path.name, path)
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)  # a link inside is removed, not followed
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -155,12 +182,13 @@ def decode_line(raw: bytes, path: Path, lineno: int) -> str:
         raise DataError(f"{path}:{lineno}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
-def json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+def json_lines(path: str | Path, bounds: LineBounds | None = None) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; BOM and CRLF tolerant. A bad line raises DataError
-    naming file and line: malformed JSON, not an object, bytes that are not UTF-8, a lone surrogate."""
+    naming file and line: malformed JSON, not an object, bytes that are not UTF-8, a lone surrogate, or (with
+    `bounds`) a line or a file that expands past them."""
     path = require_file(path)
     with _open_lines(path) as handle:
-        for lineno, raw in _numbered(handle, path):
+        for lineno, raw in _numbered(handle, path, bounds):
             line = decode_line(raw, path, lineno)
             if not line.strip():
                 continue
@@ -181,11 +209,28 @@ def _open_lines(path: Path) -> Iterator[IO[bytes]]:
         yield handle
 
 
-def _numbered(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line); a damaged gzip stream is a DataError naming the file and line."""
-    lineno = 0
+@dataclass(frozen=True)
+class LineBounds:
+    """How far a file handed in may expand: bytes per line and in all (after decompression: a gzip bomb ends at
+    the bound, never in memory)."""
+
+    line_bytes: int
+    file_bytes: int
+
+
+def _numbered(handle: IO[bytes], path: Path, bounds: LineBounds | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line); a damaged gzip stream is a DataError naming the file and line, and so is a line
+    or a file past `bounds`."""
+    lineno, total = 0, 0
+    limit = bounds.line_bytes + 1 if bounds else -1
     try:
-        for lineno, raw in enumerate(handle, start=1):
+        while raw := handle.readline(limit):
+            lineno += 1
+            total += len(raw)
+            if bounds and len(raw) > bounds.line_bytes:
+                raise DataError(f"{path}:{lineno}: line longer than {bounds.line_bytes:,} bytes")
+            if bounds and total > bounds.file_bytes:
+                raise DataError(f"{path}:{lineno}: the file expands past {bounds.file_bytes:,} bytes")
             yield lineno, raw
     except (OSError, EOFError, zlib.error) as error:
         if not is_gzip(path):

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .errors import DataError, excerpt
 from .models import PACKAGE_PREFIX, hub_id
 
 CARD = "README.md"
@@ -104,9 +105,56 @@ def _dataset_entry(sources: dict[str, int], dataset: str | None, settings: dict)
     }
 
 
+SCORES_BYTES = 1 << 20
+"""The largest metrics file the publish stage reads (the evaluate stage writes about 1 kB)."""
+_METRIC = re.compile(r"[a-z_]+@\d+")
+
+
+def read_scores(path: Path) -> tuple[dict[str, float], str]:
+    """The evaluate stage's metrics file: its scores (metric -> number in [0, 1]) and its split. Anything else
+    (not JSON, another shape, NaN, a split that is not a plain name) is a DataError naming the file and key."""
+    from .config import check_split_name
+
+    if path.stat().st_size > SCORES_BYTES:
+        raise DataError(f"{path}: larger than {SCORES_BYTES:,} bytes; not the evaluate stage's metrics")
+    try:
+        evaluated = json.loads(path.read_bytes().decode("utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: not JSON: {error.msg}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise DataError(f"{path}: not the JSON object the evaluate stage writes ({type(error).__name__})") from None
+    if not isinstance(evaluated, dict):
+        raise DataError(f"{path}: expected the JSON object the evaluate stage writes, got {type(evaluated).__name__}")
+    split = evaluated.get("split", "test")
+    try:
+        check_split_name(split if isinstance(split, str) else "")
+    except ValueError as error:
+        raise DataError(f"{path}: split: {error} (got {excerpt(split)})") from None
+    scores = {}
+    for key, value in evaluated.items():
+        if _METRIC.fullmatch(key):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise DataError(f"{path}: {key}: {excerpt(value)} is not a score (a number in [0, 1])")
+            scores[key] = float(value)
+    return scores, split
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", **{c: "\\" + c for c in "\\`*_[]|!~"}}
+
+
+def markdown_text(text: str, width: int = 200) -> str:
+    """`text` as plain inline text in a card: one line (control characters and line breaks become spaces), at
+    most `width` characters, HTML and Markdown syntax escaped."""
+    text = _UNSAFE.sub(" ", text[:width]).strip()
+    return "".join(_ESCAPES.get(c, c) for c in text)
+
+
 def add_scores(folder: Path, scores: dict[str, float], dataset: str, split: str, name: str) -> None:
-    """The pipeline's evaluation scores in the card: `model-index` metadata (what the Hub shows) and a table."""
+    """The pipeline's evaluation scores in the card: `model-index` metadata (what the Hub shows) and a table.
+    Every string is copied as one line into the metadata and escaped in the markdown."""
     metadata, body = read_card(folder)
+    dataset, split, name = (_UNSAFE.sub(" ", text).strip() for text in (dataset, split, name))
     metrics = [{"type": metric, "value": value, "name": metric} for metric, value in scores.items()]
     metadata["model-index"] = [
         {
@@ -122,13 +170,13 @@ def add_scores(folder: Path, scores: dict[str, float], dataset: str, split: str,
     ]
     table = "\n".join(
         [
-            f"## Evaluation: BEIR {dataset} ({split} split)",
+            f"## Evaluation: BEIR {markdown_text(dataset)} ({markdown_text(split)} split)",
             "",
             "Scored by synthir's evaluate stage (pytrec_eval, trec_eval semantics), exact search over the corpus.",
             "",
             "| Metric | Value |",
             "|:--|--:|",
-            *(f"| {metric} | {value:.4f} |" for metric, value in scores.items()),
+            *(f"| {markdown_text(metric)} | {value:.4f} |" for metric, value in scores.items()),
             "",
         ]
     )

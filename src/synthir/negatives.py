@@ -110,12 +110,17 @@ def require_cross_encoder(model_ref: str, path: str) -> None:
         )
 
 
-def cross_encoder_pairs(model_ref: str, batch_size: int = 32) -> Callable[[list[tuple[str, str]]], list[float]]:
+def cross_encoder_pairs(
+    model_ref: str, batch_size: int = 32, device: str = "cpu", dtype: str = "float32"
+) -> Callable[[list[tuple[str, str]]], list[float]]:
+    """A CrossEncoder's scores of (query, passage) pairs, run on `device` in `dtype` (explicit, as every encoder)."""
     from sentence_transformers import CrossEncoder
 
     from .models import resolve
+    from .retrieval import DTYPES
 
     path = resolve(model_ref)
     require_cross_encoder(model_ref, path)
-    model = CrossEncoder(path)
+    model = CrossEncoder(path, device=device)
+    model.to(DTYPES[dtype])
     return lambda pairs: [float(s) for s in model.predict(pairs, batch_size=batch_size, show_progress_bar=False)]

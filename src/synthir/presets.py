@@ -42,9 +42,11 @@ def apply_preset(preset: str | Path, params: str | Path = "params.yaml") -> dict
     from ruamel.yaml import YAML
 
     preset, params = Path(preset), Path(params)
-    overlay = read_yaml(preset) or {}
+    overlay = read_yaml(preset)
+    if overlay is None or overlay == {}:
+        raise ConfigError(f"{preset}: empty, nothing to merge (a preset holds params blocks: `train: {{epochs: 2}}`)")
     if not isinstance(overlay, dict):
-        raise ConfigError(f"{preset}: expected a mapping of params blocks")
+        raise ConfigError(f"{preset}: expected a mapping of params blocks, got a {type(overlay).__name__}")
     read_yaml(params)  # the same checks as every stage: duplicates, syntax, encoding
     editor = YAML()  # round trip
     editor.preserve_quotes = True

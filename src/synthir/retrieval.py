@@ -17,7 +17,7 @@ import torch
 from .backbones import build_encoder, is_gguf
 from .beir import Corpus, Queries, passage_text
 from .config import Bm25Params
-from .errors import ConfigError
+from .errors import ConfigError, excerpt
 from .fileio import atomic_file, cache_root
 from .models import resolve
 
@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 Run = dict[str, dict[str, float]]
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The precisions a stage may encode in (`config.DeviceParams.dtype`)."""
+
+
 def pick_device() -> str:
+    """The best device here: for training's TSDAE step only; stages that encode or score name theirs."""
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -34,35 +39,49 @@ def pick_device() -> str:
     return "cpu"
 
 
-def _dtype(name: str, device: str, loaded: torch.dtype) -> torch.dtype:
+def check_device(device: str, dtype: str, device_key: str = "device", dtype_key: str = "dtype") -> None:
+    """Refuse a device or precision this machine cannot run; the messages name the param (or flag) keys."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{device_key} is cuda, but torch sees no GPU here: set it to cpu")
+    if device == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ConfigError(f"{dtype_key} is bfloat16, but this GPU does not support it: set it to float16")
+
+
+def encoder_record(settings) -> dict[str, str]:
+    """The device and precision a stage encoded or scored in, as its metrics record them."""
+    return {"device": settings.device, "dtype": settings.dtype}
+
+
+def _dtype(name: str, loaded: torch.dtype) -> torch.dtype:
     if name == "at_least_float32":  # training's master weights; a float64 checkpoint stays float64
         return torch.promote_types(loaded, torch.float32)
-    if name == "auto":
-        if device == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {excerpt(name)} is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def load_encoder(
     ref: str,
     max_seq_length: int | None = None,
-    device: str | None = None,
-    dtype: str = "auto",
+    device: str = "cpu",
+    dtype: str = "float32",
     pooling: str | None = None,
     keep_layers: int = 0,
+    block: str = "",
 ):
-    """A SentenceTransformer from a model reference, on the best device, fp16/bf16 on GPU by default. With
-    `pooling` or `keep_layers` set, or a GGUF file, it is built from the plain model (`synthir.backbones`)."""
+    """A SentenceTransformer from a model reference on `device` in `dtype` (float32 on the CPU by default: the
+    same params encode alike on any machine); errors name `block`'s device and dtype keys. With `pooling` or
+    `keep_layers` set, or a GGUF file, it is built from the plain model (`synthir.backbones`)."""
     from sentence_transformers import SentenceTransformer
 
-    device = device or pick_device()
+    keys = (f"{block}.device", f"{block}.dtype") if block else ("device", "dtype")
+    check_device(device, dtype, *keys)
     path = resolve(ref)
     if pooling or keep_layers or is_gguf(path):
         model = build_encoder(path, pooling or "lasttoken", keep_layers, max_seq_length, device)
     else:
         model = SentenceTransformer(path, device=device)
-    model.to(_dtype(dtype, device, next(model.parameters()).dtype))
+    model.to(_dtype(dtype, next(model.parameters()).dtype))
     if max_seq_length:
         model.max_seq_length = max_seq_length
     if model.similarity_fn_name not in (None, "cosine", "dot"):
@@ -102,10 +121,13 @@ def model_fingerprint(model) -> str:
 
 def encode_passages(model, texts: Sequence[str], batch_size: int, prefix: str = "", cache: bool = True) -> torch.Tensor:
     """`encode` for a corpus, memoised on disk under $SYNTHIR_CACHE_DIR/embeddings (keyed by the model's weights,
-    settings, prefix and every text), so the baseline, round-trip filter and dense mining encode it once."""
+    settings, prefix, device type and every text), so the baseline, round-trip filter and dense mining encode it
+    once, and a device's embeddings never stand in for another's."""
     if not cache or os.environ.get("SYNTHIR_EMBEDDING_CACHE") == "0":
         return encode(model, texts, batch_size, prefix, "corpus")
     digest = hashlib.sha256(model_fingerprint(model).encode() + prefix.encode())
+    if model.device.type != "cpu":  # the CPU's keys stay those its caches were written under
+        digest.update(f"|{model.device.type}".encode())
     for text in texts:
         digest.update(text.encode() + b"\0")
     path = cache_root() / "embeddings" / f"{digest.hexdigest()}.npy"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .beir import load_qrels, split_names
+from .beir import load_qrels, qrels_path, split_names
 from .errors import DataError
 from .fileio import atomic_file
 from .sampling import corpus_order
@@ -38,8 +38,7 @@ def _query_id(line: bytes) -> str:
 def carve_dev(folder: str | Path, fraction: float, seed: int) -> bool:
     """Split `folder`/qrels/train.tsv into train and dev in place (see the module docstring). Returns whether it
     did: not when `fraction` is 0, there are no train qrels, or the dataset has dev qrels of its own."""
-    qrels_dir = Path(folder) / "qrels"
-    train_path, dev_path = qrels_dir / "train.tsv", qrels_dir / "dev.tsv"
+    train_path, dev_path = qrels_path(folder, "train"), qrels_path(folder, "dev")
     if fraction == 0 or dev_path.exists() or not train_path.exists():
         return False
     try:
@@ -62,7 +61,7 @@ def carve_dev(folder: str | Path, fraction: float, seed: int) -> bool:
 
 def describe_splits(folder: str | Path) -> dict:
     """Queries per split and the dev split's query ids: the record the download stage commits."""
-    qrels = {name: load_qrels(Path(folder) / "qrels" / f"{name}.tsv") for name in split_names(folder)}
+    qrels = {name: load_qrels(qrels_path(folder, name)) for name in split_names(folder)}
     return {
         "queries": {name: len(judged) for name, judged in qrels.items()},
         "dev_query_ids": sorted(qrels.get("dev", {})),

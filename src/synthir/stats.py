@@ -8,10 +8,14 @@ the t confidence interval of the mean difference are given beside it.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import excerpt
 
 PERMUTATIONS = 10_000
 
@@ -52,6 +56,14 @@ def randomization_p(differences: np.ndarray, permutations: int = PERMUTATIONS, s
     return (hits + 1) / (permutations + 1)
 
 
+def _finite(scores: Mapping[str, float], queries: list[str], name: str) -> np.ndarray:
+    for query in queries:
+        value = scores[query]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name}: query {excerpt(query)} scores {excerpt(value)}, not a finite number")
+    return np.array([scores[q] for q in queries], dtype=np.float64)
+
+
 def compare(
     a: Mapping[str, float],
     b: Mapping[str, float],
@@ -59,14 +71,14 @@ def compare(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> Comparison:
-    """Paired comparison of two systems' per-query scores over the queries both have."""
+    """Paired comparison of two systems' per-query scores over the queries both have; a score that is not a finite
+    number is a ValueError naming the query, never a p-value."""
     from scipy import stats
 
     common = sorted(a.keys() & b.keys())
     if len(common) < 2:
         raise ValueError(f"{len(common)} queries in common: a paired test needs at least 2")
-    x = np.array([a[q] for q in common], dtype=np.float64)
-    y = np.array([b[q] for q in common], dtype=np.float64)
+    x, y = _finite(a, common, "A"), _finite(b, common, "B")
     diff = x - y
     n = len(diff)
     spread = diff.std(ddof=1) / np.sqrt(n)

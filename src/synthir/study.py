@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .report import Run, _get, _short, differences, system_scores, value_of
-from .stats import compare, mean_over_runs
+from .report import Run, _get, _short, differences, seed_scores, value_of
+from .stats import compare
 
 SEED_KEYS = frozenset({"train.seed", "align.seed"})
 ZERO_LABEL, LABELED, FEW_SHOT = "zero-label", "label-augmented", "few-shot prompts"
@@ -49,11 +49,10 @@ class Configuration:
         return [v for v in (run.metric(metric) for run in self.runs) if v is not None]
 
     def scores(self, system: str = "student", metric: str = "ndcg@10") -> dict[str, float]:
-        """Per-query scores averaged over the seeds ({} when the runs carry no per-query scores)."""
-        records = [run.per_query for run in self.runs if run.per_query]
-        if not records:
-            return {}
-        return mean_over_runs([system_scores(record, system, metric) for record in records])
+        """Per-query scores averaged over the seeds ({} when the runs carry no per-query scores); seeds scored on
+        different splits are a DataError."""
+        scored = [run for run in self.runs if run.per_query]
+        return seed_scores(scored, system, metric).values if scored else {}
 
 
 def setting_of(params: dict[str, object]) -> str:

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import add_lora, merge_lora, set_attention_dropout
+from .backbones import add_lora, check_positions, merge_lora, set_attention_dropout
 from .config import FitParams
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
 from .losses import DISTILLATION_LOSSES, BatchLoss, Margins, Slots, batch_loss
 from .model_card import describe_training, set_prompts
@@ -321,6 +321,9 @@ class Run:
     loss_fn: BatchLoss
 
 
+_MORE_EXAMPLES = "make more: raise sample.fraction, loosen the verify filters or add triples.sources"
+
+
 def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
     """Model, tokenized examples, the whole step schedule, optimizer and scheduler, prepared by accelerate."""
     from accelerate import Accelerator
@@ -332,6 +335,9 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
 
     if params.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda, but torch sees no GPU here (train.device: cpu trains on the CPU)")
+    examples = list(read_jsonl(triples))
+    if not examples:
+        raise DataError(f"{triples}: no training examples; {_MORE_EXAMPLES}")
     on_gpu = params.device == "cuda"
     accelerator = Accelerator(  # split_batches: a step is one global batch, so the LR schedule steps once
         cpu=not on_gpu,
@@ -347,6 +353,7 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
         pooling=params.pooling,
         keep_layers=params.keep_layers,
     )
+    check_positions(model, params.max_seq_length, "train.max_seq_length")
     if params.attention_dropout is not None and not set_attention_dropout(model, params.attention_dropout):
         raise ConfigError(f"train.attention_dropout: {params.base_model} has no attention dropout synthir can set")
     # a checkpoint resumes only a run from the same starting weights, whatever base_model names (models/adapted
@@ -356,7 +363,6 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
         add_lora(model, params.lora_rank)
     if params.gradient_checkpointing:
         model[0].auto_model.gradient_checkpointing_enable()
-    examples = list(read_jsonl(triples))
     table, data = encode_examples(
         examples,
         model.tokenizer,
@@ -371,7 +377,7 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
         raise ConfigError(f"{triples}: no example has a negative, and train.loss {params.loss} learns from margins")
     schedule = batch_schedule(data, table, params.batch_size, params.seed, params.epochs, params.max_steps)
     if not schedule:
-        raise ValueError(f"{triples}: {len(examples)} examples make no batch of {params.batch_size}")
+        raise DataError(f"{triples}: {len(examples)} examples make no training step; {_MORE_EXAMPLES}")
     freeze_unreachable(model, table)
     optimizer = torch.optim.AdamW(_param_groups(model, params.weight_decay), lr=params.lr)
     warmup = params.warmup_steps or math.ceil(params.warmup_ratio * len(schedule))

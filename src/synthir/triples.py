@@ -128,8 +128,10 @@ def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str
     from .beir import has_split, load_dataset
     from .errors import ConfigError
     from .fileio import read_jsonl, write_json, write_jsonl
+    from .retrieval import check_device, encoder_record
 
     started = time.perf_counter()
+    check_device(params.device, params.dtype, "triples.device", "triples.dtype")
     labeled = has_split(data_dir, "train")
     if not labeled and {"train", "syntriever"} & set(params.sources):
         raise ConfigError(
@@ -164,23 +166,24 @@ def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str
         use_llm_negatives(examples, neg.num_negatives)
         short = [e for e in examples if len(e["negatives"]) < neg.num_negatives]
         if neg.fill != "none" and short:
-            fill = score_rows(neg.model_copy(update={"method": neg.fill}), corpus)
+            fill = score_rows(neg.model_copy(update={"method": neg.fill}), corpus, params)
             mine(short, fill, corpus, train, rule, params.seed)
     elif neg.method != "none":
-        mine(examples, score_rows(neg, corpus), corpus, train, rule, params.seed)
+        mine(examples, score_rows(neg, corpus, params), corpus, train, rule, params.seed)
     if params.teacher.method != "none":
-        score_teacher(params.teacher, examples, corpus)
+        score_teacher(params.teacher, examples, corpus, params)
     for example in examples:
         example.pop("llm_negatives", None)
         example.pop("not_negative_ids", None)
         example["negative_method"] = neg.method
     write_jsonl(output, examples)
-    summary = {**stats(examples), "seconds": round(time.perf_counter() - started, 2)}
+    summary = {**stats(examples), "encoder": encoder_record(params), "seconds": round(time.perf_counter() - started, 2)}
     write_json(metrics_path, summary)
     return summary
 
 
-def score_rows(neg, corpus: Corpus) -> ScoreRows:
+def score_rows(neg, corpus: Corpus, encoding) -> ScoreRows:
+    """`neg.method`'s scores; a dense or cross-encoder model runs on `encoding`'s device and dtype."""
     from .negatives import bm25_rows, cross_encoder_pairs, dense_rows, rerank_rows
 
     if neg.method == "bm25":
@@ -188,7 +191,8 @@ def score_rows(neg, corpus: Corpus) -> ScoreRows:
     if neg.method == "dense":
         from .retrieval import load_encoder
 
-        return dense_rows(load_encoder(neg.model), corpus, neg.batch_size, neg.query_prefix, neg.passage_prefix)
+        model = load_encoder(neg.model, device=encoding.device, dtype=encoding.dtype, block="triples")
+        return dense_rows(model, corpus, neg.batch_size, neg.query_prefix, neg.passage_prefix)
     if neg.judge is not None:  # offline cross-encoder: the LLM's pointwise yes/no score
         from .llm import open_backend
         from .prompting import load_template
@@ -197,19 +201,21 @@ def score_rows(neg, corpus: Corpus) -> ScoreRows:
         backend, template = open_backend(neg.judge), load_template("verify_relevance")
         pairs = lambda batch: judge(backend, template, batch)  # noqa: E731
     else:
-        pairs = cross_encoder_pairs(neg.model)
+        pairs = cross_encoder_pairs(neg.model, device=encoding.device, dtype=encoding.dtype)
     return rerank_rows(pairs, bm25_rows(corpus), corpus, neg.rerank_depth)
 
 
-def score_teacher(teacher, examples: list[dict], corpus: Corpus) -> None:
-    """Each example's `teacher` scores (`synthir.teacher`) for its first positive and its negatives."""
+def score_teacher(teacher, examples: list[dict], corpus: Corpus, encoding) -> None:
+    """Each example's `teacher` scores (`synthir.teacher`) for its first positive and its negatives; the hybrid's
+    dense half runs on `encoding`'s device and dtype."""
     from .teacher import hybrid_scores, llm_scores
 
     if teacher.method == "hybrid":
         from .negatives import bm25_rows, dense_rows
         from .retrieval import load_encoder
 
-        dense = dense_rows(load_encoder(teacher.model), corpus, teacher.batch_size, "", "")
+        model = load_encoder(teacher.model, device=encoding.device, dtype=encoding.dtype, block="triples")
+        dense = dense_rows(model, corpus, teacher.batch_size, "", "")
         hybrid_scores(examples, corpus, bm25_rows(corpus), dense)
     else:
         from .llm import open_backend

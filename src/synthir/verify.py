@@ -125,9 +125,11 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     from .beir import load_corpus
     from .fileio import read_jsonl, write_json, write_jsonl
     from .prompting import load_template
-    from .retrieval import load_encoder
+    from .retrieval import check_device, encoder_record, load_encoder
 
     started = time.perf_counter()
+    check_device(params.device, params.dtype, "verify.device", "verify.dtype")  # before any LLM call
+    encoder = lambda ref: load_encoder(ref, device=params.device, dtype=params.dtype, block="verify")  # noqa: E731
     corpus = load_corpus(Path(data_dir) / "corpus.jsonl")
     read = lambda name: list(read_jsonl(generated / f"{name}.jsonl")) if (generated / f"{name}.jsonl").exists() else []  # noqa: E731
     queries, negatives, sets = read("doc2query"), read("query_negative"), read("syntriever")
@@ -159,7 +161,7 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     if params.round_trip.enabled and queries:
         rt = params.round_trip
         ranks = round_trip_ranks(
-            load_encoder(rt.model),
+            encoder(rt.model),
             corpus,
             [q["query"] for q in queries],
             [q["doc_id"] for q in queries],
@@ -173,9 +175,7 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     if params.gecko.enabled and queries:
         gecko = params.gecko
         backend = backend or open_backend(params.judge)
-        found = fused_candidates(
-            load_encoder(gecko.model), corpus, [q["query"] for q in queries], gecko.k, gecko.batch_size
-        )
+        found = fused_candidates(encoder(gecko.model), corpus, [q["query"] for q in queries], gecko.k, gecko.batch_size)
         candidates = [
             [q["doc_id"], *(d for d in c if d != q["doc_id"])][: gecko.k + 1]
             for q, c in zip(queries, found, strict=True)
@@ -217,6 +217,7 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
         **counts,
         "tasks": tasks,
         "llm": backend.stats.as_dict() if backend else {},
+        "encoder": encoder_record(params),
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json(metrics_path, summary)

@@ -69,16 +69,22 @@ def _stale(project: Path) -> set[str]:
         changed |= downstream
 
 
-@pytest.fixture
-def project(tmp_path, shared_beir):
-    project = tmp_path / "project"
+def _copy_project(project: Path) -> Path:
+    """What `dvc repro` reads of the repository: the pipeline and params, the stage scripts, the library they run,
+    the committed completions and the committed experiments the report stage renders."""
     project.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, project / name)
-    for folder in ("stages", "src"):  # stages depend on the scripts and the library modules they run
+    for folder in ("stages", "src", "llm-cache"):
         shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (project / "report").mkdir()  # the report stage renders the committed experiments
+    (project / "report").mkdir()
     shutil.copy(REPO / "report" / "experiments.json", project / "report" / "experiments.json")
+    return project
+
+
+@pytest.fixture
+def project(tmp_path, shared_beir):
+    project = _copy_project(tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["dataset"] = {"name": "scifact-mini", "path": str(_subset(shared_beir, tmp_path / "scifact-mini"))}
     params["sample"]["fraction"] = 0.03
@@ -179,14 +185,7 @@ def test_a_corpus_without_labels_trains_a_retriever(tmp_path, shared_beir):
     corpus.mkdir()
     docs = [{"_id": d, **data.corpus[d]} for d in list(data.corpus)[:80]]
     (corpus / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, project / name)
-    for folder in ("stages", "src"):
-        shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (project / "report").mkdir()
-    shutil.copy(REPO / "report" / "experiments.json", project / "report" / "experiments.json")
+    project = _copy_project(tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["dataset"] = {"name": "my-corpus", "path": str(corpus)}
     params["sample"]["fraction"] = 0.1

@@ -23,11 +23,11 @@ def test_sampling_is_frozen_stable_and_validated() -> None:
         "logprobs": 0,
     }
     assert Sampling(temperature=1).as_dict()["temperature"] == 1.0  # int and float give the same key
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="cannot assign to field 'seed'"):
         s.seed = 4  # type: ignore[misc]
-    with pytest.raises(LLMError):
+    with pytest.raises(LLMError, match=r"^invalid sampling settings: Sampling\(temperature=0.0, top_p=0, max_tokens="):
         Sampling(top_p=0)
-    with pytest.raises(SynthirError):
+    with pytest.raises(SynthirError, match=r"^invalid sampling settings: .*, max_tokens=0,"):
         Sampling(max_tokens=0)
 
 

@@ -41,9 +41,11 @@ CREATE TABLE IF NOT EXISTS completions (
     tokens_in INTEGER NOT NULL,
     tokens_out INTEGER NOT NULL,
     logprobs TEXT,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    request TEXT
 )
 """
+_COLUMNS = "key, model_id, text, tokens_in, tokens_out, logprobs, created, request"
 
 
 _MOVE_AWAY = "move it away or set SYNTHIR_CACHE_DIR"
@@ -63,6 +65,10 @@ _CAUSES: dict[int, tuple[str, str, str]] = {
 }
 
 
+SCORE_MARKER = {"score_yes_no": True}
+"""The sampling part of a yes/no score's key: scores are cached as text (`repr` of the float)."""
+
+
 class CacheError(LLMError):
     """The completion cache file cannot be read or written; the message names the file and the cause."""
 
@@ -71,15 +77,28 @@ def default_cache_path() -> Path:
     return cache_root() / "llm.sqlite"
 
 
+def key_request(identity: Mapping[str, Any], prompt: Prompt, sampling: dict[str, Any], index: int) -> dict[str, Any]:
+    """What a cache key is computed from: the backend identity, the prompt or messages, the sampling settings and
+    the sample index. Stored beside each completion, so an exported completion can be checked against its key."""
+    return {"identity": dict(identity), "input": prompt, "sampling": sampling, "sample": index}
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def request_key(request: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a `key_request`."""
+    return hashlib.sha256(canonical_json(request).encode("utf-8")).hexdigest()
+
+
 def cache_key(identity: Mapping[str, Any], prompt: Prompt, sampling: dict[str, Any], index: int) -> str:
     """sha256 of the canonical JSON of what determines one sample; `identity` is `backend_identity(...)`.
 
     Keys made before the identity (backend, server) was part of them (model id only) never match: entries cached
     by older versions are recomputed once.
     """
-    payload = {"identity": dict(identity), "input": prompt, "sampling": sampling, "sample": index}
-    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return request_key(key_request(identity, prompt, sampling, index))
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,9 @@ class Entry:
     logprobs: dict[str, float] | None = None
     created: float | None = None
     """When the completion was written (Unix time); kept through export and import."""
+    request: dict[str, Any] | None = None
+    """The `key_request` the key hashes; None for entries cached before synthir recorded it (a cache hit on the
+    same request records it)."""
 
 
 class CompletionCache:
@@ -120,6 +142,8 @@ class CompletionCache:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes in WAL mode
                 db.execute(_SCHEMA)
+                if "request" not in {row[1] for row in db.execute("PRAGMA table_info(completions)")}:
+                    db.execute("ALTER TABLE completions ADD COLUMN request TEXT")  # a cache from before requests
             except sqlite3.Error:
                 db.close()  # an open handle would keep the (bad) file locked
                 raise
@@ -147,13 +171,8 @@ class CompletionCache:
             for start in range(0, len(keys), 500):
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT key, text, tokens_in, tokens_out, logprobs, created FROM completions "
-                    f"WHERE key IN ({marks})",
-                    chunk,
-                )
-                for key, text, tokens_in, tokens_out, logprobs, created in rows:
-                    found[key] = Entry(text, tokens_in, tokens_out, json.loads(logprobs) if logprobs else None, created)
+                rows = self._db.execute(f"SELECT {_COLUMNS} FROM completions WHERE key IN ({marks})", chunk)
+                found.update((row[0], _entry(row)) for row in rows)
         return found
 
     def put_many(self, model_id: str, items: Sequence[tuple[str, Entry]]) -> None:
@@ -161,23 +180,25 @@ class CompletionCache:
         time is stamped now."""
         if not items:
             return
-        now = time.time()
-        rows = [
-            (
-                key,
-                model_id,
-                e.text,
-                e.tokens_in,
-                e.tokens_out,
-                json.dumps(e.logprobs) if e.logprobs else None,
-                now if e.created is None else e.created,
-            )
-            for key, e in items
-        ]
+        with self.transaction() as db:
+            for key, entry in items:
+                store(db, model_id, key, entry)
+
+    def record_requests(self, requests: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store the `key_request` of entries cached without one (each key must be `request_key` of its request)."""
+        if not requests:
+            return
+        rows = [(canonical_json(request), key) for key, request in requests.items()]
+        with self.transaction() as db:
+            db.executemany("UPDATE completions SET request = ? WHERE key = ? AND request IS NULL", rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed if the block succeeds, rolled back otherwise."""
         with self._lock, self._plainly():
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:  # SQLite has already rolled back after some errors (disk full)
@@ -188,13 +209,19 @@ class CompletionCache:
         with self._lock, self._plainly():
             return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
-    def items(self) -> list[tuple[str, str, Entry]]:
-        """Every (key, model id, entry), ordered by key."""
-        with self._lock, self._plainly():
-            rows = self._db.execute(
-                "SELECT key, model_id, text, tokens_in, tokens_out, logprobs, created FROM completions ORDER BY key"
-            ).fetchall()
-        return [(k, m, Entry(t, i, o, json.loads(lp) if lp else None, c)) for k, m, t, i, o, lp, c in rows]
+    def items(self) -> Iterator[tuple[str, str, Entry]]:
+        """Every (key, model id, entry), ordered by key, read in pages (a large cache never sits in memory)."""
+        last = ""
+        while True:
+            with self._lock, self._plainly():
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM completions WHERE key > ? ORDER BY key LIMIT 1000", (last,)
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield row[0], row[1], _entry(row)
+            last = rows[-1][0]
 
     def close(self) -> None:
         with self._lock:
@@ -208,6 +235,32 @@ class CompletionCache:
 
     def __repr__(self) -> str:
         return f"CompletionCache({str(self.path)!r})"
+
+
+def lookup(db: sqlite3.Connection, key: str) -> tuple[str, Entry] | None:
+    """(model id, entry) under `key`, read through `db` (inside `CompletionCache.transaction`)."""
+    row = db.execute(f"SELECT {_COLUMNS} FROM completions WHERE key = ?", (key,)).fetchone()
+    return (row[1], _entry(row)) if row else None
+
+
+def store(db: sqlite3.Connection, model_id: str, key: str, entry: Entry, replace: bool = False) -> None:
+    """Write one entry through `db` (inside `CompletionCache.transaction`): a key already stored keeps its value
+    unless `replace`. An entry without a creation time is stamped now."""
+    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+    db.execute(f"{verb} INTO completions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _row(key, model_id, entry))
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    _, _, text, tokens_in, tokens_out, logprobs, created, request = row
+    decoded = json.loads(logprobs) if logprobs else None
+    return Entry(text, tokens_in, tokens_out, decoded, created, json.loads(request) if request else None)
+
+
+def _row(key: str, model_id: str, e: Entry) -> tuple:
+    logprobs = json.dumps(e.logprobs) if e.logprobs else None
+    request = canonical_json(e.request) if e.request is not None else None
+    created = time.time() if e.created is None else e.created
+    return key, model_id, e.text, e.tokens_in, e.tokens_out, logprobs, created, request
 
 
 def _sizes(path: Path) -> tuple[int, int]:
@@ -291,8 +344,9 @@ class CachedBackend:
         self.stats = CacheStats()
 
     def generate(self, requests: list[Request]) -> list[Completion]:
-        keys = [[self._key(r, i) for i in range(r.n)] for r in requests]
-        found = self.cache.get_many([k for ks in keys for k in ks])
+        payloads = [[self._request(r, i) for i in range(r.n)] for r in requests]
+        keys = [[request_key(p) for p in row] for row in payloads]
+        found = self._lookup(dict(zip(_flat(keys), _flat(payloads), strict=True)))
         samples: list[list[Entry | None]] = [[found.get(k) for k in ks] for ks in keys]
         errors: dict[int, str] = {}
         self.stats.cache_hits += sum(e is not None for row in samples for e in row)
@@ -315,7 +369,8 @@ class CachedBackend:
                 counts = result.per_text_tokens()
                 for j, index in enumerate(task.sample_indices):
                     logprobs = result.logprobs[j] if result.logprobs else None
-                    entry = Entry(result.texts[j], result.tokens_in, counts[j], logprobs)
+                    payload = payloads[task.request_index][index]
+                    entry = Entry(result.texts[j], result.tokens_in, counts[j], logprobs, request=payload)
                     samples[task.request_index][index] = entry
                     fresh.append((keys[task.request_index][index], entry))
             self.cache.put_many(self.model_id, fresh)
@@ -325,9 +380,9 @@ class CachedBackend:
         """Cached like samples (sampling marker `score_yes_no`); the score is stored as the text."""
         if not callable(getattr(self.backend, "score_yes_no", None)):
             raise UnsupportedError(f"{type(self.backend).__name__} cannot score yes/no (no log-probs)")
-        marker = {"score_yes_no": True}
-        keys = [cache_key(self.identity, p, marker, 0) for p in prompts]
-        found = self.cache.get_many(keys)
+        payloads = [key_request(self.identity, p, SCORE_MARKER, 0) for p in prompts]
+        keys = [request_key(p) for p in payloads]
+        found = self._lookup(dict(zip(keys, payloads, strict=True)))
         self.stats.cache_hits += len(found)
         missing = [i for i, k in enumerate(keys) if k not in found]
         scores = {k: float(e.text) for k, e in found.items()}
@@ -336,7 +391,9 @@ class CachedBackend:
             values = self._score([prompts[i] for i in chunk])
             self.stats.batches += 1
             self.stats.calls += len(chunk)
-            fresh = [(keys[i], Entry(repr(float(v)), 0, 0)) for i, v in zip(chunk, values, strict=True)]
+            fresh = [
+                (keys[i], Entry(repr(float(v)), 0, 0, request=payloads[i])) for i, v in zip(chunk, values, strict=True)
+            ]
             self.cache.put_many(self.model_id, fresh)
             scores.update({keys[i]: float(v) for i, v in zip(chunk, values, strict=True)})
         return [scores[k] for k in keys]
@@ -363,8 +420,14 @@ class CachedBackend:
                 self.stats.tokens_cached += usage.tokens_cached - before.tokens_cached
                 self.stats.tokens_out += usage.tokens_out - before.tokens_out
 
-    def _key(self, request: Request, index: int) -> str:
-        return cache_key(self.identity, request.input, request.sampling.as_dict(), index)
+    def _request(self, request: Request, index: int) -> dict[str, Any]:
+        return key_request(self.identity, request.input, request.sampling.as_dict(), index)
+
+    def _lookup(self, payloads: dict[str, dict[str, Any]]) -> dict[str, Entry]:
+        """The cached entries of these keys; a hit cached without its request (an older synthir's) gets it now."""
+        found = self.cache.get_many(list(payloads))
+        self.cache.record_requests({key: payloads[key] for key, entry in found.items() if entry.request is None})
+        return found
 
     def _tasks(self, requests: list[Request], samples: list[list[Entry | None]]) -> Iterator[_Task]:
         for r_index, (request, row) in enumerate(zip(requests, samples, strict=True)):
@@ -394,6 +457,10 @@ class CachedBackend:
 
     def __repr__(self) -> str:
         return f"CachedBackend({self.backend!r}, {self.cache!r})"
+
+
+def _flat(rows: list[list[Any]]) -> list[Any]:
+    return [item for row in rows for item in row]
 
 
 def _single(request: Request, sampling: Sampling, n: int) -> Request:
