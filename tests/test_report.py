@@ -277,3 +277,9 @@ def test_a_run_from_before_explicit_dtypes_is_the_same_configuration_as_one_afte
     after = Run("a-s2", "r2", {"evaluate.dtype": "float32", "evaluate.device": "cpu", "train.seed": 1}, {})
     assert differences(before, after) == set()
     assert differences(before, Run("b", "r3", {"evaluate.dtype": "bfloat16"}, {})) == {"evaluate.dtype"}
+
+
+def test_the_newest_run_of_a_name_wins_by_the_timestamp_dvc_writes():
+    """`dvc exp show --json` keeps each run's timestamp under `data`; every committed run has one."""
+    runs = load_experiments(Path(__file__).resolve().parents[1] / "report" / "experiments.json")
+    assert runs and all(run.timestamp.startswith("20") for run in runs)

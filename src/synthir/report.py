@@ -275,7 +275,8 @@ def _run(rev: object, where: str, source: str) -> Run | None:
             _check_metrics(metrics[path], f"{at_file}.data")
     if not metrics.get("metrics/eval.json"):
         return None
-    name, commit, timestamp = (_expect(rev.get(key), str, f"{where}.{key}") for key in ("name", "rev", "timestamp"))
+    name, commit = (_expect(rev.get(key), str, f"{where}.{key}") for key in ("name", "rev"))
+    timestamp = _expect(data.get("timestamp"), str, f"{where}.data.timestamp")  # where `dvc exp show` puts it
     per_query = check_record(data.get("per_query"), f"{where}.data.per_query")
     return Run(name or commit[:7], commit, flatten(params), metrics, timestamp, per_query, source)
 
