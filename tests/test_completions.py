@@ -389,3 +389,23 @@ def test_a_file_of_many_bad_lines_lists_the_first_ten_and_counts_the_rest(tmp_pa
         f"{path}: 25 completions: 0 new, 0 already cached, 0 conflicting, 25 refused",
         "nothing was imported",
     ]
+
+
+@pytest.mark.parametrize(
+    ("line", "why"), [("[" * 200_000, "nested too deeply"), ('{"key": ' + "9" * 5000 + "}", "Exceeds the limit")]
+)
+def test_a_line_of_endless_nesting_or_digits_is_refused_with_file_and_line(tmp_path, line, why):
+    header, _ = _line(tmp_path)
+    path = tmp_path / "deep.jsonl"
+    path.write_text(json.dumps(header) + "\n" + line + "\n")
+    with pytest.raises(DataError, match=rf"deep.jsonl:2: not JSON this reader accepts \({why}"):
+        import_cache(CompletionCache(tmp_path / "cache.sqlite"), path)
+
+
+def test_an_export_refuses_a_completion_an_import_could_not_read(tmp_path, monkeypatch):
+    here = CachedBackend(ScriptedLLM(), CompletionCache(tmp_path / "here.sqlite"))
+    here.generate(_requests())
+    monkeypatch.setattr(completions, "BOUNDS", LineBounds(line_bytes=200, file_bytes=1 << 30))
+    with pytest.raises(ConfigError, match=r"completion \w{12}… is longer than the 200 bytes a line may hold"):
+        export_cache(here.cache, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()

@@ -244,3 +244,11 @@ def test_a_thousand_problems_are_listed_twenty_at_most(params):
     lines = str(error.value).splitlines()
     assert lines[0] == "params.yaml: sample.extra0: unknown key"
     assert len(lines) == 21 and lines[-1] == "params.yaml: ... and 980 more problems"
+
+
+@pytest.mark.parametrize("value", ["2001-13-45", '!!float "abc"'])
+def test_a_yaml_value_its_tag_cannot_build_is_one_error_naming_the_file(tmp_path, value):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"dataset:\n  name: {value}\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: invalid value: "):
+        load_params(path)

@@ -403,7 +403,10 @@ def _record(key: str, model: str, entry: Entry) -> dict:
     record |= {"tokens_in": entry.tokens_in, "tokens_out": entry.tokens_out}
     if entry.created is not None:
         record["created"] = round(entry.created, 3)
-    return record | ({"logprobs": entry.logprobs} if entry.logprobs else {})
+    record |= {"logprobs": entry.logprobs} if entry.logprobs else {}
+    if len(json.dumps(record, ensure_ascii=False).encode()) >= BOUNDS.line_bytes:  # an import would refuse it
+        raise ConfigError(f"completion {key[:12]}… is longer than the {BOUNDS.line_bytes:,} bytes a line may hold")
+    return record
 
 
 def _write_lines(handle: IO[str], records: Iterable[dict]) -> None:

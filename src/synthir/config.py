@@ -722,6 +722,8 @@ def read_yaml(path: Path) -> object:
         return loader.load(text)
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply (at most {MAX_YAML_DEPTH} levels)") from None
+    except (ValueError, TypeError) as error:  # a value its tag cannot build: `2001-13-45`, `!!float "abc"`
+        raise ConfigError(f"{path}: invalid value: {excerpt(str(error), 100)}") from None
     except DuplicateKeyError as error:
         key = re.search(r'duplicate key "([^"]*)"', str(error.problem))
         name = f"{excerpt(key.group(1))} " if key else ""

@@ -196,6 +196,9 @@ def json_lines(path: str | Path, bounds: LineBounds | None = None) -> Iterator[t
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{lineno}: malformed JSON: {error.msg}") from None
+            except (ValueError, RecursionError) as error:  # a number of thousands of digits, nesting past the stack
+                why = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:80]
+                raise DataError(f"{path}:{lineno}: not JSON this reader accepts ({why})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             if _SURROGATE_ESCAPE.search(line):  # surrogate pairs are fine, lone halves are not
