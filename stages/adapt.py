@@ -11,7 +11,7 @@ from synthir.errors import friendly_errors
 from synthir.fileio import atomic_dir, write_json
 from synthir.model_card import describe_adaptation
 from synthir.models import resolve
-from synthir.retrieval import load_encoder, pick_device
+from synthir.retrieval import load_encoder
 from synthir.stage import stage_params
 
 
@@ -32,7 +32,8 @@ def main() -> None:
     corpus = load_corpus(args.data / "corpus.jsonl")
     passages = sample_passages([passage_text(doc) for doc in corpus.values()], adapt.max_passages, adapt.seed)
     base = params.train.base_model
-    model = load_encoder(base, device=pick_device(), dtype="at_least_float32")  # as before: the best device here
+    device = params.train.device  # where the student trains
+    model = load_encoder(base, device=device, dtype="at_least_float32", block="train")
     summary = tsdae(
         model,
         passages,
@@ -45,6 +46,7 @@ def main() -> None:
     )
     describe_adaptation(model, base, resolve(base))
     save_adapted(model, args.output)
+    summary["device"] = device
     write_json(args.metrics, summary)
     print(json.dumps(summary, indent=2))
 

@@ -37,6 +37,7 @@ def main() -> None:
         pooling=model.pooling,
         keep_layers=model.keep_layers,
         block="evaluate",
+        length_key="train.max_seq_length",
     )
     dense = evaluate_dense(
         model.base_model, args.data, settings, Prefixes(model.query_prefix, model.passage_prefix), model=encoder

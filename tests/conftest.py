@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,24 @@ def write_beir(
         lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in rows]
         (folder / "qrels" / f"{split}.tsv").write_bytes(("\r\n".join(lines) + "\r\n").encode())
     return folder
+
+
+def run_stage(
+    stage: str, project: Path, arguments: list[str], params: dict[str, dict] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `stages/<stage>.py arguments` as dvc runs it, in `project` (given this repository's dvc.yaml and
+    params.yaml, each block updated with `params`)."""
+    from synthir.config import read_yaml
+
+    values = read_yaml(REPO / "params.yaml")
+    values["generate"].pop("prompts_dir", None)  # a folder of the repository, relative to it
+    for block, changes in (params or {}).items():
+        values[block].update(changes)
+    (project / "params.yaml").write_text(json.dumps(values, indent=1))  # JSON is YAML
+    (project / "dvc.yaml").write_bytes((REPO / "dvc.yaml").read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    command = [sys.executable, str(REPO / "stages" / f"{stage}.py"), *arguments]
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from synthir.errors import ConfigError
 from synthir.model_card import base_model_id, describe_adaptation, read_card
 from synthir.models import resolve
 from synthir.retrieval import load_encoder
-from tests.conftest import MINILM
+from tests.conftest import MINILM, run_stage, write_beir
 
 PASSAGES = [
     "aspirin lowers the risk of a second heart attack in older patients",
@@ -94,3 +94,13 @@ def test_tsdae_refuses_an_empty_corpus(tiny_encoder):
     model = load_encoder(tiny_encoder, device="cpu", dtype="float32")
     with pytest.raises(ConfigError, match="no passage"):
         tsdae(model, [], epochs=1, batch_size=2, lr=1e-4, deletion_ratio=0.6, max_seq_length=16, seed=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_the_adapt_stage_trains_on_train_device_not_on_whatever_this_machine_has(tmp_path, tiny_encoder):
+    write_beir(tmp_path / "data", [{"_id": "d1", "title": "", "text": PASSAGES[0]}], qrels={"test": [("q", "d1", 1)]})
+    changes = {"adapt": {"method": "tsdae"}, "train": {"base_model": tiny_encoder, "device": "cuda"}}
+    done = run_stage("adapt", tmp_path, ["--data", "data", "--output", "adapted", "--metrics", "adapt.json"], changes)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == "error: train.device is cuda, but torch sees no GPU here: set it to cpu"
+    assert not (tmp_path / "adapted").exists() and not (tmp_path / "adapt.json").exists()

@@ -120,7 +120,7 @@ def test_cache_commands_move_completions_and_refuse_conflicts(tmp_path, monkeypa
     assert run(["cache", "import", str(tmp_path / "new.jsonl.gz")]) == 1
     assert "new.jsonl.gz:2: completion " in capsys.readouterr().err
     assert run(["cache", "import", "--replace-local", str(tmp_path / "new.jsonl.gz")]) == 0
-    assert "1 completions: 1 new, 0 already cached" in capsys.readouterr().out
+    assert "1 completions: 0 new, 0 already cached, 1 replaced the local text" in capsys.readouterr().out
 
 
 def test_a_bad_since_names_the_flag(tmp_path):

@@ -113,7 +113,7 @@ def test_the_same_key_with_another_text_is_a_conflict_naming_both_places(tmp_pat
     with pytest.raises(DataError, match=r"twin.jsonl:2: .* another text in .*cache.sqlite \(the local cache"):
         import_cache(cache, twin)
     assert {e.text for _, _, e in cache.items()} == {line["text"] for line in lines}  # the local texts are kept
-    assert import_cache(cache, twin, replace_local=True) == FileReport(twin, new=3)
+    assert import_cache(cache, twin, replace_local=True) == FileReport(twin, replaced=3)
     assert {e.text for _, _, e in cache.items()} == {"other"}
 
 
@@ -409,3 +409,20 @@ def test_an_export_refuses_a_completion_an_import_could_not_read(tmp_path, monke
     with pytest.raises(ConfigError, match=r"completion \w{12}… is longer than the 200 bytes a line may hold"):
         export_cache(here.cache, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_export_reads_one_state_of_the_cache_while_another_process_writes(tmp_path, monkeypatch):
+    here = CachedBackend(ScriptedLLM(), CompletionCache(tmp_path / "here.sqlite"))
+    here.generate(_requests()[:2])
+    elsewhere = CachedBackend(ScriptedLLM(), CompletionCache(tmp_path / "here.sqlite"))  # its own connection
+    check_selection = completions._check_selection
+
+    def check_while_another_writes(*args):
+        elsewhere.generate(_requests()[2:])  # lands after the header was counted, before its lines are read
+        return check_selection(*args)
+
+    monkeypatch.setattr(completions, "_check_selection", check_while_another_writes)
+    assert export_cache(here.cache, tmp_path / "out.jsonl").written == 2
+    header, *lines = _lines(tmp_path / "out.jsonl")
+    assert header["completions"] == len(lines) == 2
+    assert len(here.cache) == 3  # the other write landed, after the snapshot

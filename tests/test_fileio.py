@@ -1,5 +1,6 @@
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,24 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path):
         handle.write("half")
         raise RuntimeError("interrupted mid-write")
     assert path.read_text() == "previous" and os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_a_folder_whose_replacement_and_restore_both_fail_is_kept_and_named(tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "weights.bin").write_text("the only copy")
+    real_replace, calls = os.replace, []
+
+    def replace_failing_after_the_first(source, destination):
+        calls.append((source, destination))
+        if len(calls) > 1:  # moving the new folder in, then moving the old one back
+            raise OSError(28, "No space left on device")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", replace_failing_after_the_first)
+    kept_in = r"model: not replaced .*its previous content is kept in (\S+)"
+    with pytest.raises(OSError, match=kept_in) as caught, atomic_dir(target) as folder:
+        (folder / "weights.bin").write_text("new")
+    monkeypatch.undo()
+    kept = Path(caught.value.args[0].split("kept in ")[1].split(" (")[0])
+    assert (kept / "weights.bin").read_text() == "the only copy"

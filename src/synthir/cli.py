@@ -45,7 +45,6 @@ def _flag_problem(item: dict) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .backbones import check_positions
     from .evaluate import evaluate_dense
     from .retrieval import Prefixes, check_device, load_encoder
 
@@ -53,10 +52,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     check_device(settings.device, settings.dtype, "--device", "--dtype")
     if args.max_seq_length is not None and args.max_seq_length <= 0:
         raise ConfigError(f"--max-seq-length: must be a positive number of tokens (got {args.max_seq_length})")
-    model = None
-    if args.max_seq_length is not None:  # checked against the model's positions before anything is encoded
-        model = load_encoder(args.model, args.max_seq_length, settings.device, settings.dtype)
-        check_positions(model, args.max_seq_length, "--max-seq-length")
+    model = load_encoder(
+        args.model, args.max_seq_length, settings.device, settings.dtype, length_key="--max-seq-length"
+    )
     prefixes = Prefixes(args.query_prefix, args.passage_prefix)
     _report(evaluate_dense(args.model, args.data, settings, prefixes, args.max_seq_length, model), args.output)
 

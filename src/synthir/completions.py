@@ -64,13 +64,17 @@ class FileReport:
     same: int = 0
     conflicts: int = 0
     refused: int = 0
+    replaced: int = 0
+    """Local completions the file's text replaced (`replace_local`)."""
 
     @property
     def lines(self) -> int:
-        return self.new + self.same + self.conflicts + self.refused
+        return self.new + self.same + self.conflicts + self.refused + self.replaced
 
     def __str__(self) -> str:
         fates = f"{self.new} new, {self.same} already cached"
+        if self.replaced:
+            fates += f", {self.replaced} replaced the local text"
         if self.conflicts or self.refused:
             fates += f", {self.conflicts} conflicting, {self.refused} refused"
         return f"{self.path}: {self.lines} completions: {fates}"
@@ -156,9 +160,12 @@ def _import_file(db, path: Path, run: _Import) -> FileReport:
 
 def _add(db, run: _Import, report: FileReport, where: str, model: str, key: str, entry: Entry) -> None:
     held = lookup(db, key)
-    if held is None or (run.replace_local and key not in run.seen and held[1].text != entry.text):
-        store(db, model, key, entry, replace=held is not None)
+    if held is None:
+        store(db, model, key, entry)
         report.new += 1
+    elif run.replace_local and key not in run.seen and held[1].text != entry.text:
+        store(db, model, key, entry, replace=True)
+        report.replaced += 1
     elif held[1].text == entry.text:
         if held[1].request is None:  # cached by an older synthir: the verified request goes with it now
             store(db, model, key, entry, replace=True)
@@ -334,23 +341,24 @@ def export_cache(
             if (not models or model in models) and (entry.created or 0.0) >= since and (keys is None or key in keys):
                 yield key, model, entry
 
-    counts = Counter(model for _, model, e in selected() if e.request is not None)
-    unverifiable = sum(e.request is None for _, _, e in selected())
-    _check_selection(cache, counts, unverifiable, models, since)
-    total = sum(counts.values())
-    header = {
-        "format": FORMAT,
-        "synthir": __version__,
-        "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "completions": total,
-        "models": dict(sorted(counts.items())),
-    }
-    lines = (_record(key, model, e) for key, model, e in selected() if e.request is not None)
-    if str(path) == "-":
-        _write_lines(sys.stdout, chain([header], lines))
-    else:
-        _check_target(Path(path), total, force)
-        write_jsonl(path, chain([header], lines))
+    with cache.snapshot():  # counts, header and lines from one state of the cache, whoever writes meanwhile
+        counts = Counter(model for _, model, e in selected() if e.request is not None)
+        unverifiable = sum(e.request is None for _, _, e in selected())
+        _check_selection(cache, counts, unverifiable, models, since)
+        total = sum(counts.values())
+        header = {
+            "format": FORMAT,
+            "synthir": __version__,
+            "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "completions": total,
+            "models": dict(sorted(counts.items())),
+        }
+        lines = (_record(key, model, e) for key, model, e in selected() if e.request is not None)
+        if str(path) == "-":
+            _write_lines(sys.stdout, chain([header], lines))
+        else:
+            _check_target(Path(path), total, force)
+            write_jsonl(path, chain([header], lines))
     return Exported(total, unverifiable)
 
 

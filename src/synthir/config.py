@@ -13,8 +13,9 @@ from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .beir import check_split_name
 from .errors import ConfigError, ModelRefError, excerpt
-from .models import check_reference
+from .models import HUB_ID, check_reference
 
 
 def existing_model(value: str) -> str:
@@ -186,19 +187,6 @@ class Bm25Params(Block):
             known = "en, de, nl, fr, es, pt, ..."
             raise ValueError(f"unknown stopword list {excerpt(value)} (bm25s knows {known})") from None
         return value
-
-
-_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def check_split_name(value: str) -> str:
-    """`value` if it is a plain split name (test, dev, train): it names the file qrels/<split>.tsv, so no
-    separator, no `..`, nothing that could lead outside the dataset folder."""
-    if not _SPLIT_NAME.fullmatch(value) or ".." in value:
-        raise ValueError(
-            "a split is a plain name like test, dev or train: letters, digits and _.- (at most 64, no '..')"
-        )
-    return value
 
 
 class EvaluateParams(DeviceParams):
@@ -604,12 +592,6 @@ class ReportParams(Block):
     covers the params under it)."""
 
 
-_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
-_HUB_ID = re.compile(rf"(?!.*--)(?!.*\.\.)(?!.*\.git$){_HUB_PART}/{_HUB_PART}")
-"""huggingface_hub's `validate_repo_id` rules (ASCII, each part 1-96 characters, no `--`/`..`, no `.git` end), with
-the namespace required."""
-
-
 class PublishParams(Block):
     """The evaluated retriever as a folder users can publish (models/published), optionally pushed to the Hub."""
 
@@ -621,7 +603,7 @@ class PublishParams(Block):
     @field_validator("model_id")
     @classmethod
     def _hub_id(cls, value: str | None) -> str | None:
-        if value is not None and not _HUB_ID.fullmatch(value):
+        if value is not None and not HUB_ID.fullmatch(value):
             raise ValueError(
                 "expected a Hub id namespace/name: each part letters, digits and -_. (at most 96), not starting or "
                 f"ending with - or ., without '--' or '..', not ending in .git (got {excerpt(value)})"

@@ -68,5 +68,9 @@ def excerpt(value: object, width: int = 60) -> str:
     """`value` as a message echoes a user's input: its repr cut to `width` characters (a container: its size)."""
     if isinstance(value, list | tuple | dict | set):
         return f"{type(value).__name__} of {len(value)}"
-    text = repr(value[: width + 1] if isinstance(value, str) else value)
+    return shorten(repr(value[: width + 1] if isinstance(value, str) else value), width)
+
+
+def shorten(text: str, width: int = 60) -> str:
+    """`text` cut to `width` characters, the last an ellipsis when it was cut."""
     return text if len(text) <= width else text[: width - 1] + "…"

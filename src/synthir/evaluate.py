@@ -14,7 +14,7 @@ import pytrec_eval
 from .beir import Qrels, check_id, has_split, load_dataset
 from .config import EvaluateParams
 from .errors import DataError, at, excerpt
-from .fileio import atomic_file, decode_line, require_file, write_json
+from .fileio import LineBounds, atomic_file, text_lines, write_json
 from .retrieval import (
     Prefixes,
     Run,
@@ -114,18 +114,15 @@ TREC_LINE_BYTES = 4096
 
 def read_trec_run(path: str | Path) -> Run:
     """A TREC run (`query Q0 doc rank score tag` per line); a malformed line is a DataError naming file and line."""
-    path = require_file(path)
+    path = Path(path)
     run: Run = {}
-    with open(path, "rb") as handle:
-        for lineno, raw in enumerate(iter(lambda: handle.readline(TREC_LINE_BYTES + 1), b""), start=1):
-            if len(raw) > TREC_LINE_BYTES:
-                raise DataError(f"{at(path, lineno)}: line longer than {TREC_LINE_BYTES:,} bytes")
-            fields = decode_line(raw, path, lineno).split()
-            if fields:
-                query_id, doc_id, score = _trec_hit(fields, path, lineno)
-                if doc_id in run.setdefault(query_id, {}):
-                    raise DataError(f"{at(path, lineno)}: document {excerpt(doc_id)} listed twice for this query")
-                run[query_id][doc_id] = score
+    for lineno, line in text_lines(path, LineBounds(TREC_LINE_BYTES)):
+        fields = line.split()
+        if fields:
+            query_id, doc_id, score = _trec_hit(fields, path, lineno)
+            if doc_id in run.setdefault(query_id, {}):
+                raise DataError(f"{at(path, lineno)}: document {excerpt(doc_id)} listed twice for this query")
+            run[query_id][doc_id] = score
     return run
 
 

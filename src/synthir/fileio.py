@@ -107,17 +107,27 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def _swap(new: Path, path: Path) -> None:
-    """Put folder `new` in the place of `path`; the previous `path` is put back if that fails."""
+    """Put folder `new` in the place of `path`; the previous `path` is put back if that fails, and kept where it
+    was moved (named in the error) if even that fails: it is removed only once `path` holds new or old."""
     old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))  # never a user's file
     try:
         os.replace(path, old / path.name)
+    except BaseException:
+        old.rmdir()
+        raise
+    try:
+        os.replace(new, path)
+    except BaseException as exc:
         try:
-            os.replace(new, path)
-        except BaseException:
             os.replace(old / path.name, path)
-            raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)  # a link inside is removed, not followed
+        except OSError as restore:
+            raise OSError(
+                f"{path}: not replaced ({exc}); its previous content is kept in {old / path.name} "
+                f"(putting it back failed: {restore})"
+            ) from exc
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)  # a link inside is removed, not followed
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -186,24 +196,22 @@ def json_lines(path: str | Path, bounds: LineBounds | None = None) -> Iterator[t
     """(line number, object) for each non-blank line; BOM and CRLF tolerant. A bad line raises DataError
     naming file and line: malformed JSON, not an object, bytes that are not UTF-8, a lone surrogate, or (with
     `bounds`) a line or a file that expands past them."""
-    path = require_file(path)
-    with _open_lines(path) as handle:
-        for lineno, raw in _numbered(handle, path, bounds):
-            line = decode_line(raw, path, lineno)
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{lineno}: malformed JSON: {error.msg}") from None
-            except (ValueError, RecursionError) as error:  # a number of thousands of digits, nesting past the stack
-                why = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:80]
-                raise DataError(f"{path}:{lineno}: not JSON this reader accepts ({why})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            if _SURROGATE_ESCAPE.search(line):  # surrogate pairs are fine, lone halves are not
-                check_unicode(record, path, lineno)
-            yield lineno, record
+    path = Path(path)
+    for lineno, line in text_lines(path, bounds):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{lineno}: malformed JSON: {error.msg}") from None
+        except (ValueError, RecursionError) as error:  # a number of thousands of digits, nesting past the stack
+            why = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:80]
+            raise DataError(f"{path}:{lineno}: not JSON this reader accepts ({why})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        if _SURROGATE_ESCAPE.search(line):  # surrogate pairs are fine, lone halves are not
+            check_unicode(record, path, lineno)
+        yield lineno, record
 
 
 @contextlib.contextmanager
@@ -218,7 +226,8 @@ class LineBounds:
     the bound, never in memory)."""
 
     line_bytes: int
-    file_bytes: int
+    file_bytes: int | None = None
+    """None: no bound on the whole file (one that is read line by line, never whole)."""
 
 
 def _numbered(handle: IO[bytes], path: Path, bounds: LineBounds | None = None) -> Iterator[tuple[int, bytes]]:
@@ -232,13 +241,40 @@ def _numbered(handle: IO[bytes], path: Path, bounds: LineBounds | None = None) -
             total += len(raw)
             if bounds and len(raw) > bounds.line_bytes:
                 raise DataError(f"{path}:{lineno}: line longer than {bounds.line_bytes:,} bytes")
-            if bounds and total > bounds.file_bytes:
+            if bounds and bounds.file_bytes is not None and total > bounds.file_bytes:
                 raise DataError(f"{path}:{lineno}: the file expands past {bounds.file_bytes:,} bytes")
             yield lineno, raw
     except (OSError, EOFError, zlib.error) as error:
         if not is_gzip(path):
             raise
         raise DataError(f"{path}:{lineno + 1}: not a readable gzip file ({error})") from None
+
+
+def text_lines(path: str | Path, bounds: LineBounds | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 text file (gzip-compressed for a `.gz` name); a line that is
+    not UTF-8 or past `bounds` is a DataError naming file and line."""
+    path = require_file(path)
+    with _open_lines(path) as handle:
+        for lineno, raw in _numbered(handle, path, bounds):
+            yield lineno, decode_line(raw, path, lineno)
+
+
+def read_json(path: str | Path, what: str, max_bytes: int) -> Any:
+    """A JSON file of at most `max_bytes` holding `what` (named in the errors); DataError naming the file (and
+    line) when it is larger, not UTF-8, not JSON, or JSON this reader refuses (endless digits, deep nesting)."""
+    path = require_file(path)
+    if path.stat().st_size > max_bytes:
+        raise DataError(f"{path}: larger than {max_bytes:,} bytes; not {what}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: not JSON ({what}): {error.msg}") from None
+    except ValueError as error:  # an integer of more than 4300 digits
+        raise DataError(f"{path}: not {what} ({str(error)[:80]})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be {what}") from None
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:

@@ -107,22 +107,16 @@ def _dataset_entry(sources: dict[str, int], dataset: str | None, settings: dict)
 
 SCORES_BYTES = 1 << 20
 """The largest metrics file the publish stage reads (the evaluate stage writes about 1 kB)."""
-_METRIC = re.compile(r"[a-z_]+@\d+")
 
 
 def read_scores(path: Path) -> tuple[dict[str, float], str]:
     """The evaluate stage's metrics file: its scores (metric -> number in [0, 1]) and its split. Anything else
     (not JSON, another shape, NaN, a split that is not a plain name) is a DataError naming the file and key."""
-    from .config import check_split_name
+    from .beir import check_split_name
+    from .fileio import read_json
+    from .scores import METRIC_NAME, check_score
 
-    if path.stat().st_size > SCORES_BYTES:
-        raise DataError(f"{path}: larger than {SCORES_BYTES:,} bytes; not the evaluate stage's metrics")
-    try:
-        evaluated = json.loads(path.read_bytes().decode("utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}: not JSON: {error.msg}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise DataError(f"{path}: not the JSON object the evaluate stage writes ({type(error).__name__})") from None
+    evaluated = read_json(path, "the evaluate stage's metrics", SCORES_BYTES)
     if not isinstance(evaluated, dict):
         raise DataError(f"{path}: expected the JSON object the evaluate stage writes, got {type(evaluated).__name__}")
     split = evaluated.get("split", "test")
@@ -130,12 +124,9 @@ def read_scores(path: Path) -> tuple[dict[str, float], str]:
         check_split_name(split if isinstance(split, str) else "")
     except ValueError as error:
         raise DataError(f"{path}: split: {error} (got {excerpt(split)})") from None
-    scores = {}
-    for key, value in evaluated.items():
-        if _METRIC.fullmatch(key):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise DataError(f"{path}: {key}: {excerpt(value)} is not a score (a number in [0, 1])")
-            scores[key] = float(value)
+    scores = {
+        key: check_score(value, f"{path}: {key}") for key, value in evaluated.items() if METRIC_NAME.fullmatch(key)
+    }
     return scores, split
 
 

@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "pkg:"
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+HUB_ID = re.compile(rf"(?!.*--)(?!.*\.\.)(?!.*\.git$){_HUB_PART}/{_HUB_PART}")
+"""A Hub model id, as huggingface_hub's `validate_repo_id` accepts it (ASCII, each part 1-96 characters, no
+`--`/`..`, no `.git` end), with the namespace required; match with `fullmatch`."""
 MAX_PARTS = 1000
 """Files a `{a..b}` range may name (the bundled generator has 22)."""
 MAX_REFERENCE_CHARS = 4096
@@ -65,7 +68,7 @@ def hub_id(ref: str) -> str | None:
         return BUNDLED_HUB_IDS.get(ref.partition("#")[0])
     if _looks_like_path(ref):
         return None
-    return ref if _HUB_ID.match(ref) else None
+    return ref if HUB_ID.fullmatch(ref) else None
 
 
 def find_package_dir(name: str) -> Path:
@@ -159,7 +162,7 @@ def check_reference(ref: str) -> None:
     elif _looks_like_path(ref):
         if not _exists(Path(ref).expanduser()):
             raise ModelRefError(f"{_shown(ref)}: no such file or folder")
-    elif not _HUB_ID.match(ref):
+    elif not HUB_ID.fullmatch(ref):
         raise ModelRefError(f"{_shown(ref)}: not a local path, a pkg: reference or a hub id like org/name")
 
 

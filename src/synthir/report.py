@@ -9,13 +9,14 @@ served, fresh or from the cache) and the wall time of its stages.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import AdaptParams, AlignParams
 from .errors import DataError, SynthirError, excerpt
+from .fileio import read_json
+from .scores import METRIC_NAME, check_score
 
 STAGE_SECONDS = {
     "generate": ("metrics/generate.json", "seconds"),
@@ -83,24 +84,6 @@ def system_scores(record: dict, system: str, metric: str = "ndcg@10") -> dict[st
 
 JSON_FILE_BYTES = 256 * 2**20
 """The largest experiments export or per-query file read (the study's 73 experiments take 6 MB)."""
-_METRIC_NAME = re.compile(r"[a-z_]+@\d+")
-
-
-def read_json(path: Path, what: str) -> object:
-    """A JSON file of results (`what` says which kind); DataError naming the file (and line) otherwise."""
-    path = Path(path)
-    if path.stat().st_size > JSON_FILE_BYTES:
-        raise DataError(f"{path}: larger than {JSON_FILE_BYTES:,} bytes; not {what}")
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}: not JSON ({what}): {error.msg}") from None
-    except ValueError as error:  # an integer of more than 4300 digits
-        raise DataError(f"{path}: not {what} ({error})") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to be {what}") from None
 
 
 def _expect(value: object, kind: type, where: str) -> object:
@@ -110,13 +93,6 @@ def _expect(value: object, kind: type, where: str) -> object:
     if not isinstance(value, kind):
         raise DataError(f"{where}: expected {_json_type(kind())}, got {_json_type(value)}")
     return value
-
-
-def check_score(value: object, where: str) -> float:
-    """A per-query metric: a number in [0, 1]; DataError naming `where` otherwise (NaN, inf, text, true)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise DataError(f"{where} is {excerpt(value)}; a score is a number in [0, 1]")
-    return float(value)
 
 
 def check_record(record: object, where: str) -> dict:
@@ -192,7 +168,7 @@ def scores_of(spec: str, runs: list[Run], metric: str = "ndcg@10") -> Scores:
 
 
 def _file_scores(path: Path, system: str, metric: str) -> Scores:
-    data = _expect(read_json(path, "per-query scores"), dict, str(path))
+    data = _expect(read_json(path, "per-query scores", JSON_FILE_BYTES), dict, str(path))
     if "systems" in data:
         record = check_record(data, str(path))
         if not record.get("systems"):
@@ -212,7 +188,8 @@ def _sidecar_split(path: Path) -> str | None:
     summary = path.with_name(path.name.removesuffix(".per_query.json") + ".json")
     if summary == path or not summary.is_file():
         return None
-    split = _expect(read_json(summary, "the metrics of an evaluation"), dict, str(summary)).get("split")
+    evaluation = _expect(read_json(summary, "the metrics of an evaluation", JSON_FILE_BYTES), dict, str(summary))
+    split = evaluation.get("split")
     return split if isinstance(split, str) else None
 
 
@@ -238,10 +215,9 @@ def flatten(data: Mapping, prefix: str = "") -> dict[str, object]:
 def load_experiments(path: Path) -> list[Run]:
     """Finished experiments (with an evaluation) from a `dvc exp show --json` export; the newest of a name wins.
     A malformed export is a DataError naming the file and the place in it."""
-    try:
-        entries = read_json(path, "an export of `dvc exp show --json`")
-    except FileNotFoundError:
-        raise SynthirError(f"{path}: not found; export it with `synthir export-experiments`") from None
+    if not Path(path).exists():
+        raise SynthirError(f"{path}: not found; export it with `synthir export-experiments`")
+    entries = read_json(path, "an export of `dvc exp show --json`", JSON_FILE_BYTES)
     if not isinstance(entries, list):
         raise SynthirError(f"{path}: expected the list `dvc exp show --json` writes, got {_json_type(entries)}")
     runs: dict[str, Run] = {}
@@ -290,10 +266,8 @@ def _check_metrics(data: dict, where: str, low: float = 0.0) -> None:
     for key, value in data.items():
         if isinstance(value, dict):
             _check_metrics(value, f"{where}.{key}", -1.0 if key == "delta" else low)
-        elif _METRIC_NAME.fullmatch(str(key)) and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= 1
-        ):
-            raise DataError(f"{where}.{key} is {excerpt(value)}; a score is a number in [{low:g}, 1]")
+        elif METRIC_NAME.fullmatch(str(key)):
+            check_score(value, f"{where}.{key}", low)
 
 
 # The on/off switches of optional blocks: a run from before a block existed ran without it (no `align` block =
@@ -478,7 +452,7 @@ def _json_type(value: object) -> str:
 def _previous_export(path: Path) -> list[dict]:
     """The commits an earlier export wrote to `path`, in the shape `merge_exports` reads; DataError naming the
     file (and the entry) otherwise."""
-    entries = read_json(path, "an export of experiments")
+    entries = read_json(path, "an export of experiments", JSON_FILE_BYTES)
     if not isinstance(entries, list):
         raise DataError(
             f"{path}: expected the array `synthir export-experiments` writes, got {_json_type(entries)}; "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backbones import build_encoder, is_gguf
+from .backbones import build_encoder, check_positions, is_gguf
 from .beir import Corpus, Queries, passage_text
 from .config import Bm25Params
 from .errors import ConfigError, excerpt
@@ -28,15 +28,6 @@ Run = dict[str, dict[str, float]]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """The precisions a stage may encode in (`config.DeviceParams.dtype`)."""
-
-
-def pick_device() -> str:
-    """The best device here: for training's TSDAE step only; stages that encode or score name theirs."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def check_device(device: str, dtype: str, device_key: str = "device", dtype_key: str = "dtype") -> None:
@@ -68,9 +59,11 @@ def load_encoder(
     pooling: str | None = None,
     keep_layers: int = 0,
     block: str = "",
+    length_key: str = "",
 ):
     """A SentenceTransformer from a model reference on `device` in `dtype` (float32 on the CPU by default: the
-    same params encode alike on any machine); errors name `block`'s device and dtype keys. With `pooling` or
+    same params encode alike on any machine); errors name `block`'s device and dtype keys, and `length_key` (else
+    `block`.max_seq_length) when `max_seq_length` is beyond the model's positions. With `pooling` or
     `keep_layers` set, or a GGUF file, it is built from the plain model (`synthir.backbones`)."""
     from sentence_transformers import SentenceTransformer
 
@@ -81,6 +74,7 @@ def load_encoder(
         model = build_encoder(path, pooling or "lasttoken", keep_layers, max_seq_length, device)
     else:
         model = SentenceTransformer(path, device=device)
+    check_positions(model, max_seq_length, length_key or (f"{block}.max_seq_length" if block else "max_seq_length"))
     model.to(_dtype(dtype, next(model.parameters()).dtype))
     if max_seq_length:
         model.max_seq_length = max_seq_length

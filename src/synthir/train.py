@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import add_lora, check_positions, merge_lora, set_attention_dropout
+from .backbones import add_lora, merge_lora, set_attention_dropout
 from .config import FitParams
 from .errors import ConfigError, DataError
 from .examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
@@ -352,8 +352,8 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
         dtype="at_least_float32",
         pooling=params.pooling,
         keep_layers=params.keep_layers,
+        length_key="train.max_seq_length",
     )
-    check_positions(model, params.max_seq_length, "train.max_seq_length")
     if params.attention_dropout is not None and not set_attention_dropout(model, params.attention_dropout):
         raise ConfigError(f"train.attention_dropout: {params.base_model} has no attention dropout synthir can set")
     # a checkpoint resumes only a run from the same starting weights, whatever base_model names (models/adapted

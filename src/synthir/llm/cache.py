@@ -122,7 +122,7 @@ class CompletionCache:
     def __init__(self, path: str | Path | None = None, timeout: float = 60.0) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
         self.timeout = timeout
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by reads inside `snapshot`
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -204,6 +204,19 @@ class CompletionCache:
                 if self._db.in_transaction:  # SQLite has already rolled back after some errors (disk full)
                     self._db.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every read inside the block sees the cache as it was when the block began, whatever
+        other processes write meanwhile (WAL readers see a fixed snapshot)."""
+        with self._lock, self._plainly():
+            self._db.execute("BEGIN DEFERRED")
+            try:
+                self._db.execute("SELECT COUNT(*) FROM completions").fetchone()  # the snapshot starts at a read
+                yield
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
 
     def __len__(self) -> int:
         with self._lock, self._plainly():
