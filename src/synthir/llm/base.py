@@ -18,6 +18,9 @@ Messages = list[dict[str, Any]]
 Prompt = str | Messages
 """What `score_yes_no` takes: a plain prompt or chat messages."""
 
+GREEDY_BELOW = 1e-5
+"""A temperature below this decodes greedily (vLLM's threshold): one answer, however many samples are asked for."""
+
 YES_NO_TOP_K = 20
 """Top log-probs asked for when a backend can only report the most likely first tokens."""
 
@@ -121,6 +124,23 @@ class Completion:
         return [share + (1 if i < extra else 0) for i in range(count)]
 
 
+def is_greedy(sampling: Sampling) -> bool:
+    return sampling.temperature < GREEDY_BELOW
+
+
+def repeated(completion: Completion, n: int) -> Completion:
+    """A greedy completion standing for `n` samples: its one answer `n` times (generated, and counted, once).
+    Servers and engines that refuse n > 1 without sampling (vLLM) are asked once."""
+    if completion.failed or n == 1:
+        return completion
+    return replace(
+        completion,
+        texts=completion.texts * n,
+        logprobs=completion.logprobs * n if completion.logprobs else completion.logprobs,
+        tokens_out_each=completion.per_text_tokens() * n,
+    )
+
+
 @dataclass
 class Usage:
     """Tokens a backend has processed: prompt (of which `cached` came from its prompt cache) and generated."""
@@ -164,10 +184,10 @@ def yes_no_margin(top: Mapping[str, float], floor: float | None = None) -> float
         word = token.strip().lower()
         if word in pooled:
             pooled[word].append(logprob)
-    return _logsumexp(pooled["yes"] or [floor]) - _logsumexp(pooled["no"] or [floor])
+    return logsumexp(pooled["yes"] or [floor]) - logsumexp(pooled["no"] or [floor])
 
 
-def _logsumexp(values: Iterable[float]) -> float:
+def logsumexp(values: Iterable[float]) -> float:
     values = list(values)
     peak = max(values)
     if peak == -math.inf:

@@ -311,6 +311,8 @@ class CacheStats:
     """Generated tokens."""
     first_error: str | None = None
     """The error of the first failed request (or yes/no scoring), for messages and metrics."""
+    engine: str | None = None
+    """Where the backend's calls ran (e.g. `vllm 0.32.0 on cpu`), once one did, for backends that say."""
 
     def as_dict(self) -> dict[str, int | str | None]:
         return asdict(self)
@@ -367,6 +369,7 @@ class CachedBackend:
         for start in range(0, len(tasks), self.batch_size):
             batch = tasks[start : start + self.batch_size]
             results = self.backend.generate([t.request for t in batch])
+            self.stats.engine = getattr(self.backend, "engine", None)
             self.stats.batches += 1
             self.stats.calls += len(batch)
             fresh: list[tuple[str, Entry]] = []
@@ -402,6 +405,7 @@ class CachedBackend:
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             values = self._score([prompts[i] for i in chunk])
+            self.stats.engine = getattr(self.backend, "engine", None)
             self.stats.batches += 1
             self.stats.calls += len(chunk)
             fresh = [

@@ -18,11 +18,12 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import requests
 
-from .base import Completion, LLMError, Prompt, Request, Usage, score_with_logprobs
+from .base import Completion, LLMError, Prompt, Request, Usage, is_greedy, repeated, score_with_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,10 @@ class OpenAICompatBackend:
         return score_with_logprobs(self, prompts, "openai backend")
 
     def _one(self, request: Request) -> Completion:
-        """One request (never raises). n > 1 goes out as one call until the server is known to refuse that."""
+        """One request (never raises). n > 1 goes out as one call until the server is known to refuse that; a
+        greedy one as one call for one answer (vLLM's server refuses greedy n > 1)."""
+        if request.n > 1 and is_greedy(request.sampling):
+            return repeated(self._complete(replace(request, n=1)), request.n)
         if request.n == 1 or self._n_accepted:
             return self._complete(request)
         if self._n_accepted is None:
