@@ -17,12 +17,15 @@ every weight once), prefill as a share of the int8 GEMM peak (each prompt token 
 Levers (join with + to combine): today (params.yaml's settings), slots2 / slots4 (llama.cpp parallel slots),
 draft (speculative decoding with the 0.5B drafting for the 1.5B), native (`--native`: a folder holding
 xllamacpp built for this CPU, see scripts/build_llamacpp_native.sh), small (the 0.5B as generator and judge),
-small_generator (the 0.5B generates, the 1.5B judges), vllm (the vllm backend, vLLM's CPU build: one engine
-serves generator and judge when they are one model; its own defaults, params.yaml's llama.cpp options dropped).
+small_generator (the 0.5B generates, the 1.5B judges), batch32 (32 requests per backend call instead of the
+profile's batch_size: what an engine that batches them, vLLM, can use), vllm (the vllm backend, vLLM's CPU
+build: one engine serves generator and judge when they are one model; its own defaults, params.yaml's llama.cpp
+options dropped).
 
 For vllm levers, vLLM reports no per-phase timings: prefill tok/s is a judge task's evaluated prompt tokens over
 its seconds (one generated token: the task is its prefill), and decode tok/s comes from a probe after the tasks
-(8 and 1 concurrent greedy requests of 64 tokens each on a short prompt). Every lever also reports its load time
+(8 and 1 concurrent greedy requests of 64 tokens each on a short prompt; the decode column and its share of the
+copy bandwidth are the single stream's, which reads every weight once per token). Every lever also reports its load time
 (engine start, for vLLM including the one-off GGUF conversion unless cached) and the peak memory of its process
 tree.
 """
@@ -48,6 +51,7 @@ LEVERS: dict[str, dict] = {
     "small": {"generator": SMALL, "judge": SMALL},
     "small_generator": {"generator": SMALL},
     "vllm": {"backend": "vllm"},
+    "batch32": {"batch_size": 32},
 }
 VLLM_OPTIONS = {"max_model_len": 4096}
 PROBE_TOKENS = 64
@@ -105,11 +109,14 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
     started = time.perf_counter()
     own = lambda options: options if kind == "llamacpp" else dict(VLLM_OPTIONS)  # noqa: E731
     generator_options = {**own(gen.llm.options), **spec["options"], **spec["generator_options"]}
-    generator = open_llm(spec.get("generator", gen.llm.model), generator_options, gen.llm.batch_size)
+    generator = open_llm(
+        spec.get("generator", gen.llm.model), generator_options, spec.get("batch_size", gen.llm.batch_size)
+    )
     judge_model = spec.get("judge", ver.judge.model)
     judge_options = {**own(ver.judge.options), **spec["options"]}
     same = judge_model == spec.get("generator", gen.llm.model) and judge_options == generator_options
-    judge_llm = generator if same else open_llm(judge_model, judge_options, ver.judge.batch_size)
+    judge_batch = spec.get("batch_size", ver.judge.batch_size)
+    judge_llm = generator if same else open_llm(judge_model, judge_options, judge_batch)
     load_seconds = time.perf_counter() - started
 
     tasks: dict[str, dict] = {}
@@ -260,8 +267,9 @@ def rates(task: dict, costs: dict, limits: dict, probe: dict | None = None) -> d
     if timing is None:  # vLLM: a one-token task is all prefill; decode comes from the probe
         one_token = task["tokens_out"] <= task["calls"]
         evaluated = task["tokens_in"] - task["tokens_cached"]
-        prefill = evaluated / task["seconds"] if one_token and task["seconds"] else 0.0
-        decode = None if one_token or probe is None else probe["decode_tok_s_8"]
+        prefill = evaluated / task["seconds"] if one_token and task["seconds"] else None
+        # one stream reads every weight once per token: the probe's single stream is the bandwidth yardstick
+        decode = None if one_token or probe is None else probe["decode_tok_s_1"]
         timing, weights, kernel = {}, costs.get("decode_bytes_per_token_bf16"), "bfloat16"
     else:
         prefill = timing["prompt_n"] / timing["prompt_ms"] * 1000 if timing["prompt_ms"] else 0.0
@@ -275,7 +283,9 @@ def rates(task: dict, costs: dict, limits: dict, probe: dict | None = None) -> d
         "calls_per_s": task["calls"] / task["seconds"] if task["seconds"] else 0.0,
         "prefill_tok_s": prefill,
         "decode_tok_s": decode,
-        "prefill_pct_peak": 100 * prefill * costs["prefill_flops_per_token"] / (peak * 1e9),
+        "prefill_pct_peak": None
+        if prefill is None
+        else 100 * prefill * costs["prefill_flops_per_token"] / (peak * 1e9),
         "decode_pct_bandwidth": None
         if decode is None
         else 100 * decode * (weights or 0) / (limits["copy_gb_per_s"] * 1e9),
@@ -300,9 +310,10 @@ def table(results: dict, costs: dict, limits: dict) -> str:
             same = sum(a == b for a, b in zip(result["outputs"][task], reference, strict=False))
             draft = f", {r['draft_acceptance']:.0%} drafts kept" if r["draft_acceptance"] is not None else ""
             decode = "—" if r["decode_tok_s"] is None else f"{r['decode_tok_s']:.1f} ({r['decode_pct_bandwidth']:.0f}%"
+            prefill = "—" if r["prefill_tok_s"] is None else f"{r['prefill_tok_s']:.0f} ({r['prefill_pct_peak']:.0f}%)"
             rows.append(
                 f"| {name} | {task} | {r['calls_per_s']:.3f} | {stats['tokens_in']} ({r['cached_share']:.0%}) | "
-                f"{stats['tokens_out']} | {r['prefill_tok_s']:.0f} ({r['prefill_pct_peak']:.0f}%) | "
+                f"{stats['tokens_out']} | {prefill} | "
                 f"{decode}{draft}{')' if r['decode_tok_s'] is not None else ''} | {same}/{len(reference)} |"
             )
         calls = sum(t["calls"] for t in result["tasks"].values())

@@ -40,7 +40,10 @@ def test_gpu_preset_merges_into_a_valid_params_file(tmp_path):
         ("syntriever", {"train.batch_size": 60, "align.batch_size": 100, "align.method": "forced_choice"}),
         ("dagr", {"triples.negatives.method": "none", "verify.round_trip.enabled": False}),
         ("drg", {"triples.negatives.method": "llm", "report.metrics": ["ndcg@10", "p@10", "recall@100"]}),
-        ("fast-cpu", {"generate.llm.options": {"n_ctx": 2048, "n_parallel": 2}, "verify.score_queries": False}),
+        (
+            "fast-cpu",
+            {"generate.llm.backend": "vllm", "generate.llm.options": {"n_ctx": 2048}, "verify.score_queries": False},
+        ),
     ],
 )
 def test_paper_presets_merge_into_valid_params(tmp_path, preset, expected):

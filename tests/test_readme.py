@@ -1,15 +1,13 @@
 """The README's experiment commands are valid params: every `-S key=value` of a `dvc exp run` line, with the
 others on its line, passes the same validation as params.yaml."""
 
-import copy
 import re
 import shlex
 
 import pytest
-import yaml
 from ruamel.yaml import YAML
 
-from synthir.config import parse_params
+from synthir.config import parse_params, read_yaml
 from tests.conftest import REPO
 
 _BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
@@ -52,11 +50,17 @@ def test_the_readme_has_experiment_commands():
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if _overrides(c)])
 def test_every_set_param_in_the_readme_is_valid(command, tmp_path, monkeypatch):
+    """Applied as `dvc exp run` applies them (DVC's Hydra overrides: `~key` deletes, `+key` adds)."""
+    from dvc.utils.hydra import apply_overrides
+
     monkeypatch.chdir(REPO)  # relative paths in params (prompts_dir) are relative to the project
-    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
-    for key, value in _overrides(command):
+    params = tmp_path / "params.yaml"
+    params.write_bytes((REPO / "params.yaml").read_bytes())
+    overrides = [args for i, args in enumerate(shlex.split(command)) if i and shlex.split(command)[i - 1] == "-S"]
+    for n, override in enumerate(overrides):
+        key, _, value = override.partition("=")
         if key == "dataset.path":  # the README makes this folder first
             (tmp_path / value).mkdir()
-            value = str(tmp_path / value)
-        _set(params, key, value)
-    parse_params(params, f"README: {command}")
+            overrides[n] = f"{key}={tmp_path / value}"
+    apply_overrides(params, overrides)
+    parse_params(read_yaml(params), f"README: {command}")

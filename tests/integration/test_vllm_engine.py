@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,18 @@ def _spearman(a: list[float], b: list[float]) -> float:
     ra, rb = rank(a), rank(b)
     n = len(a)
     return 1 - 6 * sum((ra[i] - rb[i]) ** 2 for i in range(n)) / (n * (n * n - 1))
+
+
+def test_a_process_that_used_the_engine_exits_when_it_is_done(tmp_path):
+    """A stage never closes its backend: it writes its outputs and returns. Python joins its child processes at
+    exit, and vLLM's engine process runs until told to stop: the backend must stop it, or the stage hangs."""
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "from synthir.llm import Request, Sampling, make_backend\n"
+        "if __name__ == '__main__':\n"
+        f"    backend = make_backend('vllm', {SMALL_QWEN!r}, **{ENGINE!r})\n"
+        "    (done,) = backend.generate([Request(prompt='One, two,', sampling=Sampling(max_tokens=4))])\n"
+        "    print('generated', not done.failed)\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "generated True" in run.stdout, run.stderr[-2000:]

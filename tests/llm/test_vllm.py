@@ -145,6 +145,12 @@ def test_the_engine_starts_on_first_use_with_cpu_defaults(fake_vllm, monkeypatch
     assert backend.engine == "vllm fake on cpu"
 
 
+def test_a_llamacpp_profile_switches_backend_with_one_key(fake_vllm) -> None:
+    backend = make_backend("vllm", "org/model", n_ctx=2048)  # params.yaml's llamacpp options, backend: vllm
+    assert backend.options["max_model_len"] == 2048 and "n_ctx" not in backend.options
+    assert make_backend("vllm", "org/model", n_ctx=2048, max_model_len=4096).options["max_model_len"] == 4096
+
+
 def test_on_a_gpu_the_engine_takes_its_memory_share(fake_vllm, monkeypatch) -> None:
     monkeypatch.setattr(vllm_backend, "detect_device", lambda: "cuda")
     backend = make_backend("vllm", "org/model", tensor_parallel_size=2, gpu_memory_utilization=0.5)

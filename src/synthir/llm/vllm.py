@@ -12,6 +12,7 @@ tokens on a 2-core machine). vllm is imported only here.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import math
@@ -60,8 +61,11 @@ class VLLMBackend:
         model_id: str | None = None,
         kv_cache_gib: float | None = None,
         cpu_threads_bind: str = "all",
+        n_ctx: int | None = None,
         **llm_options: Any,
     ) -> None:
+        """`n_ctx` is llama.cpp's name for `max_model_len`, taken so that a profile switches backend with one key
+        (`max_model_len`, if given too, wins)."""
         if importlib.util.find_spec("vllm") is None:
             raise LLMError(f"vllm backend needs vllm: {INSTALL}")
         if not _BINDING.fullmatch(str(cpu_threads_bind)):
@@ -81,8 +85,8 @@ class VLLMBackend:
             "dtype": dtype,
             **llm_options,
         }
-        if max_model_len is not None:
-            options["max_model_len"] = max_model_len
+        if max_model_len is not None or n_ctx is not None:
+            options["max_model_len"] = max_model_len if max_model_len is not None else n_ctx
         if self.device == "cuda":
             options["gpu_memory_utilization"] = gpu_memory_utilization
         else:  # vLLM would read gpu_memory_utilization as a share of the machine's RAM
@@ -126,14 +130,17 @@ class VLLMBackend:
                 f"{_advice(self.device)}"
             ) from None
         self._vllm = vllm
+        # Python joins a process's children at exit, and vLLM's engine process runs until told to stop: without
+        # this a stage that has written its outputs never exits (atexit runs this before that join).
+        atexit.register(self.close)
         return llm
 
     def close(self) -> None:
-        """Stop the engine's processes (they also stop when this process exits)."""
+        """Stop the engine's processes; also done when this process exits. Safe to call twice."""
         core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
+        self._llm = None
         if core is not None:
             core.shutdown()
-        self._llm = None
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
