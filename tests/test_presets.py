@@ -23,7 +23,12 @@ def test_gpu_preset_merges_into_a_valid_params_file(tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", params)
     merged = apply_preset(REPO / "presets" / "gpu.yaml", params)
-    assert merged["generate"]["llm"]["options"] == {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.9}
+    assert merged["generate"]["llm"]["options"] == {
+        "tensor_parallel_size": 1,
+        "gpu_memory_utilization": 0.9,
+        "max_model_len": 4096,
+    }
+    assert yaml.safe_load(params.read_text())["verify"]["round_trip"]["query_prefix"] == "query: "  # e5's prefixes
     assert merged["generate"]["doc2query"]["few_shot"] == 2  # kept from params.yaml
     assert yaml.safe_load(params.read_text())["train"]["query_prefix"] == "query: "
     from synthir.config import load_params
@@ -173,3 +178,31 @@ def test_an_alias_bomb_preset_is_refused_and_params_untouched(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1].startswith(f"error: {preset}:7: this value holds more than 100,000 values")
     assert params.read_text() == before
+
+
+def llm_blocks(node: object, path: str = ""):
+    """(key path, block) of every LLM block (one with a `backend`) in a parsed preset."""
+    if isinstance(node, dict):
+        if "backend" in node:
+            yield path, node
+        for key, value in node.items():
+            yield from llm_blocks(value, f"{path}.{key}".lstrip("."))
+
+
+# SciFact's longest rendered prompt in llm-cache/ is 1,055 tokens; the GPU presets generate up to 256 more.
+LONGEST_REQUEST = 1_055 + 256
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "presets").glob("*.yaml")))
+def test_every_local_engine_in_a_preset_has_a_context_that_fits_both_the_prompts_and_the_card(preset):
+    """vLLM sizes its KV cache for the model's whole context unless told: Llama-3.1-8B's 131,072 tokens need 16 GiB
+    for one sequence (128 KiB per token), more than a 40 GB card has left after the weights."""
+    kv_bytes_per_token = 2 * 32 * 8 * 128 * 2  # K and V x layers x KV heads x head dim x bf16 (Llama-3.1-8B)
+    for path, block in llm_blocks(yaml.safe_load((REPO / "presets" / f"{preset}.yaml").read_text())):
+        if block["backend"] not in ("vllm", "llamacpp"):
+            continue
+        options = block.get("options") or {}
+        context = options.get("max_model_len", options.get("n_ctx"))
+        assert context is not None, f"{preset}: {path}.options sets no max_model_len"
+        assert LONGEST_REQUEST <= context <= 8192, path
+        assert context * kv_bytes_per_token <= 2**30, path  # a sequence's KV cache within 1 GiB

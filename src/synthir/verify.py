@@ -74,17 +74,25 @@ def self_verify(sets: list[dict], scores: list[float | None], margin: float) -> 
 
 
 def round_trip_ranks(
-    model, corpus: Corpus, queries: list[str], doc_ids: list[str], k: int, batch_size: int = 32
+    model,
+    corpus: Corpus,
+    queries: list[str],
+    doc_ids: list[str],
+    k: int,
+    batch_size: int = 32,
+    query_prefix: str = "",
+    passage_prefix: str = "",
 ) -> list[int | None]:
-    """1-based rank of each query's source document in the model's top-k over the whole corpus (None: absent)."""
+    """1-based rank of each query's source document in the model's top-k over the whole corpus (None: absent);
+    the prefixes are what the model expects before each (e5: `query: `, `passage: `)."""
     from .retrieval import encode, encode_passages, top_k
 
     if not queries:
         return []
     ids = list(corpus)
     position = {d: i for i, d in enumerate(ids)}
-    doc_emb = encode_passages(model, [passage_text(corpus[d]) for d in ids], batch_size)
-    query_emb = encode(model, queries, batch_size, desc="round-trip queries")
+    doc_emb = encode_passages(model, [passage_text(corpus[d]) for d in ids], batch_size, passage_prefix)
+    query_emb = encode(model, queries, batch_size, query_prefix, desc="round-trip queries")
     _, index = top_k(query_emb, doc_emb, k)
     ranks = []
     for row, doc_id in zip(index.tolist(), doc_ids, strict=True):
@@ -93,12 +101,15 @@ def round_trip_ranks(
     return ranks
 
 
-def fused_candidates(model, corpus: Corpus, queries: list[str], k: int, batch_size: int) -> list[list[str]]:
+def fused_candidates(
+    model, corpus: Corpus, queries: list[str], k: int, batch_size: int, query_prefix: str = "", passage_prefix: str = ""
+) -> list[list[str]]:
     """Each query's top k documents by reciprocal rank fusion of BM25 and a dense model over the corpus."""
-    from .retrieval import bm25_search, dense_search, reciprocal_rank_fusion
+    from .retrieval import Prefixes, bm25_search, dense_search, reciprocal_rank_fusion
 
     named = {str(i): text for i, text in enumerate(queries)}
-    runs = [bm25_search(corpus, named, k), dense_search(model, corpus, named, k, batch_size)]
+    dense = dense_search(model, corpus, named, k, batch_size, Prefixes(query_prefix, passage_prefix))
+    runs = [bm25_search(corpus, named, k), dense]
     fused = reciprocal_rank_fusion(runs, depth=k)
     return [list(fused.get(str(i), {})) for i in range(len(queries))]
 
@@ -116,6 +127,26 @@ def relabel_positive(record: dict, candidates: list[str], scores: list[float], m
     if worst is not None and scores[worst] < max_negative:
         relabeled["hard_negative_id"] = candidates[worst]
     return relabeled
+
+
+def make_room_for_encoders(backend: CachedBackend | None, device: str) -> None:
+    """A vLLM judge reserves most of a GPU (`gpu_memory_utilization`), so verify's encoders could not load beside it:
+    stop it first when both would share a GPU. All encoding (round trip, Gecko's candidates) runs between the judge's
+    two phases, so its next uncached call restarts it once at most."""
+    if backend is not None and backend.on_gpu and device.startswith("cuda"):
+        log.info("verify: stopping the judge's engine so that the encoders fit on %s; it restarts when needed", device)
+        backend.release()
+
+
+def free_encoder_memory(device: str) -> None:
+    """Give the encoders' cached GPU blocks back, so that a restarted judge engine finds them free."""
+    import gc
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        gc.collect()  # the encoders are unreachable once their step returns
+        torch.cuda.empty_cache()
 
 
 def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_path: Path, backend=None) -> dict:
@@ -158,6 +189,8 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
         if params.min_query_score is not None:
             queries = [q for q in queries if q["score"] >= params.min_query_score]
     counts["dropped_by_score"] = counts["queries_in"] - len(queries)
+    if (params.round_trip.enabled or params.gecko.enabled) and queries:
+        make_room_for_encoders(backend, params.device)
     if params.round_trip.enabled and queries:
         rt = params.round_trip
         ranks = round_trip_ranks(
@@ -167,15 +200,27 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
             [q["doc_id"] for q in queries],
             rt.k,
             rt.batch_size,
+            rt.query_prefix,
+            rt.passage_prefix,
         )
         kept = [{**q, "round_trip_rank": r} for q, r in zip(queries, ranks, strict=True) if r is not None]
         counts["dropped_by_round_trip"] = len(queries) - len(kept)
         queries = kept
+        free_encoder_memory(params.device)
     counts["queries_kept"] = len(queries)
     if params.gecko.enabled and queries:
         gecko = params.gecko
         backend = backend or open_backend(params.judge)
-        found = fused_candidates(encoder(gecko.model), corpus, [q["query"] for q in queries], gecko.k, gecko.batch_size)
+        found = fused_candidates(
+            encoder(gecko.model),
+            corpus,
+            [q["query"] for q in queries],
+            gecko.k,
+            gecko.batch_size,
+            gecko.query_prefix,
+            gecko.passage_prefix,
+        )
+        free_encoder_memory(params.device)  # before the judge's engine starts again
         candidates = [
             [q["doc_id"], *(d for d in c if d != q["doc_id"])][: gecko.k + 1]
             for q, c in zip(queries, found, strict=True)

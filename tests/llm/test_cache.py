@@ -305,3 +305,25 @@ def test_stats_count_prompt_tokens_the_backend_reused(tmp_path: Path) -> None:
     assert (cached.stats.tokens_in, cached.stats.tokens_cached, cached.stats.tokens_out) == (45 + 17, 28 + 4, 6 + 2)
     cached.score_yes_no(["Query: a"])  # a cache hit costs no tokens
     assert cached.stats.tokens_in == 62
+
+
+def test_release_stops_the_engine_and_the_next_miss_reaches_the_backend_again(tmp_path: Path) -> None:
+    class ClosableBackend(ScriptedBackend):
+        """Test double: a backend that records being stopped."""
+
+        device = "cuda:0"
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    inner = ClosableBackend()
+    backend = CachedBackend(inner, CompletionCache(tmp_path / "c.sqlite"))
+    backend.generate([Request(prompt="a")])
+    backend.release()
+    assert inner.closed == 1 and backend.on_gpu
+    backend.generate([Request(prompt="a"), Request(prompt="b")])
+    assert [r.prompt for r in inner.requests] == ["a", "b"]  # "a" from the cache, "b" from the (restarted) backend
+    plain = CachedBackend(ScriptedBackend(), CompletionCache(tmp_path / "d.sqlite"))
+    plain.release()  # nothing to stop
+    assert not plain.on_gpu

@@ -292,3 +292,99 @@ def test_relabel_positive_keeps_the_source_on_ties():
     assert (worse_source["positive_doc_id"], worse_source["hard_negative_id"]) == ("a", "c")
     all_relevant = relabel_positive(record, ["b", "a", "c"], [2.0, 1.0, 0.5])  # a yes everywhere: no negative
     assert "hard_negative_id" not in all_relevant and all_relevant["relevant_ids"] == ["a", "c"]
+
+
+class GPUJudge(ScriptedLLM):
+    """Test double: a judge whose engine "runs on a GPU" and logs when it scores and when it is stopped."""
+
+    device = "cuda"
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def score_yes_no(self, prompts):
+        self.events.append("judge")
+        return super().score_yes_no(prompts)
+
+    def close(self) -> None:
+        self.events.append("stop engine")
+
+
+def gpu_verify(tmp_path, monkeypatch, tiny_encoder, device: str):
+    """verify on a faked GPU (test double: no device check; the encoders load on the CPU), with every judging task
+    and a Gecko step; returns the order of judge calls, engine stops and encoder loads."""
+    import synthir.retrieval
+
+    events: list[str] = []
+    real = synthir.retrieval.load_encoder
+    monkeypatch.setattr(synthir.retrieval, "check_device", lambda *a, **k: None)
+    monkeypatch.setattr(
+        synthir.retrieval, "load_encoder", lambda ref, **k: events.append("load encoder") or real(ref, device="cpu")
+    )
+    corpus = [dict(d) for d in CORPUS]
+    corpus[7]["text"] += " RELEVANT"
+    folder = write_beir(tmp_path / "data", corpus, QUERIES, QRELS)
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    (generated / "doc2query.jsonl").write_text(json.dumps({"id": "d3-q0", "doc_id": "d3", "query": "subject7"}) + "\n")
+    (generated / "query_negative.jsonl").write_text(
+        json.dumps({"id": "n", "query_id": "d3-q0", "query": "subject7", "negative": "a miss"}) + "\n"
+    )
+    verify = VerifyParams.model_validate(
+        {
+            "judge": {"backend": "hf", "model": "org/unused"},
+            "device": device,
+            "round_trip": {"model": tiny_encoder, "k": len(CORPUS)},
+            "gecko": {"enabled": True, "k": 3, "model": tiny_encoder},
+        }
+    )
+    verify_outputs(verify, folder, generated, tmp_path / "v", tmp_path / "v.json", cached(GPUJudge(events), tmp_path))
+    return events
+
+
+def test_verify_stops_a_gpu_judge_before_its_encoders_load(tmp_path, monkeypatch, tiny_encoder):
+    """A vLLM judge holds 90% of the GPU: the encoders (round trip, Gecko) load only after it stopped, all between
+    the judge's two phases, so the engine restarts once."""
+    events = gpu_verify(tmp_path, monkeypatch, tiny_encoder, "cuda")
+    assert events == ["judge", "stop engine", "load encoder", "load encoder", "judge", "judge"]
+
+
+def test_verify_keeps_the_judge_running_when_the_encoders_are_on_the_cpu(tmp_path, monkeypatch, tiny_encoder):
+    events = gpu_verify(tmp_path, monkeypatch, tiny_encoder, "cpu")
+    assert "stop engine" not in events and events.count("load encoder") == 2
+
+
+def test_round_trip_and_gecko_encode_with_the_models_prefixes(data, tmp_path, tiny_encoder, monkeypatch):
+    """e5 expects `query: ` / `passage: `: the round-trip filter and Gecko's dense candidates add them."""
+    import synthir.retrieval
+
+    seen: list[str] = []
+    passage_prefixes: list[str] = []
+    encode, encode_passages = synthir.retrieval.encode, synthir.retrieval.encode_passages
+
+    def spy(model, texts, batch_size, prefix="", desc=""):
+        seen.extend(prefix + t for t in texts if desc != "corpus")
+        return encode(model, texts, batch_size, prefix, desc)
+
+    def passages_spy(model, texts, batch_size, prefix="", cache=True):  # the corpus may come from the cache
+        passage_prefixes.append(prefix)
+        return encode_passages(model, texts, batch_size, prefix, cache)
+
+    monkeypatch.setattr(synthir.retrieval, "encode", spy)
+    monkeypatch.setattr(synthir.retrieval, "encode_passages", passages_spy)
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    (generated / "doc2query.jsonl").write_text(json.dumps({"id": "d3-q0", "doc_id": "d3", "query": "subject3"}) + "\n")
+    prefixes = {"query_prefix": "query: ", "passage_prefix": "passage: "}
+    verify = VerifyParams.model_validate(
+        {
+            "judge": {"backend": "hf", "model": "org/unused"},
+            "score_queries": False,
+            "round_trip": {"model": tiny_encoder, "k": len(CORPUS), **prefixes},
+            "gecko": {"enabled": True, "k": 3, "model": tiny_encoder, **prefixes},
+        }
+    )
+    verify_outputs(verify, data, generated, tmp_path / "v", tmp_path / "v.json", cached(ScriptedLLM(), tmp_path))
+    assert seen == ["query: subject3"] * 2  # the round trip's, then Gecko's
+    assert passage_prefixes == ["passage: "] * 2

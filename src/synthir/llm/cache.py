@@ -392,6 +392,18 @@ class CachedBackend:
             self.cache.put_many(self.model_id, fresh)
         return [self._assemble(r, row, errors.get(i)) for i, (r, row) in enumerate(zip(requests, samples, strict=True))]
 
+    def release(self) -> None:
+        """Stop the engine and free the memory it holds (a vLLM engine reserves most of a GPU); the next request the
+        cache misses starts it again. A no-op for a backend that holds nothing to free."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the engine runs on a CUDA device (what `release` frees is GPU memory)."""
+        return str(getattr(self.backend, "device", "")).startswith("cuda")
+
     def score_yes_no(self, prompts: Sequence[Prompt]) -> list[float]:
         """Cached like samples (sampling marker `score_yes_no`); the score is stored as the text."""
         if not callable(getattr(self.backend, "score_yes_no", None)):

