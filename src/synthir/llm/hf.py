@@ -1,11 +1,14 @@
-"""transformers backend: batched `generate` with left padding, chat templates, CPU or GPU (bf16).
+"""transformers backend: batched `generate` with left padding, chat templates, CPU or GPU (bf16 where it runs).
 
 Sampling is reproducible per sample: each output row draws its Gumbel noise from its own generator seeded with
-`sampling.seed + j` (sample j of a request), so a sample does not depend on the batch it ran in.
+`sampling.seed + j` (sample j of a request), so a sample does not depend on the batch it ran in. Only synthir's
+`Sampling` decides decoding: the model's own generation config (a repetition penalty, top-k, beams...) is dropped
+at load, keeping its special token ids.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from collections.abc import Sequence
@@ -15,6 +18,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteria,
@@ -22,9 +26,13 @@ from transformers import (
 )
 
 from ..models import resolve
+from ..retrieval import DTYPES, check_device, gpu_runs_bfloat16
 from .base import Completion, LLMError, Prompt, Request, Usage, generate_isolating
 
 log = logging.getLogger(__name__)
+
+_SPECIAL_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+"""What the backend keeps of a model's generation config: which tokens start, pad and end a text."""
 
 _YES_NO = {"yes": ("yes", "Yes", "YES", " yes", " Yes", " YES"), "no": ("no", "No", "NO", " no", " No", " NO")}
 
@@ -79,25 +87,24 @@ class HFBackend:
         model_id: str | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        if dtype not in ("float32", "float16", "bfloat16"):
-            raise LLMError(f"hf backend: dtype must be auto, float32, float16 or bfloat16, got '{dtype}'")
+        self.device = _device(device)
+        dtype = _dtype(dtype, self.device)
         path = resolve(model)
         self.model_id = model_id or model
         self.scoring_usage = Usage()
         self.batch_size = batch_size
-        self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        ).to(self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(  # straight to the device, not via host memory
+            path, dtype=DTYPES[dtype], device_map=self.device, trust_remote_code=trust_remote_code
+        )
         self.model.eval()
+        self.model.generation_config = _token_ids_only(self.model.generation_config)
+        forward = inspect.signature(self.model.forward).parameters
+        self._takes_position_ids = "position_ids" in forward
+        self._takes_logits_to_keep = "logits_to_keep" in forward
         self._yes_no: dict[str, list[int]] | None = None
 
     def __repr__(self) -> str:
@@ -121,13 +128,24 @@ class HFBackend:
         for start in range(0, len(prompts), self.batch_size):
             batch = self._encode(prompts[start : start + self.batch_size])
             self.scoring_usage.tokens_in += int(batch["attention_mask"].sum())
-            with torch.inference_mode():
-                logits = self.model(**batch).logits[:, -1, :].float()
-            logprobs = logits.log_softmax(dim=-1)
+            logprobs = self._last_logits(batch).float().log_softmax(dim=-1)
             yes = logprobs[:, ids["yes"]].logsumexp(dim=-1)
             no = logprobs[:, ids["no"]].logsumexp(dim=-1)
             scores.extend((yes - no).tolist())
         return scores
+
+    def _last_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each row's next-token logits from one forward pass without a KV cache, computing the vocabulary
+        projection for the last position alone (all positions at batch 16 x 1,024 tokens x 152k vocabulary are
+        ~5 GB in bfloat16). Position ids count from each row's first real token, as `generate` counts them, so a
+        left-padded row scores as it does alone (models with absolute positions, e.g. GPT-2, depend on it)."""
+        inputs: dict[str, Any] = {**batch, "use_cache": False}
+        if self._takes_position_ids:
+            inputs["position_ids"] = _position_ids(batch["attention_mask"])
+        if self._takes_logits_to_keep:
+            inputs["logits_to_keep"] = 1
+        with torch.inference_mode():
+            return self.model(**inputs).logits[:, -1, :]
 
     def _render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
@@ -228,6 +246,46 @@ class HFBackend:
                     raise LLMError(f"hf backend: no single token for '{word}' in the vocabulary of {self.model_id}")
             self._yes_no = found
         return self._yes_no
+
+
+def _device(name: str) -> torch.device:
+    """`auto` (cuda when torch sees a GPU), cpu, cuda or cuda:N; refused here when this machine lacks it."""
+    wrong = f"hf backend: options.device must be auto, cpu, cuda or cuda:N, got {name!r:.80}"
+    if not isinstance(name, str):
+        raise LLMError(wrong)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LLMError(wrong) from None
+    if device.type not in ("cpu", "cuda"):
+        raise LLMError(wrong)
+    check_device(device.type, "float32", "hf backend: options.device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise LLMError(f"hf backend: options.device is {name}, but torch sees {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def _dtype(name: str, device: torch.device) -> str:
+    """`auto`: float32 on a CPU (the reference arithmetic), bfloat16 on a GPU that runs it natively, else float16."""
+    if name == "auto":
+        name = "float32" if device.type == "cpu" else "bfloat16" if gpu_runs_bfloat16() else "float16"
+    if not isinstance(name, str) or name not in DTYPES:
+        raise LLMError(f"hf backend: options.dtype must be auto, {', '.join(DTYPES)}, got {name!r:.80}")
+    check_device(device.type, name, "hf backend: options.device", "hf backend: options.dtype")
+    return name
+
+
+def _token_ids_only(config: GenerationConfig) -> GenerationConfig:
+    """A generation config holding only the model's special token ids: `generate` fills every setting left unset
+    from the model's config, so a shipped repetition penalty, top-k or beam count would otherwise change texts."""
+    return GenerationConfig(**{key: getattr(config, key, None) for key in _SPECIAL_TOKEN_KEYS})
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2... from each row's first real token (padding gets 0), as `generate` derives them."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
 
 def _group_key(request: Request) -> tuple:
