@@ -108,7 +108,7 @@ def test_gpu_presets_encode_on_cuda_in_bfloat16():
 
 
 def test_cuda_without_a_gpu_names_the_key(no_gpu, tiny_encoder):
-    from synthir.retrieval import check_device
+    from synthir.devices import check_device
 
     with pytest.raises(ConfigError, match=rf"^align.device {NO_GPU}$"):
         load_encoder(tiny_encoder, device="cuda", block="align")
@@ -117,7 +117,7 @@ def test_cuda_without_a_gpu_names_the_key(no_gpu, tiny_encoder):
 
 
 def test_bfloat16_on_a_gpu_without_it_names_the_dtype_key(monkeypatch):
-    from synthir.retrieval import check_device
+    from synthir.devices import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)

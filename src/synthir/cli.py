@@ -45,8 +45,9 @@ def _flag_problem(item: dict) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .devices import check_device
     from .evaluate import evaluate_dense
-    from .retrieval import Prefixes, check_device, load_encoder
+    from .retrieval import Prefixes, load_encoder
 
     settings = _settings(args)
     check_device(settings.device, settings.dtype, "--device", "--dtype")

@@ -116,8 +116,8 @@ def cross_encoder_pairs(
     """A CrossEncoder's scores of (query, passage) pairs, run on `device` in `dtype` (explicit, as every encoder)."""
     from sentence_transformers import CrossEncoder
 
+    from .devices import DTYPES
     from .models import resolve
-    from .retrieval import DTYPES
 
     path = resolve(model_ref)
     require_cross_encoder(model_ref, path)

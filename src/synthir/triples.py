@@ -126,9 +126,10 @@ def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str
     from pathlib import Path
 
     from .beir import has_split, load_dataset
+    from .devices import check_device
     from .errors import ConfigError
     from .fileio import read_jsonl, write_json, write_jsonl
-    from .retrieval import check_device, encoder_record
+    from .retrieval import encoder_record
 
     started = time.perf_counter()
     check_device(params.device, params.dtype, "triples.device", "triples.dtype")

@@ -154,9 +154,10 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     import time
 
     from .beir import load_corpus
+    from .devices import check_device
     from .fileio import read_jsonl, write_json, write_jsonl
     from .prompting import load_template
-    from .retrieval import check_device, encoder_record, load_encoder
+    from .retrieval import encoder_record, load_encoder
 
     started = time.perf_counter()
     check_device(params.device, params.dtype, "verify.device", "verify.dtype")  # before any LLM call

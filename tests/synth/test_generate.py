@@ -314,11 +314,12 @@ class GPUJudge(ScriptedLLM):
 def gpu_verify(tmp_path, monkeypatch, tiny_encoder, device: str):
     """verify on a faked GPU (test double: no device check; the encoders load on the CPU), with every judging task
     and a Gecko step; returns the order of judge calls, engine stops and encoder loads."""
+    import synthir.devices
     import synthir.retrieval
 
     events: list[str] = []
     real = synthir.retrieval.load_encoder
-    monkeypatch.setattr(synthir.retrieval, "check_device", lambda *a, **k: None)
+    monkeypatch.setattr(synthir.devices, "check_device", lambda *a, **k: None)
     monkeypatch.setattr(
         synthir.retrieval, "load_encoder", lambda ref, **k: events.append("load encoder") or real(ref, device="cpu")
     )

@@ -25,8 +25,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from ..devices import DTYPES, check_device, gpu_runs_bfloat16
 from ..models import resolve
-from ..retrieval import DTYPES, check_device, gpu_runs_bfloat16
 from .base import Completion, LLMError, Prompt, Request, Usage, generate_isolating
 
 log = logging.getLogger(__name__)
