@@ -137,6 +137,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, 
     from safetensors.torch import load_file
 
     settings = {"base_model": tiny_encoder, "batch_size": 4, "epochs": 2, "lr": 1e-3, "checkpoint_steps": 2}
+    settings["log_every"] = 1  # step 5 is logged before the kill: the resumed run must rewind it
     params = TrainParams(**settings)  # dropout on: the checkpoint must restore the random state too
     whole = train(params, triples, tmp_path / "whole", tmp_path / "live-whole", tmp_path / "ckpt-whole")
     assert whole["steps"] == 6 and whole["resumed_from_step"] == 0
@@ -355,3 +356,20 @@ def test_bad_logging_and_machine_params_name_the_key(edit, message):
     params["train"].update(edit)
     with pytest.raises(ConfigError, match=message):
         parse_params(params)
+
+
+def test_processes_that_disagree_on_the_run_or_its_checkpoint_stop_with_one_line(monkeypatch):
+    """Machines read their own triples, params and checkpoints: a difference would train mismatched batches."""
+    import accelerate.utils
+
+    from synthir.errors import ConfigError
+    from synthir.train import agreed
+
+    class TwoProcesses:  # a test double: what `agreed` reads of a 2-process run's accelerator
+        num_processes = 2
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda values: ["step-4", "no checkpoint"])
+    with pytest.raises(ConfigError, match=r"^train: process 1 resumes elsewhere \('no checkpoint' against 'step-4'\)$"):
+        agreed(TwoProcesses(), "step-4", "resumes elsewhere")
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda values: values * 2)
+    assert agreed(TwoProcesses(), "4f2a", "differs") == "4f2a"

@@ -107,7 +107,7 @@ MACHINE_RANK, MAIN_ADDRESS, MAIN_PORT = "SYNTHIR_MACHINE_RANK", "SYNTHIR_MAIN_AD
 MACHINE_VARIABLES = (MACHINE_RANK, MAIN_ADDRESS, MAIN_PORT)
 DEFAULT_MAIN_PORT = 29500
 """The port of a run over several machines when SYNTHIR_MAIN_PORT is unset (accelerate's and torchrun's)."""
-_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_HOST = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
 def accelerate_arguments(train, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -168,7 +168,7 @@ def _machine_rank(value: str, machines: int) -> int:
 
 
 def _address(value: str) -> str:
-    if not _HOST.match(value):
+    if not _HOST.fullmatch(value):  # fullmatch: `$` would let a final newline through
         raise ConfigError(
             f"{MAIN_ADDRESS}: {excerpt(value)} is not a host name or IPv4 address (letters, digits, '.' and '-')"
         )

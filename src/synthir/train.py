@@ -33,7 +33,7 @@ import torch
 
 from .backbones import add_lora, merge_lora, set_attention_dropout
 from .config import FitParams
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, excerpt
 from .examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
 from .losses import DISTILLATION_LOSSES, BatchLoss, Margins, Slots, batch_loss, host_to_device
 from .model_card import describe_training, set_prompts
@@ -398,7 +398,13 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # what the run computes: not how it was launched (train.launch), but the number of processes (random states)
     settings = {**computed_settings(params), "processes": accelerator.num_processes, "start": start}
-    state_dir = checkpoints / same_run_everywhere(accelerator, run_hash(settings, triples))
+    run_id = agreed(  # processes on several machines must train the same batches from the same weights
+        accelerator,
+        run_hash(settings, triples),
+        "trains another run than process 0 (its params, triples or base model differ; every machine needs the "
+        "same params.yaml, code and data)",
+    )
+    state_dir = checkpoints / run_id
     return Run(
         params,
         accelerator,
@@ -424,19 +430,16 @@ def builders_first(accelerator) -> Iterator[None]:
         yield
 
 
-def same_run_everywhere(accelerator, run: str) -> str:
-    """`run` (the run hash) if every process computed the same one: processes on several machines must train
-    the same triples with the same settings and starting weights, or their batches would not match."""
+def agreed(accelerator, value: str, differs: str) -> str:
+    """`value` if every process holds the same; else a ConfigError saying how the first process that differs
+    from process 0 `differs` (the processes of several machines each read their own files)."""
     from accelerate.utils import gather_object
 
-    hashes = gather_object([run]) if accelerator.num_processes > 1 else [run]
-    if len(set(hashes)) > 1:
-        differing = [rank for rank, other in enumerate(hashes) if other != hashes[0]]
-        raise ConfigError(
-            f"train: process {differing[0]} trains another run than process 0 (its params, triples or base model "
-            "differ): every machine needs the same params.yaml, code and data"
-        )
-    return run
+    values = gather_object([value]) if accelerator.num_processes > 1 else [value]
+    other = next((rank for rank, seen in enumerate(values) if seen != values[0]), None)
+    if other is not None:
+        raise ConfigError(f"train: process {other} {differs} ({excerpt(values[other])} against {excerpt(values[0])})")
+    return value
 
 
 def end_distributed() -> None:
@@ -649,6 +652,12 @@ def _save_checkpoint(accelerator, state_dir: Path, step: int) -> None:
 
 def _resume(accelerator, state_dir: Path) -> int:
     saved = _checkpoints(state_dir)
+    agreed(  # before any process loads: loading waits for the others
+        accelerator,
+        saved[-1].name if saved else "no checkpoint",
+        "resumes from another checkpoint than process 0 (on several machines the checkpoints folder must be one "
+        "shared folder, or train.checkpoint_steps 0)",
+    )
     if not saved:
         return 0
     accelerator.load_state(str(saved[-1]))
