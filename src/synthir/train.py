@@ -443,8 +443,8 @@ def agreed(accelerator, value: str, differs: str) -> str:
 
 
 def end_distributed() -> None:
-    """Destroy the process group, if a distributed run made one (at the end of a training stage: torch warns,
-    and NCCL may leak, when a process exits with it alive)."""
+    """Destroy the process group, if a distributed run made one (at the end of a training stage: with NCCL, a
+    process that exits with its group alive gets torch's warning and may leak; gloo says nothing)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
