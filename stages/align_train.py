@@ -10,7 +10,7 @@ from synthir.align import training_params
 from synthir.errors import friendly_errors
 from synthir.fileio import atomic_dir, write_json
 from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
-from synthir.train import train, write_empty_curves
+from synthir.train import end_distributed, train, write_empty_curves
 
 
 @friendly_errors
@@ -40,6 +40,7 @@ def main() -> int | None:
         args.checkpoints,
         params.dataset.name,
     )
+    end_distributed()
     if summary:
         write_json(args.metrics, {"enabled": True, **summary})
         print(json.dumps(summary, indent=2))

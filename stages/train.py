@@ -1,5 +1,7 @@
 """train: fine-tune the base retriever on the triples. It starts itself under `accelerate launch` with the
-options of train.device, train.num_processes and train.launch (an argument list, never a shell)."""
+options of train.device, train.num_processes, train.num_machines and train.launch (an argument list, never a
+shell); on several machines each one runs this stage with its rank and the main machine's address in the
+environment (`synthir.stage`)."""
 
 import argparse
 import json
@@ -9,7 +11,7 @@ from pathlib import Path
 from synthir.errors import friendly_errors
 from synthir.fileio import write_json
 from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
-from synthir.train import train
+from synthir.train import end_distributed, train
 
 
 @friendly_errors
@@ -29,6 +31,7 @@ def main() -> int | None:
     if params.adapt.method != "none":  # start from the corpus-adapted encoder
         settings = settings.model_copy(update={"base_model": str(args.adapted)})
     summary = train(settings, args.triples, args.output, args.live, args.checkpoints, params.dataset.name)
+    end_distributed()
     if summary:  # the main process
         write_json(args.metrics, summary)
         print(json.dumps(summary, indent=2))

@@ -165,3 +165,30 @@ def tiny_cross_encoder(tmp_path_factory) -> str:
     BertForSequenceClassification(tiny_bert(tokenizer, num_hidden_layers=1, num_labels=1)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+class FakedCudaCopies:
+    """A test double for copies to a CUDA device on a machine without one: records what is asked of a tensor
+    (pin_memory; the target and non_blocking of `.to`) and leaves the tensor on the CPU."""
+
+    def __init__(self, monkeypatch) -> None:
+        import torch
+
+        self.calls: list[tuple] = []
+        real_to = torch.Tensor.to
+
+        def pin_memory(tensor):
+            self.calls.append(("pin",))
+            return tensor
+
+        def to(tensor, device, non_blocking=False):
+            self.calls.append(("to", str(device), non_blocking))
+            return real_to(tensor, "cpu")
+
+        monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+        monkeypatch.setattr(torch.Tensor, "to", to)
+
+
+@pytest.fixture
+def faked_cuda_copies(monkeypatch) -> FakedCudaCopies:
+    return FakedCudaCopies(monkeypatch)

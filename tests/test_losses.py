@@ -13,6 +13,7 @@ from synthir.losses import (
     mnrl_from_scores,
     partial_pl,
     partial_pl_from_scores,
+    similarity,
     snn,
     snn_from_scores,
 )
@@ -274,3 +275,77 @@ def test_marginmse_by_hand():
     expected = sum((s - t) ** 2 for s, t in zip(student, teacher, strict=True)) / 3
     assert value.item() == pytest.approx(expected)
     assert marginmse(queries, passages, [[0], [2]], [[], []], [[], []]).item() == 0.0  # no negative, no term
+
+
+# --- vectorised losses: the same values and gradients as the per-query code they replace ---
+
+
+def per_query_mnrl(queries, passages, positives, negatives, tau):
+    """mnrl as it was: the first positives moved to the front by list indexing."""
+    first = [slots[0] for slots in positives]
+    rest = [j for j in range(passages.shape[0]) if j not in set(first)]
+    return mnrl_from_scores(similarity(queries, passages[first + rest], tau))
+
+
+def per_query_snn(queries, passages, positives, negatives, tau):
+    """snn as it was: the positives' mask filled one query at a time, rows without a positive dropped by a branch
+    on a device value."""
+    own = torch.zeros(queries.shape[0], passages.shape[0], dtype=torch.bool)
+    for i, slots in enumerate(positives):
+        own[i, slots] = True
+    scores = similarity(queries, passages, tau)
+    has_positive = own.any(dim=1)
+    if not has_positive.any():
+        return scores.sum() * 0.0
+    rows = scores[has_positive]
+    return (rows.logsumexp(dim=1) - rows.masked_fill(~own[has_positive], float("-inf")).logsumexp(dim=1)).mean()
+
+
+def random_batch(seed: int, with_empty: bool):
+    """A random batch laid out as training lays it out: per query 0-3 positives (at least one unless
+    `with_empty`) then 0-2 negatives, each its own rows of the passage matrix."""
+    generator = torch.Generator().manual_seed(seed)
+    count = int(torch.randint(1, 9, (1,), generator=generator))
+    positives, negatives, rows = [], [], 0
+    for _ in range(count):
+        own = int(torch.randint(0 if with_empty else 1, 4, (1,), generator=generator))
+        other = int(torch.randint(0, 3, (1,), generator=generator))
+        positives.append(list(range(rows, rows + own)))
+        negatives.append(list(range(rows + own, rows + own + other)))
+        rows += own + other
+    queries = torch.randn(count, 8, generator=generator, dtype=torch.float64)
+    passages = torch.randn(max(rows, 1), 8, generator=generator, dtype=torch.float64)
+    return queries, passages, positives, negatives
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize(("name", "old"), [("mnrl", per_query_mnrl), ("snn", per_query_snn)])
+def test_vectorised_loss_equals_the_per_query_loss(seed, name, old):
+    queries, passages, positives, negatives = random_batch(seed, with_empty=name == "snn")
+    new_queries, new_passages = queries.clone().requires_grad_(), passages.clone().requires_grad_()
+    old_queries, old_passages = queries.clone().requires_grad_(), passages.clone().requires_grad_()
+    new = LOSSES[name](new_queries, new_passages, positives, negatives, TAU)
+    reference = old(old_queries, old_passages, positives, negatives, TAU)
+    torch.testing.assert_close(new, reference, rtol=1e-12, atol=1e-12)
+    new.backward()
+    reference.backward()
+    torch.testing.assert_close(new_queries.grad, old_queries.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(new_passages.grad, old_passages.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_snn_with_no_positive_anywhere_is_zero_with_a_zero_gradient():
+    queries = torch.randn(3, 4, requires_grad=True)
+    loss = snn(queries, torch.randn(5, 4), [[], [], []], [[0], [1, 2], [3]], TAU)
+    loss.backward()
+    assert loss.item() == 0 and (queries.grad == 0).all()
+
+
+def test_host_copies_are_pinned_and_non_blocking_only_on_cuda(faked_cuda_copies):
+    from synthir.losses import host_to_device
+
+    faked = faked_cuda_copies
+    host_to_device(torch.zeros(2), "cpu")
+    assert faked.calls == [("to", "cpu", False)]  # the CPU: no pinning, an ordinary copy (a no-op)
+    faked.calls.clear()
+    host_to_device(torch.zeros(2), torch.device("cuda", 0))
+    assert faked.calls == [("pin",), ("to", "cuda:0", True)]

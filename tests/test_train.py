@@ -137,6 +137,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, 
     from safetensors.torch import load_file
 
     settings = {"base_model": tiny_encoder, "batch_size": 4, "epochs": 2, "lr": 1e-3, "checkpoint_steps": 2}
+    settings["log_every"] = 1  # step 5 is logged before the kill: the resumed run must rewind it
     params = TrainParams(**settings)  # dropout on: the checkpoint must restore the random state too
     whole = train(params, triples, tmp_path / "whole", tmp_path / "live-whole", tmp_path / "ckpt-whole")
     assert whole["steps"] == 6 and whole["resumed_from_step"] == 0
@@ -250,3 +251,125 @@ def test_triples_left_empty_are_one_error_naming_the_file_before_any_model_loads
     ):
         train(params, empty, tmp_path / "model", tmp_path / "live", tmp_path / "ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["never-loaded", "train.jsonl"]
+
+
+def test_pad_pins_and_copies_without_blocking_only_on_cuda(faked_cuda_copies):
+    table = TokenTable([torch.tensor([5, 6, 7]).numpy(), torch.tensor([8]).numpy()], pad_id=0)
+    table.pad([1, 0], "cpu")
+    assert faked_cuda_copies.calls == [("to", "cpu", False)] * 2  # the CPU: no pinned memory
+    faked_cuda_copies.calls.clear()
+    table.pad([1, 0], torch.device("cuda"))
+    assert faked_cuda_copies.calls == [("pin",), ("to", "cuda", True)] * 2  # input ids, then the mask
+
+
+def test_the_curve_logs_each_windows_mean_loss_every_log_every_steps_and_at_checkpoints(
+    tmp_path, tiny_encoder, triples, monkeypatch
+):
+    """Bug: every step read its loss (a device sync) and wrote DVCLive. Now a window's losses are summed on the
+    device and its mean logged at its last step: every log_every steps, at each checkpoint, after the last."""
+    import synthir.train as training
+
+    losses = []
+    step_once = training.train_step
+
+    def recorded(run, batch):  # a spy: reads each step's loss, which the loop no longer does
+        loss = step_once(run, batch)
+        losses.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(training, "train_step", recorded)
+    params = TrainParams(base_model=tiny_encoder, batch_size=4, epochs=2, lr=1e-3, log_every=4, checkpoint_steps=3)
+    summary = train(params, triples, tmp_path / "model", tmp_path / "live", tmp_path / "ckpt")
+    assert len(losses) == summary["steps"] == 6
+    curves = tmp_path / "live" / "plots" / "metrics" / "train"
+    logged = [row.split("\t") for row in (curves / "loss.tsv").read_text().splitlines()[1:]]
+    # windows: steps 1-3 (the checkpoint at 3), step 4 (log_every), steps 5-6 (the last); logged at their last
+    # step, counted from 0 as DVCLive counts
+    expected = [(2, sum(losses[0:3]) / 3), (3, losses[3]), (5, sum(losses[4:6]) / 2)]
+    assert [int(step) for step, _ in logged] == [step for step, _ in expected]
+    assert [float(value) for _, value in logged] == pytest.approx([mean for _, mean in expected], rel=1e-6)
+    assert [row.split("\t")[0] for row in (curves / "lr.tsv").read_text().splitlines()[1:]] == ["2", "3", "5"]
+    assert summary["final_loss"] == round(sum(losses) / 6, 5)  # the mean of the last 20 steps (here all 6)
+
+
+def test_final_loss_is_the_mean_of_the_last_twenty_steps():
+    from synthir.train import FINAL_LOSS_STEPS, LossWindow
+
+    window = LossWindow()
+    for value in range(25):
+        window.add(torch.tensor(float(value)))
+    assert window.mean() == 12.0  # the window: all 25 steps
+    assert FINAL_LOSS_STEPS == 20 and window.final_loss() == sum(range(5, 25)) / 20
+    assert LossWindow().final_loss() is None
+
+
+def test_gradient_checkpointing_is_the_non_reentrant_kind(tmp_path, tiny_encoder, triples, monkeypatch):
+    """Bug: the reentrant kind (transformers 4's default) fails under DDP; synthir asks for use_reentrant=False."""
+    from transformers import PreTrainedModel
+
+    from synthir.train import backward, setup
+
+    asked = []
+    enable = PreTrainedModel.gradient_checkpointing_enable
+
+    def spy(model, *args, **kwargs):
+        asked.append((args, kwargs))
+        return enable(model, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", spy)
+    run = setup(TrainParams(base_model=tiny_encoder, batch_size=4, gradient_checkpointing=True), triples, tmp_path)
+    assert asked == [((), {"gradient_checkpointing_kwargs": {"use_reentrant": False}})]
+    backward(run, run.schedule[0])  # a step through the checkpointed layers still reaches every layer
+    assert all(p.grad is not None for p in run.model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"log_every": 0}, "train.log_every: Input should be greater than 0"),
+        ({"log_every": -5}, "train.log_every: Input should be greater than 0"),
+        ({"log_every": 10**9}, "train.log_every: Input should be less than or equal to"),
+        ({"log_every": 2.5}, "train.log_every: Input should be a valid integer"),
+        ({"log_every": "10"}, "train.log_every: Input should be a valid integer"),
+        ({"log_every": float("nan")}, "train.log_every: Input should be a valid integer"),
+        ({"num_machines": 0}, "train.num_machines: Input should be greater than 0"),
+        ({"num_machines": 10**6}, "train.num_machines: Input should be less than or equal to 1024"),
+        ({"num_machines": "2"}, "train.num_machines: Input should be a valid integer"),
+        ({"num_machines": True}, "train.num_machines: Input should be a valid integer"),
+        ({"num_processes": 3, "num_machines": 2}, "train: num_processes 3 does not split evenly over num_machines 2"),
+        ({"launch": "--machine_rank 1"}, "train.launch: '--machine_rank' is set by .*machine rank and address by"),
+        ({"launch": "--main_process_ip=10.0.0.1"}, "train.launch: '--main_process_ip=10.0.0.1' is set by"),
+        ({"launch": "--main_process_port abc"}, "train.launch: --main_process_port: 'abc' is not a TCP port"),
+        ({"launch": "--main_process_port=70000"}, "train.launch: --main_process_port: '70000' is not a TCP port"),
+        ({"launch": "--main_process_port 0"}, "train.launch: --main_process_port: '0' is not a TCP port"),
+        ({"launch": "--main_process_port"}, "train.launch: --main_process_port: '' is not a TCP port"),
+    ],
+)
+def test_bad_logging_and_machine_params_name_the_key(edit, message):
+    import yaml
+
+    from synthir.config import parse_params
+    from synthir.errors import ConfigError
+    from tests.conftest import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(edit)
+    with pytest.raises(ConfigError, match=message):
+        parse_params(params)
+
+
+def test_processes_that_disagree_on_the_run_or_its_checkpoint_stop_with_one_line(monkeypatch):
+    """Machines read their own triples, params and checkpoints: a difference would train mismatched batches."""
+    import accelerate.utils
+
+    from synthir.errors import ConfigError
+    from synthir.train import agreed
+
+    class TwoProcesses:  # a test double: what `agreed` reads of a 2-process run's accelerator
+        num_processes = 2
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda values: ["step-4", "no checkpoint"])
+    with pytest.raises(ConfigError, match=r"^train: process 1 resumes elsewhere \('no checkpoint' against 'step-4'\)$"):
+        agreed(TwoProcesses(), "step-4", "resumes elsewhere")
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda values: values * 2)
+    assert agreed(TwoProcesses(), "4f2a", "differs") == "4f2a"

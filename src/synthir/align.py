@@ -48,9 +48,9 @@ def retrieve_candidates(
 
 
 def training_params(align, stage1, model: str):
-    """The alignment run's FitParams: from the stage-1 model with the alignment loss; prefixes, device and
-    precision as stage 1. `align` and `stage1` may be a stage's scoped view of the params: only their fields are
-    read."""
+    """The alignment run's FitParams: from the stage-1 model with the alignment loss; prefixes, device,
+    precision and logging cadence as stage 1. `align` and `stage1` may be a stage's scoped view of the params:
+    only their fields are read."""
     from .config import FitParams, ScheduleParams
 
     return FitParams(
@@ -64,4 +64,5 @@ def training_params(align, stage1, model: str):
         device=stage1.device,
         mixed_precision=stage1.mixed_precision,
         gradient_checkpointing=stage1.gradient_checkpointing,
+        log_every=stage1.log_every,
     )

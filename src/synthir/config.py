@@ -90,6 +90,22 @@ def launch_arguments(launch: str) -> list[str]:
     return tokens
 
 
+def option_value(tokens: list[str], option: str) -> str | None:
+    """The value of `option` in an argument list (`--name value` or `--name=value`), None if absent."""
+    for i, token in enumerate(tokens):
+        name, equals, value = token.partition("=")
+        if name == option:
+            return value if equals else (tokens[i + 1] if i + 1 < len(tokens) else "")
+    return None
+
+
+def tcp_port(value: str, name: str) -> int:
+    """`value` as a TCP port number; a ConfigError naming `name` if it is not one (1 to 65535)."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 5 and 0 < int(value) < 65536):
+        raise ConfigError(f"{name}: {excerpt(value)} is not a TCP port (1 to 65535)")
+    return int(value)
+
+
 def split_http_url(value: str) -> SplitResult:
     """`value`'s parts if it is an http(s) URL with a host; a ValueError saying what is wrong otherwise."""
     try:
@@ -504,6 +520,9 @@ class FitParams(EncoderParams, ScheduleParams):
     checkpoint_steps: int = Field(
         default=0, ge=0, le=10**8, description="save resumable state every N steps (0: never)"
     )
+    log_every: int = Field(default=10, gt=0, le=10**8)
+    """Log the mean loss of every this many steps (and at each checkpoint and the last step): reading the loss
+    waits for the device, so a log every step would stall a GPU every step."""
 
     @model_validator(mode="after")
     def _margins_need_negatives(self) -> FitParams:
@@ -512,7 +531,15 @@ class FitParams(EncoderParams, ScheduleParams):
         return self
 
 
-ACCELERATE_OPTIONS_FROM_PARAMS = ("--cpu", "--multi_gpu", "--num_processes", "--mixed_precision", "--num_machines")
+ACCELERATE_OPTIONS_FROM_PARAMS = (
+    "--cpu",
+    "--multi_gpu",
+    "--num_processes",
+    "--mixed_precision",
+    "--num_machines",
+    "--machine_rank",
+    "--main_process_ip",
+)
 
 
 class TrainParams(FitParams):
@@ -522,9 +549,21 @@ class TrainParams(FitParams):
     """mnrl (InfoNCE) | snn (Syntriever's soft nearest neighbour) | marginmse (GPL: distil triples.teacher's
     margins); the alignment losses are align.loss."""
     num_processes: int = Field(default=1, gt=0, le=1024)
-    """Processes (one per GPU) that split each batch; `batch_size` is the global batch either way."""
+    """Processes (one per GPU) that split each batch, over all machines; `batch_size` is the global batch."""
+    num_machines: int = Field(default=1, gt=0, le=1024)
+    """Machines the processes are spread over, num_processes / num_machines each; every machine starts the stage
+    with its rank and the main machine's address in the environment (`synthir.stage.MACHINE_VARIABLES`)."""
     launch: str = ""
     """Further `accelerate launch` options, e.g. --gpu_ids 0,1 or --main_process_port 29501."""
+
+    @model_validator(mode="after")
+    def _processes_split_over_machines(self) -> TrainParams:
+        if self.num_processes % self.num_machines:
+            raise ValueError(
+                f"num_processes {self.num_processes} does not split evenly over num_machines {self.num_machines} "
+                "(every machine starts num_processes / num_machines processes)"
+            )
+        return self
 
     @field_validator("launch")
     @classmethod
@@ -536,9 +575,15 @@ class TrainParams(FitParams):
         owned = [t for t in tokens if t.partition("=")[0] in ACCELERATE_OPTIONS_FROM_PARAMS]
         if owned:
             raise ValueError(
-                f"{excerpt(owned[0])} is set by train.device, train.num_processes and train.mixed_precision, "
-                "not by launch"
+                f"{excerpt(owned[0])} is set by train.device, train.num_processes, train.num_machines and "
+                "train.mixed_precision (machine rank and address by the environment), not by launch"
             )
+        port = option_value(tokens, "--main_process_port")
+        if port is not None:
+            try:
+                tcp_port(port, "--main_process_port")
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
         return value
 
 

@@ -34,6 +34,20 @@ Margins = list[list[float]]
 BatchLoss = Callable[[Tensor, Tensor, Slots, Slots, Margins | None], Tensor]
 
 
+def host_to_device(tensor: Tensor, device: torch.device | str) -> Tensor:
+    """A host tensor on `device`. On CUDA it is pinned and copied without blocking: a copy from pageable memory
+    waits for the GPU to finish its queued work, once per copy. On the CPU it is returned as is."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _index(values, device: torch.device | str) -> Tensor:
+    """Row or column numbers built on the host, in one tensor on `device` (one copy)."""
+    return host_to_device(torch.as_tensor(values, dtype=torch.long), device)
+
+
 def similarity(queries: Tensor, docs: Tensor, tau: float = DEFAULT_TAU) -> Tensor:
     """Cosine similarity / tau: [B, d] x [M, d] -> [B, M]."""
     return F.normalize(queries, dim=-1) @ F.normalize(docs, dim=-1).T / tau
@@ -50,14 +64,15 @@ def mnrl_from_scores(scores: Tensor) -> Tensor:
 def snn_from_scores(scores: Tensor, positive: Tensor) -> Tensor:
     """[B, M] scores; `positive` [B, M] marks each query's own positives.
 
-    loss_i = −log(Σ_own positives exp(s) / Σ_all candidates exp(s)); queries without a positive are left out.
+    loss_i = −log(Σ_own positives exp(s) / Σ_all candidates exp(s)); queries without a positive are left out
+    (none at all: 0, with a gradient). No branch on a device value, so no device sync.
     """
     has_positive = positive.any(dim=1)
-    if not has_positive.any():
-        return scores.sum() * 0.0
-    rows = scores[has_positive]
-    numerator = rows.masked_fill(~positive[has_positive], float("-inf")).logsumexp(dim=1)
-    return (rows.logsumexp(dim=1) - numerator).mean()
+    # the dtype's lowest finite value, not -inf: a row without a positive then stays finite (and has a zero
+    # gradient) instead of turning the backward pass to NaN; exp of it is 0, as exp(-inf) is
+    numerator = scores.masked_fill(~positive, torch.finfo(scores.dtype).min).logsumexp(dim=1)
+    per_query = torch.where(has_positive, scores.logsumexp(dim=1) - numerator, torch.zeros_like(numerator))
+    return per_query.sum() / has_positive.sum().clamp(min=1)
 
 
 def partial_pl_from_scores(scores: Tensor) -> Tensor:
@@ -89,19 +104,18 @@ def marginmse_from_scores(positive: Tensor, negative: Tensor, teacher_margin: Te
 
 
 def mnrl(queries: Tensor, passages: Tensor, positives: Slots, negatives: Slots, tau: float = DEFAULT_TAU) -> Tensor:
-    """InfoNCE: each query against its first positive and every other passage of the batch."""
-    first = [slots[0] for slots in positives]  # column i = query i's positive
-    taken = set(first)
-    rest = [j for j in range(passages.shape[0]) if j not in taken]
-    return mnrl_from_scores(similarity(queries, passages[first + rest], tau))
+    """InfoNCE: each query against its first positive and every other passage of the batch (the passages' order
+    does not change a softmax, so the first positives are the targets where they are)."""
+    scores = similarity(queries, passages, tau)
+    return F.cross_entropy(scores, _index([slots[0] for slots in positives], scores.device))
 
 
 def snn(queries: Tensor, passages: Tensor, positives: Slots, negatives: Slots, tau: float = DEFAULT_TAU) -> Tensor:
     """Soft nearest neighbour: all of a query's positives in the numerator, every passage in the denominator."""
-    own = torch.zeros(queries.shape[0], passages.shape[0], dtype=torch.bool, device=queries.device)
-    for i, slots in enumerate(positives):
-        own[i, slots] = True
-    return snn_from_scores(similarity(queries, passages, tau), own)
+    own = torch.zeros(queries.shape[0], passages.shape[0], dtype=torch.bool)  # built on the host, copied once
+    rows = [i for i, slots in enumerate(positives) for _ in slots]
+    own[rows, [slot for slots in positives for slot in slots]] = True
+    return snn_from_scores(similarity(queries, passages, tau), host_to_device(own, queries.device))
 
 
 def _pair_scores(queries: Tensor, passages: Tensor, positives: Slots, negatives: Slots, tau: float) -> Tensor:
@@ -109,7 +123,7 @@ def _pair_scores(queries: Tensor, passages: Tensor, positives: Slots, negatives:
     if any(not slots for slots in negatives):
         raise ValueError("the alignment losses need a rejected passage for every example")
     columns = [slots[0] for slots in positives] + [slots[0] for slots in negatives]
-    return similarity(queries, passages[columns], tau)
+    return similarity(queries, passages[_index(columns, passages.device)], tau)
 
 
 def partial_pl(
@@ -137,7 +151,8 @@ def marginmse(
     if not rows:
         return queries.sum() * 0.0
     cosine = F.normalize(queries, dim=-1) @ F.normalize(passages, dim=-1).T
-    teacher = torch.tensor(target, dtype=cosine.dtype, device=cosine.device)
+    rows, pos, neg = _index([rows, pos, neg], cosine.device)
+    teacher = host_to_device(torch.tensor(target, dtype=cosine.dtype), cosine.device)
     return marginmse_from_scores(cosine[rows, pos], cosine[rows, neg], teacher)
 
 

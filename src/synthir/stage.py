@@ -1,6 +1,13 @@
 """What the stage scripts share: each reads exactly the params its dvc.yaml entry declares, and training stages
 start themselves under `accelerate launch` without a shell.
 
+Training on several machines (`train.num_machines` > 1) takes each machine's part from its environment, never
+from params.yaml (which all machines share): SYNTHIR_MACHINE_RANK (0 on the main machine, then 1, 2, ...),
+SYNTHIR_MAIN_ADDRESS (the main machine's host name or IPv4 address, as the others reach it) and SYNTHIR_MAIN_PORT
+(a port free on the main machine, the same everywhere; default 29500). On one machine SYNTHIR_MAIN_PORT, or
+`--main_process_port` in train.launch, fixes the port; without either a free port is picked, so that two runs on
+one machine do not collide.
+
 A stage that reads a param it does not declare would go stale silently when that param changes; `stage_params`
 makes such a read fail loudly instead (a ConfigError naming the stage and the key).
 """
@@ -8,15 +15,18 @@ makes such a read fail loudly instead (a ConfigError naming the stage and the ke
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from .config import Params, launch_arguments, load_params, read_yaml
-from .errors import ConfigError
+from .config import Params, launch_arguments, load_params, option_value, read_yaml, tcp_port
+from .errors import ConfigError, excerpt
 
 ALL = None
 """Marks a declared path whose whole subtree may be read."""
@@ -93,20 +103,99 @@ def launched_by_accelerate() -> bool:
     return "ACCELERATE_MIXED_PRECISION" in os.environ
 
 
-def accelerate_arguments(train) -> list[str]:
-    """`accelerate launch` options from the train params: `num_processes` processes (several: a torchrun launch,
-    one process per GPU, or on the CPU processes that join over gloo), the precision, then `train.launch`."""
-    arguments = ["--num_processes", str(train.num_processes), "--num_machines", "1", "--dynamo_backend", "no"]
+MACHINE_RANK, MAIN_ADDRESS, MAIN_PORT = "SYNTHIR_MACHINE_RANK", "SYNTHIR_MAIN_ADDRESS", "SYNTHIR_MAIN_PORT"
+MACHINE_VARIABLES = (MACHINE_RANK, MAIN_ADDRESS, MAIN_PORT)
+DEFAULT_MAIN_PORT = 29500
+"""The port of a run over several machines when SYNTHIR_MAIN_PORT is unset (accelerate's and torchrun's)."""
+_HOST = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def accelerate_arguments(train, environ: Mapping[str, str] | None = None) -> list[str]:
+    """`accelerate launch` options from the train params: `num_processes` processes over `num_machines` machines
+    (several: a torchrun launch, one process per GPU, or on the CPU processes that join over gloo), this
+    machine's rank, the main machine's address and the port (`machine_arguments`), the precision, then
+    `train.launch`. `environ` (os.environ by default) holds the machine variables."""
+    environ = os.environ if environ is None else environ
+    arguments = ["--num_processes", str(train.num_processes), "--num_machines", str(train.num_machines)]
+    arguments += ["--dynamo_backend", "no", *machine_arguments(train, environ)]
     arguments += ["--mixed_precision", train.mixed_precision if train.device == "cuda" else "no"]
-    if train.num_processes > 1:
+    if train.num_processes > 1 or train.num_machines > 1:
         arguments.insert(0, "--multi_gpu")
     elif train.device == "cpu":
         arguments.insert(0, "--cpu")
     return arguments + launch_arguments(train.launch)
 
 
+def machine_arguments(train, environ: Mapping[str, str]) -> list[str]:
+    """--machine_rank and --main_process_ip (several machines) and --main_process_port (several processes),
+    from the machine variables (each checked when set); nothing for one process on one machine."""
+    given = {name: environ[name] for name in MACHINE_VARIABLES if environ.get(name, "") != ""}
+    rank = _machine_rank(given.get(MACHINE_RANK, "0"), train.num_machines)
+    address = _address(given[MAIN_ADDRESS]) if MAIN_ADDRESS in given else None
+    port = tcp_port(given[MAIN_PORT], MAIN_PORT) if MAIN_PORT in given else None
+    launch_port = option_value(launch_arguments(train.launch), "--main_process_port")  # checked with the params
+    if launch_port is not None and port is not None:
+        raise ConfigError(f"{MAIN_PORT} and train.launch's --main_process_port both set the port: keep one")
+    arguments = []
+    if train.num_machines > 1:
+        if MACHINE_RANK not in given or address is None:
+            missing = MACHINE_RANK if MACHINE_RANK not in given else MAIN_ADDRESS
+            raise ConfigError(
+                f"{missing}: not set; train.num_machines {train.num_machines} needs on every machine {MACHINE_RANK} "
+                f"(0 on the main one) and {MAIN_ADDRESS} (the main machine's address)"
+            )
+        arguments += ["--machine_rank", str(rank), "--main_process_ip", address]
+    if launch_port is None and (train.num_processes > 1 or train.num_machines > 1):
+        port = port or (DEFAULT_MAIN_PORT if train.num_machines > 1 else free_port())
+        arguments += ["--main_process_port", str(port)]
+    return arguments
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (the system's choice): the rendezvous port of a one-machine run."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _machine_rank(value: str, machines: int) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= 5 and int(value) < machines):
+        raise ConfigError(
+            f"{MACHINE_RANK}: {excerpt(value)} is not a machine rank of train.num_machines {machines} "
+            f"(0 to {machines - 1})"
+        )
+    return int(value)
+
+
+def _address(value: str) -> str:
+    if not _HOST.fullmatch(value):  # fullmatch: `$` would let a final newline through
+        raise ConfigError(
+            f"{MAIN_ADDRESS}: {excerpt(value)} is not a host name or IPv4 address (letters, digits, '.' and '-')"
+        )
+    return value
+
+
+def check_gpu_count(train, gpus: int) -> None:
+    """Refuse more processes on this machine than the GPUs torch sees (one process per GPU) on `cuda`."""
+    if train.device != "cuda":
+        return
+    if gpus == 0:
+        raise ConfigError("train.device is cuda, but torch sees no GPU here (train.device: cpu trains on the CPU)")
+    here = train.num_processes // train.num_machines
+    if here > gpus:
+        machines = train.num_machines
+        spread = f" ({train.num_processes} over train.num_machines {machines})" if machines > 1 else ""
+        raise ConfigError(
+            f"train.num_processes: {here} processes{spread} on this machine, one per GPU, but torch sees {gpus} "
+            "GPU(s) here (CUDA_VISIBLE_DEVICES may hide some)"
+        )
+
+
 def relaunch_under_accelerate(train, script: str | Path, argv: list[str]) -> int:
     """Run `script argv` under `accelerate launch` with the options of the train params: an argument list, never
     a shell, so nothing in params.yaml can run anything but accelerate. Returns the launcher's exit status."""
+    import torch
+
+    check_gpu_count(train, torch.cuda.device_count() if train.device == "cuda" else 0)
     command = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_arguments(train), str(script), *argv]
     return subprocess.call(command)

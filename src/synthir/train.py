@@ -8,7 +8,8 @@ does no per-sample Python work: a batch is a list of indices, and padding is one
 the others. N processes each embed a contiguous shard of it, gather every shard's embeddings (what
 sentence-transformers calls gather_across_devices) and compute the global batch's loss; DDP averages their
 gradients. N processes thus take the step of one process with the same batch (tests/test_distributed.py).
-DVCLive logs loss and learning rate; checkpoints resume a killed run exactly.
+DVCLive logs loss and learning rate every `log_every` steps (the window's mean loss, summed on the device: no
+device sync in between); checkpoints resume a killed run exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import math
 import random
 import shutil
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +33,20 @@ import torch
 
 from .backbones import add_lora, merge_lora, set_attention_dropout
 from .config import FitParams
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, excerpt
 from .examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
-from .losses import DISTILLATION_LOSSES, BatchLoss, Margins, Slots, batch_loss
+from .losses import DISTILLATION_LOSSES, BatchLoss, Margins, Slots, batch_loss, host_to_device
 from .model_card import describe_training, set_prompts
 from .models import resolve
 
 log = logging.getLogger(__name__)
 
 LOSS_CURVE, LR_CURVE = "train/loss", "train/lr"
-"""The DVCLive metrics a run logs per step: `<live>/plots/metrics/train/{loss,lr}.tsv`."""
+"""The DVCLive metrics a run logs every `log_every` steps: `<live>/plots/metrics/train/{loss,lr}.tsv`."""
+FINAL_LOSS_STEPS = 20
+"""metrics' final_loss: the mean loss of the run's last this many steps."""
+NOT_COMPUTED = frozenset({"log_every"})
+"""FitParams fields that change what is reported, not the weights: left out of the run hash and the model card."""
 
 
 @dataclass
@@ -63,8 +70,8 @@ class TokenTable:
         mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
         tokens[mask] = np.concatenate([self.ids[i] for i in indices])
         return {
-            "input_ids": torch.from_numpy(tokens).to(device),
-            "attention_mask": torch.from_numpy(mask.astype(np.int64)).to(device),
+            "input_ids": host_to_device(torch.from_numpy(tokens), device),
+            "attention_mask": host_to_device(torch.from_numpy(mask.astype(np.int64)), device),
         }
 
 
@@ -215,6 +222,11 @@ def batch_schedule(
     return steps[:max_steps] if max_steps else steps
 
 
+def computed_settings(params: FitParams) -> dict:
+    """The settings that decide the weights: what was computed, not how it was launched or reported."""
+    return params.model_dump(include=set(FitParams.model_fields) - NOT_COMPUTED)
+
+
 def run_hash(settings: dict, triples: Path) -> str:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update(triples.read_bytes())
@@ -345,15 +357,16 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     set_seed(params.seed)
-    model = load_encoder(
-        params.base_model,
-        params.max_seq_length,
-        device=str(accelerator.device),
-        dtype="at_least_float32",
-        pooling=params.pooling,
-        keep_layers=params.keep_layers,
-        length_key="train.max_seq_length",
-    )
+    with builders_first(accelerator):
+        model = load_encoder(
+            params.base_model,
+            params.max_seq_length,
+            device=str(accelerator.device),
+            dtype="at_least_float32",
+            pooling=params.pooling,
+            keep_layers=params.keep_layers,
+            length_key="train.max_seq_length",
+        )
     if params.attention_dropout is not None and not set_attention_dropout(model, params.attention_dropout):
         raise ConfigError(f"train.attention_dropout: {params.base_model} has no attention dropout synthir can set")
     # a checkpoint resumes only a run from the same starting weights, whatever base_model names (models/adapted
@@ -361,8 +374,8 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
     start = model_fingerprint(model)
     if params.lora_rank:
         add_lora(model, params.lora_rank)
-    if params.gradient_checkpointing:
-        model[0].auto_model.gradient_checkpointing_enable()
+    if params.gradient_checkpointing:  # reentrant checkpointing (transformers 4's default) fails under DDP
+        model[0].auto_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     table, data = encode_examples(
         examples,
         model.tokenizer,
@@ -384,11 +397,14 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, len(schedule))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # what the run computes: not how it was launched (train.launch), but the number of processes (random states)
-    settings = {
-        **params.model_dump(include=set(FitParams.model_fields)),
-        "processes": accelerator.num_processes,
-        "start": start,
-    }
+    settings = {**computed_settings(params), "processes": accelerator.num_processes, "start": start}
+    run_id = agreed(  # processes on several machines must train the same batches from the same weights
+        accelerator,
+        run_hash(settings, triples),
+        "trains another run than process 0 (its params, triples or base model differ; every machine needs the "
+        "same params.yaml, code and data)",
+    )
+    state_dir = checkpoints / run_id
     return Run(
         params,
         accelerator,
@@ -399,9 +415,40 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
         data,
         schedule,
         Counter(example.get("source", "unknown") for example in examples),
-        checkpoints / run_hash(settings, triples),
+        state_dir,
         batch_loss(params.loss, params.tau),
     )
+
+
+@contextmanager
+def builders_first(accelerator) -> Iterator[None]:
+    """Process 0 first, then the first process of every other machine, then the rest: what loading a model
+    builds into the cache (a joined multi-part model, `synthir.models`; an encoder built from a plain or GGUF
+    model, `synthir.backbones`) is built by one process per machine while the others wait at a barrier, and
+    then read. A cache shared by the machines is built once."""
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
+        yield
+
+
+def agreed(accelerator, value: str, differs: str) -> str:
+    """`value` if every process holds the same; else a ConfigError saying how the first process that differs
+    from process 0 `differs` (the processes of several machines each read their own files)."""
+    from accelerate.utils import gather_object
+
+    values = gather_object([value]) if accelerator.num_processes > 1 else [value]
+    other = next((rank for rank, seen in enumerate(values) if seen != values[0]), None)
+    if other is not None:
+        raise ConfigError(f"train: process {other} {differs} ({excerpt(values[other])} against {excerpt(values[0])})")
+    return value
+
+
+def end_distributed() -> None:
+    """Destroy the process group, if a distributed run made one (at the end of a training stage: with NCCL, a
+    process that exits with its group alive gets torch's warning and may leak; gloo says nothing)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def backward(run: Run, batch: list[int]) -> torch.Tensor:
@@ -421,19 +468,50 @@ def backward(run: Run, batch: list[int]) -> torch.Tensor:
     return loss
 
 
-def train_step(run: Run, batch: list[int]) -> float:
-    """One optimizer step on a global batch; returns its loss."""
+def train_step(run: Run, batch: list[int]) -> torch.Tensor:
+    """One optimizer step on a global batch; returns its loss, detached, on the device (reading it would wait
+    for the device)."""
     loss = backward(run, batch)
     run.accelerator.clip_grad_norm_(run.model.parameters(), 1.0)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad()
-    return loss.item()
+    return loss.detach()
 
 
-def loop(run: Run, live_dir: Path) -> tuple[list[float], int, float]:
-    """Train from the last checkpoint (if any) to the end of the schedule. Returns the losses of the steps run,
-    the step it resumed from and the loop's seconds."""
+@dataclass
+class LossWindow:
+    """The losses of the steps since the last log, summed on the device, and the run's last steps' losses."""
+
+    total: torch.Tensor | float = 0.0
+    steps: int = 0
+    last: deque = field(default_factory=lambda: deque(maxlen=FINAL_LOSS_STEPS))
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total = self.total + loss
+        self.steps += 1
+        self.last.append(loss)
+
+    def mean(self) -> float:
+        """The window's mean loss (one device sync), and a new window."""
+        value = float(self.total) / self.steps
+        self.total, self.steps = 0.0, 0
+        return value
+
+    def final_loss(self) -> float | None:
+        return float(torch.stack(list(self.last)).double().mean()) if self.last else None
+
+
+def logs_at(step: int, total: int, params: FitParams) -> bool:
+    """Whether the loop logs after `step` steps: every `log_every` steps, at each checkpoint (a resumed run's
+    windows then match an uninterrupted run's) and after the last step."""
+    checkpoint = params.checkpoint_steps and step % params.checkpoint_steps == 0
+    return step % params.log_every == 0 or bool(checkpoint) or step == total
+
+
+def loop(run: Run, live_dir: Path) -> tuple[float | None, int, float]:
+    """Train from the last checkpoint (if any) to the end of the schedule. Returns the mean loss of the last
+    `FINAL_LOSS_STEPS` steps run, the step it resumed from and the loop's seconds."""
     from dvclive import Live
     from tqdm.auto import tqdm
 
@@ -443,35 +521,38 @@ def loop(run: Run, live_dir: Path) -> tuple[list[float], int, float]:
     if live is not None and step:
         _rewind_curves(live, live_dir, step)
     run.model.train()
-    losses: list[float] = []
+    window = LossWindow()
     started = time.perf_counter()
     total = len(run.schedule)
     progress = tqdm(total=total, initial=step, desc="train", unit="step", disable=not main)
     while step < total:
-        losses.append(train_step(run, run.schedule[step]))
+        window.add(train_step(run, run.schedule[step]))
         step += 1
         progress.update()
-        progress.set_postfix(loss=f"{losses[-1]:.4f}")
-        if live is not None:
-            live.log_metric(LOSS_CURVE, losses[-1])
-            live.log_metric(LR_CURVE, run.scheduler.get_last_lr()[0])
-            live.next_step()
+        if logs_at(step, total, run.params):
+            loss = window.mean()
+            progress.set_postfix(loss=f"{loss:.4f}")
+            if live is not None:
+                live.step = step - 1  # a window is logged at its last step (steps count from 0)
+                live.log_metric(LOSS_CURVE, loss)
+                live.log_metric(LR_CURVE, run.scheduler.get_last_lr()[0])
+                live.next_step()
         if run.params.checkpoint_steps and step % run.params.checkpoint_steps == 0 and step < total:
             _save_checkpoint(run.accelerator, run.state_dir, step)
     progress.close()
     if live is not None:
         live.end()
-    return losses, resumed_from, max(time.perf_counter() - started, 1e-9)
+    return window.final_loss(), resumed_from, max(time.perf_counter() - started, 1e-9)
 
 
-def summarize(run: Run, losses: list[float], resumed_from: int, loop_seconds: float, seconds: float) -> dict:
+def summarize(run: Run, final_loss: float | None, resumed_from: int, loop_seconds: float, seconds: float) -> dict:
     return {
         "steps": len(run.schedule),
         "examples": sum(run.sources.values()),
         "texts": len(run.table.ids),
         "batch_size": run.params.batch_size,
         "processes": run.accelerator.num_processes,
-        "final_loss": round(float(np.mean(losses[-20:])), 5) if losses else None,
+        "final_loss": round(final_loss, 5) if final_loss is not None else None,
         "in_loss": run.data.kinds_trained(run.schedule),
         "seconds": round(seconds, 1),
         "samples_per_second": round(sum(map(len, run.schedule[resumed_from:])) / loop_seconds, 2),
@@ -488,11 +569,11 @@ def train(
     Returns the run summary on the main process ({} on the others)."""
     started = time.perf_counter()
     run = setup(params, triples, checkpoints)
-    losses, resumed_from, loop_seconds = loop(run, live_dir)
+    final_loss, resumed_from, loop_seconds = loop(run, live_dir)
     run.accelerator.wait_for_everyone()
     if not run.accelerator.is_main_process:
         return {}
-    summary = summarize(run, losses, resumed_from, loop_seconds, time.perf_counter() - started)
+    summary = summarize(run, final_loss, resumed_from, loop_seconds, time.perf_counter() - started)
     save_model(run, output, dataset)
     return summary
 
@@ -502,7 +583,7 @@ def save_model(run: Run, output: Path, dataset: str | None) -> None:
     params = run.params
     merge_lora(model)
     set_prompts(model, params.query_prefix, params.passage_prefix)
-    settings = params.model_dump(include=set(FitParams.model_fields))  # what was computed, not how it was launched
+    settings = computed_settings(params)
     defaults = {name: field.default for name, field in FitParams.model_fields.items()}
     describe_training(model, settings, resolve(params.base_model), dict(run.sources), dataset, defaults)
     model.save(str(output))
@@ -571,6 +652,12 @@ def _save_checkpoint(accelerator, state_dir: Path, step: int) -> None:
 
 def _resume(accelerator, state_dir: Path) -> int:
     saved = _checkpoints(state_dir)
+    agreed(  # before any process loads: loading waits for the others
+        accelerator,
+        saved[-1].name if saved else "no checkpoint",
+        "resumes from another checkpoint than process 0 (on several machines the checkpoints folder must be one "
+        "shared folder, or train.checkpoint_steps 0)",
+    )
     if not saved:
         return 0
     accelerator.load_state(str(saved[-1]))
