@@ -190,6 +190,15 @@ class Bm25Params(Block):
         return value
 
 
+ENCODE_DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,2})?")
+
+
+def check_encode_device(name: str) -> str:
+    if not ENCODE_DEVICE.fullmatch(name):
+        raise ValueError(f"device {excerpt(name)} is not cpu, cuda or cuda:N")
+    return name
+
+
 class EvaluateParams(DeviceParams):
     split: Annotated[str, AfterValidator(check_split_name)] = "test"
     batch_size: BatchSize = 16
@@ -197,7 +206,19 @@ class EvaluateParams(DeviceParams):
         default=100, ge=100, le=10_000, description="hits kept per query (recall@100 and map@100 need 100)"
     )
     search: Literal["torch", "faiss"] = "torch"
+    search_chunk_size: int = Field(default=65536, gt=0, le=10**8)
+    """Documents scored per step of the torch search (the corpus stays on the host; retrieval.search_device_bytes)."""
+    devices: list[Annotated[str, AfterValidator(check_encode_device)]] = Field(default=[], max_length=64)
+    """The devices the corpus is encoded on, one process each (e.g. [cuda:0, cuda:1]); empty: every visible GPU
+    with device cuda, else the encoder's device alone."""
     bm25: Bm25Params = Bm25Params()
+
+    @model_validator(mode="after")
+    def _devices_of_the_encoder_kind(self) -> EvaluateParams:
+        for name in self.devices:
+            if name.split(":")[0] != self.device:
+                raise ValueError(f"devices names {name}, but device is {self.device}: list {self.device} devices only")
+        return self
 
 
 LLM_OPTION_RANGES: dict[str, tuple[float, float]] = {
