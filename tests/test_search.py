@@ -295,7 +295,7 @@ def params() -> dict:
         ({"devices": "cuda:0"}, "evaluate.devices: Input should be a valid list"),
         ({"devices": [0]}, "evaluate.devices.0: Input should be a valid string"),
         ({"devices": ["cpu"] * 65}, "evaluate.devices: List should have at most 64 items"),
-        ({"devices": ["cuda:0"]}, "devices names cuda:0, but device is cpu: list cpu devices only"),
+        ({"devices": ["cuda:0"]}, "evaluate.devices: cuda:0 is not a cpu device .*: list cpu devices only"),
         ({"search_chunk_size": 0}, "evaluate.search_chunk_size: Input should be greater than 0"),
         ({"search_chunk_size": -5}, "evaluate.search_chunk_size: Input should be greater than 0"),
         ({"search_chunk_size": 10**12}, "evaluate.search_chunk_size: Input should be less than or equal to"),

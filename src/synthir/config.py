@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .beir import check_split_name
 from .errors import ConfigError, ModelRefError, excerpt
@@ -194,6 +203,7 @@ ENCODE_DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,2})?")
 
 
 def check_encode_device(name: str) -> str:
+    """A device a process may encode on: cpu, cuda or cuda:N."""
     if not ENCODE_DEVICE.fullmatch(name):
         raise ValueError(f"device {excerpt(name)} is not cpu, cuda or cuda:N")
     return name
@@ -213,12 +223,14 @@ class EvaluateParams(DeviceParams):
     with device cuda, else the encoder's device alone."""
     bm25: Bm25Params = Bm25Params()
 
-    @model_validator(mode="after")
-    def _devices_of_the_encoder_kind(self) -> EvaluateParams:
-        for name in self.devices:
-            if name.split(":")[0] != self.device:
-                raise ValueError(f"devices names {name}, but device is {self.device}: list {self.device} devices only")
-        return self
+    @field_validator("devices")
+    @classmethod
+    def _devices_of_the_encoder_kind(cls, devices: list[str], info: ValidationInfo) -> list[str]:
+        device = info.data.get("device")  # absent when itself invalid
+        for name in devices if device else ():
+            if name.split(":")[0] != device:
+                raise ValueError(f"{name} is not a {device} device (the encoder's device): list {device} devices only")
+        return devices
 
 
 LLM_OPTION_RANGES: dict[str, tuple[float, float]] = {

@@ -373,7 +373,7 @@ def _merge(best, values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[tor
     values = torch.cat([best[0], values], dim=1)
     index = torch.cat([best[1], index], dim=1)
     values, order = values.sort(dim=1, descending=True, stable=True)
-    return values[:, :k], index.gather(1, order[:, :k])
+    return values[:, :k].contiguous(), index.gather(1, order[:, :k])  # contiguous: frees the 2k-wide sort
 
 
 def faiss_top_k(query_emb: torch.Tensor, doc_emb: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
