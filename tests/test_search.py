@@ -315,3 +315,17 @@ def test_search_and_encoding_params_are_checked_by_key(params, edit, message):
 def test_the_repository_params_keep_the_previous_search():
     evaluate = parse_params(yaml.safe_load((REPO / "params.yaml").read_text())).evaluate
     assert evaluate.search_chunk_size == retrieval.DOC_CHUNK == 65536 and evaluate.devices == []
+
+
+def test_the_search_memory_benchmark_runs_on_the_cpu(tmp_path, monkeypatch):
+    """benchmarks/bench_search_memory.py measures on a GPU; here its tiny CPU mode keeps it from rotting."""
+    import json
+    import runpy
+    import sys
+
+    output = tmp_path / "memory.json"
+    monkeypatch.setattr(sys, "argv", ["bench", "--cpu-smoke", "--output", str(output)])
+    runpy.run_path(str(REPO / "benchmarks" / "bench_search_memory.py"), run_name="__main__")
+    runs = json.loads(output.read_text())["runs"]
+    assert [(r["dim"], r["docs"]) for r in runs] == [(384, 300), (384, 600), (768, 300), (768, 600)]
+    assert runs[0]["stated_mib"] == runs[1]["stated_mib"]  # the corpus size does not enter the device
