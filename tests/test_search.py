@@ -82,6 +82,17 @@ def test_a_non_finite_embedding_is_refused_by_its_row(bad):
         top_k(queries, torch.ones(30, 4), 5)
 
 
+@pytest.mark.parametrize(("doc_chunk", "query_chunk"), [(0, 4), (4, 0), (-1, 4)])
+def test_a_chunk_size_below_one_is_refused(doc_chunk, query_chunk):
+    with pytest.raises(ValueError, match="chunk sizes must be positive"):
+        top_k(torch.ones(2, 4), torch.ones(9, 4), 3, doc_chunk, query_chunk)
+
+
+def test_an_empty_corpus_or_query_set_gives_empty_results():
+    assert [tuple(t.shape) for t in top_k(torch.ones(2, 4), torch.ones(0, 4), 5)] == [(2, 0), (2, 0)]
+    assert [tuple(t.shape) for t in top_k(torch.ones(0, 4), torch.ones(9, 4), 5)] == [(0, 0), (0, 0)]
+
+
 class LiveBytes(TorchDispatchMode):
     """Counts the bytes of the storages that ops allocate while they are alive, and keeps the peak (the CPU's
     stand-in for torch.cuda.max_memory_allocated)."""
