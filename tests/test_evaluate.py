@@ -89,7 +89,7 @@ def test_corpus_embeddings_are_memoised_per_model_and_text(tmp_path, monkeypatch
     monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path))
     model = SentenceTransformer(tiny_encoder, device="cpu")
     first = retrieval.encode_passages(model, ["a passage", "another"], 2)
-    monkeypatch.setattr(retrieval, "encode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    monkeypatch.setattr(retrieval, "encode_corpus", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
     assert torch.equal(retrieval.encode_passages(model, ["a passage", "another"], 2), first)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)  # other weights: another key

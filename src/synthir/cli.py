@@ -32,6 +32,7 @@ def _settings(args: argparse.Namespace):
             )
         else:
             values.update(batch_size=args.batch_size, device=args.device, dtype=args.dtype, search=args.search)
+            values.update(search_chunk_size=args.search_chunk_size, devices=args.devices)
         return EvaluateParams(**values)
     except ValidationError as error:
         raise ConfigError("; ".join(_flag_problem(item) for item in error.errors())) from None
@@ -41,16 +42,18 @@ def _flag_problem(item: dict) -> str:
     """One validation error, named by its flag."""
     from .config import describe_problem
 
-    return f"--{str(item['loc'][-1]).replace('_', '-')}: {describe_problem(item)}"
+    name = next(part for part in reversed(item["loc"]) if isinstance(part, str))  # a list item's flag: its list's
+    return f"--{name.replace('_', '-')}: {describe_problem(item)}"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .devices import check_device
     from .evaluate import evaluate_dense
-    from .retrieval import Prefixes, load_encoder
+    from .retrieval import Prefixes, encoding_devices, load_encoder
 
     settings = _settings(args)
     check_device(settings.device, settings.dtype, "--device", "--dtype")
+    encoding_devices(settings.device, settings.devices, "--devices")
     if args.max_seq_length is not None and args.max_seq_length <= 0:
         raise ConfigError(f"--max-seq-length: must be a positive number of tokens (got {args.max_seq_length})")
     model = load_encoder(
@@ -107,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     dense.add_argument("--device", default=evaluation.device, help="cpu | cuda (explicit: scores differ by machine)")
     dense.add_argument("--dtype", default=evaluation.dtype, help="float32 | bfloat16 | float16")
     dense.add_argument("--search", default=evaluation.search, choices=["torch", "faiss"])
+    dense.add_argument(
+        "--search-chunk-size", type=int, default=evaluation.search_chunk_size, help="documents per search step"
+    )
+    dense.add_argument(
+        "--devices", nargs="+", default=[], help="corpus encoding, a process each (default: every GPU with cuda)"
+    )
     dense.set_defaults(func=_cmd_evaluate)
 
     bm25 = commands.add_parser("bm25", help="evaluate BM25 (bm25s, stemmed, title + text)")

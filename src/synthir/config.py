@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .beir import check_split_name
 from .errors import ConfigError, ModelRefError, excerpt
@@ -206,6 +215,16 @@ class Bm25Params(Block):
         return value
 
 
+ENCODE_DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,2})?")
+
+
+def check_encode_device(name: str) -> str:
+    """A device a process may encode on: cpu, cuda or cuda:N."""
+    if not ENCODE_DEVICE.fullmatch(name):
+        raise ValueError(f"device {excerpt(name)} is not cpu, cuda or cuda:N")
+    return name
+
+
 class EvaluateParams(DeviceParams):
     split: Annotated[str, AfterValidator(check_split_name)] = "test"
     batch_size: BatchSize = 16
@@ -213,7 +232,21 @@ class EvaluateParams(DeviceParams):
         default=100, ge=100, le=10_000, description="hits kept per query (recall@100 and map@100 need 100)"
     )
     search: Literal["torch", "faiss"] = "torch"
+    search_chunk_size: int = Field(default=65536, gt=0, le=10**8)
+    """Documents scored per step of the torch search (the corpus stays on the host; retrieval.search_device_bytes)."""
+    devices: list[Annotated[str, AfterValidator(check_encode_device)]] = Field(default=[], max_length=64)
+    """The devices the corpus is encoded on, one process each (e.g. [cuda:0, cuda:1]); empty: every visible GPU
+    with device cuda, else the encoder's device alone."""
     bm25: Bm25Params = Bm25Params()
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_of_the_encoder_kind(cls, devices: list[str], info: ValidationInfo) -> list[str]:
+        device = info.data.get("device")  # absent when itself invalid
+        for name in devices if device else ():
+            if name.split(":")[0] != device:
+                raise ValueError(f"{name} is not a {device} device (the encoder's device): list {device} devices only")
+        return devices
 
 
 LLM_OPTION_RANGES: dict[str, tuple[float, float]] = {

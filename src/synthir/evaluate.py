@@ -21,6 +21,7 @@ from .retrieval import (
     bm25_search,
     dense_search,
     encoder_record,
+    encoding_devices,
     load_encoder,
     ranked,
     reciprocal_rank_fusion,
@@ -162,8 +163,8 @@ def evaluate_dense(
     cache: bool = True,
 ) -> Evaluation:
     """Encode corpus and the split's queries with a sentence-transformers model (`model`, or `model_ref` loaded on
-    the settings' device and dtype); exact search; metrics. `exclude_queries` (e.g. few-shot examples shown to the
-    generator) are left out of the split."""
+    the settings' device and dtype; the corpus on the settings' devices); exact search; metrics.
+    `exclude_queries` (e.g. few-shot examples shown to the generator) are left out of the split."""
     started = time.perf_counter()
     dataset = load_dataset(data_dir, [settings.split])
     queries, qrels = dataset.split(settings.split)
@@ -172,10 +173,21 @@ def evaluate_dense(
     qrels = {q: j for q, j in qrels.items() if q not in exclude_queries}
     seconds: dict[str, float] = {}
     begin = time.perf_counter()
+    devices = encoding_devices(settings.device, settings.devices, "evaluate.devices")
     model = model or load_encoder(model_ref, max_seq_length, settings.device, settings.dtype, block="evaluate")
     seconds["load"] = time.perf_counter() - begin
     run = dense_search(
-        model, dataset.corpus, queries, settings.depth, settings.batch_size, prefixes, seconds, settings.search, cache
+        model,
+        dataset.corpus,
+        queries,
+        settings.depth,
+        settings.batch_size,
+        prefixes,
+        seconds,
+        settings.search,
+        cache,
+        settings.search_chunk_size,
+        devices,
     )
     evaluation = _finish(model_ref, settings.split, qrels, run, len(dataset.corpus), seconds, started)
     evaluation.excluded = excluded

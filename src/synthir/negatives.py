@@ -40,7 +40,8 @@ def dense_rows(
 ) -> ScoreRows:
     from .retrieval import encode, encode_passages
 
-    docs = encode_passages(model, [passage_text(corpus[d]) for d in corpus], batch_size, passage_prefix)
+    texts = [passage_text(corpus[d]) for d in corpus]
+    docs = encode_passages(model, texts, batch_size, passage_prefix).to(model.device)  # mining scores on the device
 
     def rows(queries: Sequence[str]) -> np.ndarray:
         emb = encode(model, list(queries), batch_size, query_prefix)
