@@ -192,9 +192,9 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     shard = parse_shard(args.shard, "--shard")
     if args.export is not None and (args.export.is_dir() or args.export.is_symlink()):
         raise ConfigError(f"--export: '{args.export}' is a folder or a link; export to a plain file path")
+    doc_ids = require_file(args.sample).read_text(encoding="utf-8").split()
     params = load_params(args.params)
     data = args.data or Path("data/raw") / params.dataset.name
-    doc_ids = require_file(args.sample).read_text(encoding="utf-8").split()
     import_committed(args.completions)
     backend = open_backend(params.generate.llm)
     backend.keys_used = set()
