@@ -288,3 +288,35 @@ def test_a_split_stays_inside_the_dataset_folder(tmp_path, beir_dir, split):
         done.stderr.startswith("error: --split: ") and "a split is a plain name like test, dev or train" in done.stderr
     )
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "shard",
+    ["2/2", "-1/3", "a/b", "1/0", "0/0", "1", "1/2/3", "", " 0/2", "0/2\n", "0/1000001", "99999999999999999999/2",
+     "0/99999999999999999999", "٠/٢", "0/+2", "0.5/2"],
+)  # fmt: skip
+def test_a_bad_shard_names_the_flag(tmp_path, shard):
+    done = _cli("generate", f"--shard={shard}", "--params", str(tmp_path / "params.yaml"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: --shard: expected i/N, shard i of N with 0 <= i < N <= 100,000 (e.g. 0/4)")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_shards_parse():
+    from synthir.synth.shards import Shard, parse_shard
+
+    assert parse_shard("0/1") == Shard(0, 1) and parse_shard("3/4") == Shard(3, 4)
+    assert parse_shard("99999/100000") == Shard(99_999, 100_000) and str(parse_shard("1/2")) == "1/2"
+
+
+def test_generate_checks_its_files_before_any_work(tmp_path, monkeypatch, capsys):
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYNTHIR_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "folder").mkdir()
+    assert run(["generate", "--shard", "0/2", "--export", "folder"]) == 1
+    assert "error: --export: 'folder' is a folder or a link" in capsys.readouterr().err
+    assert run(["generate", "--params", str(REPO / "params.yaml"), "--sample", "nowhere.txt"]) == 1  # before params
+    assert "error: nowhere.txt: not found" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # nothing opened, nothing written

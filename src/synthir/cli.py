@@ -154,6 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--replace-local", action="store_true", help="a key cached locally with another text takes the file's"
     )
     import_files.set_defaults(func=_cmd_cache_import)
+    shard = commands.add_parser(
+        "generate",
+        help="the generate stage's LLM work for one shard of the sample, into the local cache (merge shards with "
+        "`cache export` / `cache import`; `dvc repro` then makes no LLM call)",
+    )
+    shard.add_argument("--shard", default="0/1", help="i/N: shard i of N (0 <= i < N); default 0/1, the whole sample")
+    shard.add_argument("--export", type=Path, help="write the shard's completions to this file (.gz: compressed)")
+    shard.add_argument("--force", action="store_true", help="let --export replace a file holding more completions")
+    shard.add_argument("--params", type=Path, default=Path("params.yaml"))
+    shard.add_argument("--data", type=Path, help="the BEIR folder (default: data/raw/<dataset.name>)")
+    shard.add_argument("--sample", type=Path, default=Path("data/sample/doc_ids.txt"), help="the sampled doc ids")
+    shard.add_argument(
+        "--completions", type=Path, default=Path("llm-cache"), help="committed completions, imported first"
+    )
+    shard.set_defaults(func=_cmd_generate)
     versus = commands.add_parser("compare", help="paired significance test of two runs over the same queries")
     versus.add_argument("run_a", help="NAME[:SYSTEM] of an experiment, NAME,NAME,... (mean over seeds) or a JSON file")
     versus.add_argument("run_b", help="the same for the run compared with")
@@ -172,6 +187,42 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--merge", action="store_true", help="keep the runs already in --output (other clones')")
     export.set_defaults(func=_cmd_export)
     return parser
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    """Run the generate stage's requests for one shard (the params, data and sample the stage reads), so that
+    machines can each fill a cache with theirs; nothing but the cache (and --export) is written."""
+    from .completions import export_cache, import_committed
+    from .config import load_params
+    from .fileio import require_file
+    from .llm import open_backend
+    from .synth.pipeline import generate_shard
+    from .synth.shards import parse_shard
+
+    shard = parse_shard(args.shard, "--shard")
+    if args.export is not None and (args.export.is_dir() or args.export.is_symlink()):
+        raise ConfigError(f"--export: '{args.export}' is a folder or a link; export to a plain file path")
+    doc_ids = require_file(args.sample).read_text(encoding="utf-8").split()
+    params = load_params(args.params)
+    data = args.data or Path("data/raw") / params.dataset.name
+    import_committed(args.completions)
+    backend = open_backend(params.generate.llm)
+    backend.keys_used = set()
+    with backend.cache:
+        summary = generate_shard(params.generate, data, doc_ids, shard, backend)
+        llm = summary["llm"]
+        print(
+            f"shard {shard}: {len(shard.select(doc_ids))} of {len(doc_ids)} documents, {summary['requests']} "
+            f"requests ({summary['failed']} failed): {llm['calls']} LLM calls, {llm['cache_hits']} samples cached; "
+            f"{len(backend.cache)} completions in {backend.cache.path}"
+        )
+        if args.export is None:
+            return
+        if not backend.keys_used:
+            print(f"--export: shard {shard} holds no request; {args.export} not written")
+            return
+        done = export_cache(backend.cache, args.export, keys=backend.keys_used, force=args.force)
+        print(f"{args.export}: {done.written} completions of shard {shard}")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

@@ -116,15 +116,54 @@ def tcp_port(value: str, name: str) -> int:
 
 
 def split_http_url(value: str) -> SplitResult:
-    """`value`'s parts if it is an http(s) URL with a host; a ValueError saying what is wrong otherwise."""
+    """`value`'s parts if it is an http(s) URL with a host; a ValueError saying what is wrong otherwise (echoing
+    the URL without its user:password)."""
+    shown = excerpt(_CREDENTIALS.sub("***@", value))
+    if _CONTROL.search(value):  # urlsplit would silently drop tabs and newlines
+        raise ValueError(f"{shown} contains a control character")
     try:
         parts = urlsplit(value.strip())
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError as error:
-        raise ValueError(f"{excerpt(value)} is not a URL ({str(error)[:80]})") from None
+        raise ValueError(f"{shown} is not a URL ({str(error)[:80]})") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{excerpt(value)} is not an http(s) URL with a host, e.g. http://localhost:8000/v1")
+        raise ValueError(f"{shown} is not an http(s) URL with a host, e.g. http://localhost:8000/v1")
     return parts
+
+
+_CREDENTIALS = re.compile(r"(?<=//)[^/?#]*@")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_SERVERS = 1024
+"""Servers one `base_url` list (a fleet) may name."""
+
+
+def server_roots(base_url: str | list[str]) -> list[tuple[str, str]]:
+    """(root, shown) for each server `base_url` names: one URL, or a list of them (a fleet). `root` is the URL
+    with a lower-case scheme and host and without a trailing slash or /v1; `shown` the same without user:password
+    (what messages and the cache identity show). A ValueError for a bad URL, an empty or oversized list, or a
+    server listed twice."""
+    urls = [base_url] if isinstance(base_url, str) else base_url
+    if not isinstance(urls, list) or not urls:
+        raise ValueError("an empty list: name at least one server, e.g. [http://gpu1:8000/v1, http://gpu2:8000/v1]")
+    if len(urls) > MAX_SERVERS:
+        raise ValueError(f"lists {len(urls)} servers; at most {MAX_SERVERS}")
+    roots: list[tuple[str, str]] = []
+    for number, url in enumerate(urls, 1):
+        where = "" if isinstance(base_url, str) else f"entry {number}: "
+        if not isinstance(url, str):
+            raise ValueError(f"{where}{excerpt(url)} is not a URL")
+        try:
+            parts = split_http_url(url)
+        except ValueError as error:
+            raise ValueError(f"{where}{error}") from None
+        credentials, _, host = parts.netloc.rpartition("@")
+        path = parts.path.rstrip("/").removesuffix("/v1")
+        shown = f"{parts.scheme.lower()}://{host.lower()}{path}"
+        twin = next((i for i, (_, other) in enumerate(roots, 1) if other == shown), None)
+        if twin is not None:
+            raise ValueError(f"entries {twin} and {number} name the same server {shown}/v1")
+        roots.append((shown.replace("://", f"://{credentials}@", 1) if credentials else shown, shown))
+    return roots
 
 
 class DatasetParams(Block):
@@ -271,6 +310,8 @@ LLM_OPTION_RANGES: dict[str, tuple[float, float]] = {
     "batch_size": (1, 100_000),
 }
 """The numeric backend options synthir knows, and their ranges (n_ctx and kin: a 1M-token context at most)."""
+LLM_COUNT_OPTIONS = frozenset({"max_concurrency", "max_retries"})
+"""Options that count something: a whole number (max_concurrency: requests in flight per server)."""
 
 
 class LLMParams(Block):
@@ -278,8 +319,10 @@ class LLMParams(Block):
 
     backend: Literal["llamacpp", "hf", "vllm", "openai"]
     model: str = Field(min_length=1)
-    base_url: str | None = None
-    """openai backend: the server, e.g. http://localhost:8000/v1 (a vLLM fleet, llama.cpp server, GPT-4o)."""
+    base_url: str | list[str] | None = None
+    """openai backend: the server, e.g. http://localhost:8000/v1 (vLLM, llama.cpp server, GPT-4o), or a list of
+    servers that serve the same model (a fleet: requests are spread over them; the cache key names the model, not
+    the servers)."""
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """openai backend: the NAME of the environment variable holding the key."""
     options: dict[str, int | float | str | bool] = {}
@@ -302,15 +345,19 @@ class LLMParams(Block):
             low, high = LLM_OPTION_RANGES.get(name, (None, None))
             if low is None or isinstance(value, str | bool):
                 continue
+            if name in LLM_COUNT_OPTIONS and not isinstance(value, int):
+                raise ValueError(f"{name}: {value} is not a whole number")
             if not low <= value <= high:
                 raise ValueError(f"{name}: {value} is out of range (expected {low} to {high})")
         return options
 
-    @field_validator("base_url")
+    @field_validator("base_url", mode="before")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
+    def _http_urls(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str | list):
+            raise ValueError(f"{excerpt(value)} is neither a URL nor a list of URLs")
         if value is not None:
-            split_http_url(value)
+            server_roots(value)  # one message for a bad entry (not pydantic's one per union member)
         return value
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from synthir.llm import CachedBackend, CompletionCache, LLMError, Request, Sampling, make_backend, sample_seed
+from synthir.llm.cache import cache_key
 from synthir.llm.openai_compat import OpenAICompatBackend
 
 KEY = "sk-test-secret-0123456789"
@@ -40,6 +41,8 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.delay = 0.0
         self.max_n: int | None = None
         self.refused = 0
+        self.models: list[str] | str | None = ["fake-model"]
+        """What GET /v1/models lists (None: it answers 404; "500": an HTTP 500)."""
         self.lock = threading.Lock()
 
     @property
@@ -52,6 +55,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # keep pytest output quiet
         pass
+
+    def do_GET(self) -> None:
+        models = self.server.models
+        if self.path != "/v1/models" or models is None:
+            return self.reply(404, b'{"error": "not found"}')
+        if models == "500":
+            return self.reply(500, b'{"error": "busy"}')
+        self.reply(200, json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in models]}).encode())
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -132,6 +143,17 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    thread = threading.Thread(target=fake.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield fake
+    fake.shutdown()
+    fake.server_close()
+
+
+@pytest.fixture
+def other() -> Iterator[FakeOpenAI]:
+    """A second server, for fleets."""
     fake = FakeOpenAI()
     thread = threading.Thread(target=fake.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -351,3 +373,189 @@ def test_score_yes_no(server: FakeOpenAI, backend: OpenAICompatBackend) -> None:
     assert scores == pytest.approx([-1.5, 1.6])
     body = server.bodies[0]
     assert body["max_tokens"] == 1 and body["temperature"] == 0.0
+
+
+SINGLE_SERVER_KEY = "baa40b563e8558621ba6d7120d17e7ca5d09b728ff9e97875f4e1992f944d384"
+"""The cache key of prompt 'q' (default sampling, sample 0) of model 'm' at http://example.org:8000/v1, as synthir
+computed it before fleets existed: one server's keys must not change."""
+
+
+def fleet(*servers: FakeOpenAI, **options) -> OpenAICompatBackend:
+    settings = {"max_retries": 1, "timeout": 2.0, "backoff_base": 0.001, "backoff_max": 0.01, **options}
+    return OpenAICompatBackend("fake-model", base_url=[s.url for s in servers], **settings)
+
+
+def test_one_servers_identity_and_keys_are_unchanged() -> None:
+    backend = OpenAICompatBackend("m", base_url="HTTP://User:pw@Example.org:8000/v1/")
+    assert backend.identity == {"backend": "openai", "server": "http://example.org:8000/v1", "model": "m"}
+    assert cache_key(backend.identity, "q", Sampling().as_dict(), 0) == SINGLE_SERVER_KEY
+
+
+def test_a_fleet_spreads_requests_and_bounds_each_server(server: FakeOpenAI, other: FakeOpenAI) -> None:
+    server.delay = other.delay = 0.03
+    backend = fleet(server, other, max_concurrency=2)
+    out = backend.generate([Request(prompt=f"p{i}") for i in range(16)])
+    assert [c.texts for c in out] == [[f"p{i}/seed=0/0"] for i in range(16)]  # in order, whoever answered
+    assert len(server.bodies) + len(other.bodies) == 16 and server.peak == other.peak == 2
+    assert 4 <= len(server.bodies) <= 12  # both used, neither starved
+    assert backend.sent == {server.url: len(server.bodies), other.url: len(other.bodies)}
+
+
+def test_a_fleets_completions_replay_whatever_its_servers(server: FakeOpenAI, other: FakeOpenAI, tmp_path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    first = CachedBackend(fleet(server, other), cache)
+    texts = first.generate([Request(prompt=f"p{i}", n=2, sampling=Sampling(temperature=0.7)) for i in range(4)])
+    assert first.identity == {"backend": "openai", "server": "fleet", "model": "fake-model"}
+    for servers in ([other, server], [other]):  # another order, another size: the same keys
+        again = CachedBackend(fleet(*servers), cache)
+        assert (
+            again.generate([Request(prompt=f"p{i}", n=2, sampling=Sampling(temperature=0.7)) for i in range(4)])
+            == texts
+        )
+        assert again.stats.calls == 0 and again.stats.cache_hits == 8
+    single = CachedBackend(OpenAICompatBackend("fake-model", base_url=server.url), cache)
+    single.generate([Request(prompt="p0", n=2, sampling=Sampling(temperature=0.7))])
+    assert single.stats.cache_hits == 0  # one URL (a string) keeps the identity naming its server
+
+
+def test_a_failing_server_is_skipped_at_once(server: FakeOpenAI, other: FakeOpenAI) -> None:
+    server.script = {f"p{i}": ["500"] * 10 for i in range(6)}
+    backend = fleet(server, other, max_retries=0, max_concurrency=1)
+    out = backend.generate([Request(prompt=f"p{i}") for i in range(6)])
+    assert not any(c.failed for c in out) and len(other.bodies) == 6  # each retried on the other, no round lost
+    assert len(server.bodies) < 6  # a failing server is avoided for a while
+
+
+def test_a_refused_connection_moves_to_another_server(other: FakeOpenAI) -> None:
+    backend = OpenAICompatBackend(
+        "fake-model", base_url=["http://127.0.0.1:9/v1", other.url], max_retries=0, backoff_base=0.001
+    )
+    out = backend.generate([Request(prompt=f"p{i}") for i in range(5)])
+    assert not any(c.failed for c in out) and len(other.bodies) == 5
+
+
+def test_a_fleet_fails_only_when_every_server_does(server: FakeOpenAI, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_OPENAI_KEY", KEY)
+    server.script = {"q": ["500"] * 10}
+    backend = OpenAICompatBackend(
+        "fake-model", base_url=[server.url, "http://127.0.0.1:9/v1"], max_retries=1, backoff_base=0.001,
+        backoff_max=0.01, timeout=2, api_key_env="FAKE_OPENAI_KEY",
+    )  # fmt: skip
+    error = backend.generate([Request(prompt="q")])[0].error
+    assert error == (
+        f"openai backend: all 2 servers failed (2 rounds): {server.url}/completions: HTTP 500: scripted 500 for key "
+        "***; http://127.0.0.1:9/v1/completions: cannot connect: Connection refused"
+    )
+    assert server.attempts["q"] == 2  # one attempt per round
+
+
+def test_a_fleet_serving_two_models_is_an_error_naming_both(server: FakeOpenAI, other: FakeOpenAI) -> None:
+    other.models = ["another-model"]
+    with pytest.raises(LLMError) as caught:
+        fleet(server, other).generate([Request(prompt="p")])
+    assert str(caught.value).startswith(
+        f"openai backend: the servers of base_url serve different models: {server.url} lists 'fake-model', "
+        f"{other.url} lists 'another-model'; "
+    )
+    assert server.bodies == other.bodies == []  # checked before any request
+    other.models = None
+    with pytest.raises(
+        LLMError, match=rf"^openai backend: {re.escape(other.url)}/models: HTTP 404: not found — a fleet"
+    ):
+        fleet(server, other).generate([Request(prompt="p")])
+
+
+def test_a_server_down_at_start_is_checked_before_its_first_request(server: FakeOpenAI, other: FakeOpenAI) -> None:
+    other.models = "500"  # up for completions, but cannot say what it serves
+    backend = fleet(server, other, max_concurrency=1)
+    out = backend.generate([Request(prompt=f"p{i}") for i in range(4)])
+    assert not any(c.failed for c in out) and len(server.bodies) == 4 and other.bodies == []  # never used unchecked
+    other.models = ["another-model"]
+    time.sleep(0.05)  # past its backoff
+    with pytest.raises(LLMError, match="serve different models"):
+        backend.generate([Request(prompt="later")])
+    assert other.bodies == []
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [
+        ([], "an empty list: name at least one server"),
+        (["http://a:8000/v1", "HTTP://A:8000/"], "entries 1 and 2 name the same server http://a:8000/v1"),
+        (["http://u:pw1@a:1/v1", "http://a:1"], "entries 1 and 2 name the same server http://a:1/v1"),
+        (["http://a/v1", "ftp://b/v1"], "entry 2: 'ftp://b/v1' is not an http(s) URL with a host"),
+        (["http://a/v1", "b:8000"], "entry 2: 'b:8000' is not an http(s) URL"),
+        (["http://u:secret@a:99999/v1"], "entry 1: 'http://***@a:99999/v1' is not a URL"),
+        (["http://a/v1", "http://b\n.evil/v1"], r"entry 2: 'http://b\\n.evil/v1' contains a control character"),
+        (["http://a/v1\x00"], r"entry 1: 'http://a/v1\\x00' contains a control character"),
+        ([f"http://h{i}/v1" for i in range(1025)], "lists 1025 servers; at most 1024"),
+        (["http://a/v1", 8000], "entry 2: 8000 is not a URL"),
+    ],
+)
+def test_bad_fleet_is_a_clear_error(urls: list, message: str) -> None:
+    with pytest.raises(LLMError) as caught:
+        make_backend("openai", "m", base_url=urls)
+    assert str(caught.value).startswith("openai backend: base_url " + message.replace("\\\\", "\\"))
+    assert "secret" not in str(caught.value) and "pw1" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("llm", "message"),
+    [
+        ({"base_url": []}, "generate.llm.base_url: an empty list"),
+        ({"base_url": ["http://a/v1", "http://a/v1/"]}, "generate.llm.base_url: entries 1 and 2 name the same server"),
+        (
+            {"base_url": ["http://x:pw@a/v1", "gopher://b"]},
+            "generate.llm.base_url: entry 2: 'gopher://b' is not an http",
+        ),
+        ({"base_url": "http://x:pw@a:port/v1"}, "generate.llm.base_url: 'http://***@a:port/v1' is not a URL"),
+        ({"base_url": "http://a/v1\r\n"}, r"generate.llm.base_url: 'http://a/v1\r\n' contains a control character"),
+        ({"base_url": ["http://a/v1", None]}, "generate.llm.base_url: entry 2: None is not a URL"),
+        ({"base_url": 8000}, "generate.llm.base_url: 8000 is neither a URL nor a list of URLs"),
+        (
+            {"base_url": ["http://a/v1"], "options": {"max_concurrency": 2.5}},
+            "generate.llm.options: max_concurrency: 2.5 is not a whole",
+        ),
+        (
+            {"base_url": ["http://a/v1"], "options": {"max_concurrency": 0}},
+            "generate.llm.options: max_concurrency: 0 is out of range",
+        ),
+        (
+            {"base_url": ["http://a/v1"], "options": {"max_concurrency": 10**9}},
+            "generate.llm.options: max_concurrency: 1000000000 is out",
+        ),
+    ],
+)
+def test_bad_fleet_params_name_the_key(llm: dict, message: str) -> None:
+    import yaml
+
+    from synthir.config import parse_params
+    from synthir.errors import ConfigError
+    from tests.conftest import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["generate"]["llm"] = {"backend": "openai", "model": "m", **llm}
+    with pytest.raises(ConfigError) as caught:
+        parse_params(params)
+    assert str(caught.value).startswith("params.yaml: " + message) and "\n" not in str(caught.value)
+    assert "pw" not in str(caught.value)
+
+
+def test_a_fleet_in_params_reaches_the_backend(server: FakeOpenAI, other: FakeOpenAI, tmp_path) -> None:
+    from synthir.config import LLMParams
+    from synthir.llm import open_backend
+
+    params = LLMParams(backend="openai", model="fake-model", base_url=[server.url, other.url],
+                       options={"max_concurrency": 1})  # fmt: skip
+    cached = open_backend(params, tmp_path / "c.sqlite")
+    assert cached.identity["server"] == "fleet" and cached.backend.base_url == [server.url[:-3], other.url[:-3]]
+    assert not any(c.failed for c in cached.generate([Request(prompt=f"p{i}") for i in range(4)]))
+    assert server.bodies and other.bodies
+
+
+def test_max_concurrency_must_be_a_whole_number() -> None:
+    for bad in (2.5, True, 0):
+        with pytest.raises(LLMError, match=r"max_concurrency \(per server\) >= 1"):
+            OpenAICompatBackend("m", base_url=["http://a/v1"], max_concurrency=bad)
+    with pytest.raises(LLMError, match="timeout must be a positive number"):
+        OpenAICompatBackend("m", timeout=float("nan"))

@@ -389,3 +389,45 @@ def test_round_trip_and_gecko_encode_with_the_models_prefixes(data, tmp_path, ti
     verify_outputs(verify, data, generated, tmp_path / "v", tmp_path / "v.json", cached(ScriptedLLM(), tmp_path))
     assert seen == ["query: subject3"] * 2  # the round trip's, then Gecko's
     assert passage_prefixes == ["passage: "] * 2
+
+
+def test_shards_are_disjoint_cover_the_sample_and_replay_as_one_run(data, tmp_path):
+    """Shards i/3 into their own caches, merged by export and import: the whole run then makes no LLM call and
+    writes what an unsharded run writes (ScriptedLLM: a test double of the LLM)."""
+    from synthir.completions import export_cache, import_cache
+    from synthir.synth.pipeline import generate_shard
+    from synthir.synth.shards import Shard
+
+    doc_ids = [d["_id"] for d in CORPUS]
+    _, whole = run(data, tmp_path / "whole", ScriptedLLM(), doc_ids)
+    files, asked = [], []
+    for index in range(3):
+        llm = ScriptedLLM()
+        backend = cached(llm, tmp_path / f"machine{index}")
+        backend.keys_used = set()
+        summary = generate_shard(params(), data, doc_ids, Shard(index, 3), backend)
+        assert summary["shard"] == f"{index}/3" and summary["failed"] == 0
+        asked.append({r.messages[-1]["content"] for r in llm.requests})
+        files.append(tmp_path / f"shard{index}.jsonl")
+        export_cache(backend.cache, files[-1], keys=backend.keys_used)
+        assert not list((tmp_path / f"machine{index}").glob("out*"))  # nothing but the cache is written
+    assert all(asked) and not (asked[0] & asked[1] or asked[0] & asked[2] or asked[1] & asked[2])
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    import_cache(CompletionCache(merged / "llm.sqlite"), files)
+    llm = ScriptedLLM()
+    stats, replayed = run(data, merged, llm, doc_ids)
+    assert llm.requests == [] and stats.calls == 0 and replayed == whole
+
+
+def test_a_shard_is_fixed_by_the_id_alone():
+    from synthir.synth.shards import Shard
+
+    ids = [f"doc-{i}" for i in range(1000)]
+    parts = [Shard(i, 4).select(ids) for i in range(4)]
+    assert sorted(i for part in parts for i in part) == sorted(ids) and all(
+        200 <= len(p) <= 300 for p in parts
+    )  # cover, balanced
+    assert Shard(1, 4).select(list(reversed(ids))) == list(reversed(parts[1]))  # order does not matter
+    assert Shard(0, 1).select(ids) == ids
+    assert [i for i in range(4) if Shard(i, 4).holds("doc-7")] == [3]  # sha256 of the id: the same everywhere

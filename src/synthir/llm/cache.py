@@ -3,10 +3,12 @@
 Key = sha256 of canonical JSON of (identity, prompt or messages, sampling.as_dict(), sample index). The identity
 (`backend_identity`) is {"backend": kind, "server": ..., "model": model id}: for the openai backend the server is
 its normalised base_url (lower-case scheme and host, no credentials, ending in /v1), so the same model name
-behind another server is another key. Local backends (vllm, hf, llamacpp) have no server: the model reference
-(a pinned pkg: ref, hub id or path) stands for the weights; the resolved file is left out so that a cache stays
-valid on another machine or checkout. Each backend batch is committed as soon as it returns, so a killed process
-loses at most the batch in flight; WAL keeps the file consistent. Failed completions are never stored, so a
+behind another server is another key; a `base_url` list (a fleet of servers checked to serve one model) has the
+server "fleet", so its completions replay whatever the number or order of its servers. Local backends (vllm, hf,
+llamacpp) have no server: the model reference (a pinned pkg: ref, hub id or path) stands for the weights; the
+resolved file is left out so that a cache stays valid on another machine or checkout. Each backend batch is
+committed as soon as it returns, so a killed process loses at most the batch in flight; WAL keeps the file
+consistent. Failed completions are never stored, so a
 rerun retries them. A file that cannot be used (not SQLite, damaged, read-only, a folder, disk full, locked)
 raises a `CacheError` naming the file and the cause.
 """
@@ -357,10 +359,14 @@ class CachedBackend:
         self.identity = backend_identity(backend)
         """{"backend", "server", "model"}: part of every cache key, and what provenance should record."""
         self.stats = CacheStats()
+        self.keys_used: set[str] | None = None
+        """When set to a set: every key asked for is added to it (what a shard's export selects)."""
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         payloads = [[self._request(r, i) for i in range(r.n)] for r in requests]
         keys = [[request_key(p) for p in row] for row in payloads]
+        if self.keys_used is not None:
+            self.keys_used.update(_flat(keys))
         found = self._lookup(dict(zip(_flat(keys), _flat(payloads), strict=True)))
         samples: list[list[Entry | None]] = [[found.get(k) for k in ks] for ks in keys]
         errors: dict[int, str] = {}
@@ -410,6 +416,8 @@ class CachedBackend:
             raise UnsupportedError(f"{type(self.backend).__name__} cannot score yes/no (no log-probs)")
         payloads = [key_request(self.identity, p, SCORE_MARKER, 0) for p in prompts]
         keys = [request_key(p) for p in payloads]
+        if self.keys_used is not None:
+            self.keys_used.update(keys)
         found = self._lookup(dict(zip(keys, payloads, strict=True)))
         self.stats.cache_hits += len(found)
         missing = [i for i, k in enumerate(keys) if k not in found]

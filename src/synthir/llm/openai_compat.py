@@ -6,19 +6,28 @@ failures (429, 5xx, timeouts, connection errors, malformed bodies) are retried w
 jitter, honouring Retry-After; a request that still fails comes back as `Completion(failed=True)` whose error
 names the URL and the cause. Servers that refuse n > 1 (llama.cpp's) get one call per sample instead, each with
 its own seed (`Sampling.for_sample`): found out on the first such 400 and remembered.
+
+`base_url` may list several servers that serve the same model (a fleet: vLLM servers, one per GPU or node).
+Each takes at most `max_concurrency` requests at a time; a request goes to the least busy server that is up, and
+one that fails transiently (connection refused, 5xx, 429, timeout) is tried on the next server at once, with a
+backoff only after every server has failed it (a failing server is also avoided by other requests for a while).
+A fleet's cache identity names the model, not the servers, so its completions replay whatever the number or order
+of servers; each server's /v1/models is checked before its first request, and a server serving another model is
+an error naming both servers. One URL (a string) keeps the identity that names its server.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import os
 import random
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import requests
@@ -29,6 +38,12 @@ log = logging.getLogger(__name__)
 
 SHOWN_TEXT = 200
 """Characters of a server's error text kept in a message."""
+
+FLEET = "fleet"
+"""The `server` of a fleet's identity: any of the servers of a `base_url` list (they serve one model)."""
+
+MODELS_TIMEOUT = 10.0
+"""Seconds to wait for a server's /v1/models (the fleet's model check) before counting it as down for now."""
 
 
 class _Transient(Exception):
@@ -48,6 +63,64 @@ class _Permanent(Exception):
         self.refuses_n = refuses_n
 
 
+@dataclass(eq=False)
+class _Server:
+    """One server of the backend: where it is, how busy, whether it is known to be up and what it serves."""
+
+    root: str
+    """The URL without /v1 (with user:password@, if given): what requests go to."""
+    shown: str
+    """The same without user:password@: what messages show."""
+    in_flight: int = 0
+    sent: int = 0
+    """Requests sent to it, answered or not."""
+    failures: int = 0
+    """Transient failures in a row (reset by a success): how long it is avoided."""
+    down_until: float = 0.0
+    """time.monotonic() before which other servers are preferred."""
+    serves: str | None = None
+    """What its /v1/models lists (fleets only; None until checked)."""
+
+
+@dataclass
+class _Fleet:
+    """Picks a server for each attempt: up before down, then least busy, each at most `limit()` requests at once."""
+
+    servers: list[_Server]
+    limit: Any
+    """A callable giving the per-server bound now (the backend's `max_concurrency`, read live)."""
+    _ready: threading.Condition = field(default_factory=threading.Condition)
+
+    def acquire(self, tried: set[int]) -> _Server:
+        """A server not in `tried` (indices), waiting while every such server is at its limit."""
+        with self._ready:
+            while True:
+                now = time.monotonic()
+                untried = [s for i, s in enumerate(self.servers) if i not in tried]
+                up = [s for s in untried if s.down_until <= now] or untried  # all down: try them anyway
+                free = [s for s in up if s.in_flight < self.limit()]
+                if free:
+                    chosen = min(free, key=lambda s: (s.in_flight, s.sent))
+                    chosen.in_flight += 1
+                    chosen.sent += 1
+                    return chosen
+                self._ready.wait(0.5)  # a release notifies; the timeout re-reads which servers are down
+
+    def release(self, server: _Server, down_for: float | None = None) -> None:
+        """Give the slot back; `down_for` (seconds) after a transient failure, None after an answer."""
+        with self._ready:
+            server.in_flight -= 1
+            if down_for is None:
+                server.failures = 0
+            else:
+                server.failures += 1
+                server.down_until = max(server.down_until, time.monotonic() + down_for)
+            self._ready.notify_all()
+
+    def index(self, server: _Server) -> int:
+        return self.servers.index(server)
+
+
 class OpenAICompatBackend:
     """`/v1/chat/completions` for messages, `/v1/completions` for prompts."""
 
@@ -56,7 +129,7 @@ class OpenAICompatBackend:
     def __init__(
         self,
         model: str,
-        base_url: str = "http://127.0.0.1:8000/v1",
+        base_url: str | Sequence[str] = "http://127.0.0.1:8000/v1",
         api_key_env: str | None = None,
         max_concurrency: int = 8,
         max_retries: int = 5,
@@ -68,14 +141,22 @@ class OpenAICompatBackend:
     ) -> None:
         if api_key_env is not None and not os.environ.get(api_key_env):
             raise LLMError(f"openai backend: environment variable {api_key_env} (the API key) is not set")
-        if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise LLMError("openai backend: max_concurrency >= 1, max_retries >= 0 and timeout > 0 are required")
+        if not _whole(max_concurrency) or max_concurrency < 1 or not _whole(max_retries) or max_retries < 0:
+            raise LLMError(
+                "openai backend: max_concurrency (per server) >= 1 and max_retries >= 0 must be whole numbers"
+            )
+        if not timeout > 0 or not math.isfinite(timeout):
+            raise LLMError(f"openai backend: timeout must be a positive number of seconds (got {timeout!r})")
         self.model = model
         self.model_id = model_id or model
         self.scoring_usage = Usage()
-        self._root = _server_root(base_url)
-        self.base_url = _without_credentials(self._root)
-        """The server without /v1 (and without user:password@): what messages and the identity show."""
+        self.is_fleet = not isinstance(base_url, str)
+        """A `base_url` list: servers of one model, named in the identity by the model only."""
+        self._servers = [_Server(root, shown) for root, shown in _server_roots(base_url)]
+        self._fleet = _Fleet(self._servers, lambda: self.max_concurrency)
+        self._checking = threading.Lock()
+        self.base_url = self._servers[0].shown if not self.is_fleet else [s.shown for s in self._servers]
+        """The server(s) without /v1 (and without user:password@): what messages and the identity show."""
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
@@ -95,13 +176,23 @@ class OpenAICompatBackend:
 
     @property
     def identity(self) -> dict[str, str | None]:
-        """Backend kind, server and model id: what the cache key and provenance record (see `backend_identity`)."""
-        return {"backend": self.kind, "server": self.base_url + "/v1", "model": self.model_id}
+        """Backend kind, server and model id: what the cache key and provenance record (see `backend_identity`).
+        A fleet's server is `FLEET`: its servers serve one model (checked), so any of them may answer."""
+        server = FLEET if self.is_fleet else self._servers[0].shown + "/v1"
+        return {"backend": self.kind, "server": server, "model": self.model_id}
+
+    @property
+    def sent(self) -> dict[str, int]:
+        """Requests sent to each server so far (by its URL, as messages show it)."""
+        return {s.shown + "/v1": s.sent for s in self._servers}
 
     def generate(self, requests_: list[Request]) -> list[Completion]:
         if not requests_:
             return []
-        with ThreadPoolExecutor(min(self.max_concurrency, len(requests_))) as pool:
+        if self.is_fleet:
+            self._check_models(self._servers, reachable_only=True)
+        workers = min(self.max_concurrency * len(self._servers), len(requests_))
+        with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(self._one, requests_))
 
     def score_yes_no(self, prompts: Sequence[Prompt]) -> list[float]:
@@ -161,28 +252,88 @@ class OpenAICompatBackend:
         return _joined(done, request.n)
 
     def _send(self, request: Request) -> Completion:
-        """One request, retried while failures are transient; raises _Permanent (naming URL and cause) at the end."""
+        """One request, retried while failures are transient: at once on each server not yet tried in this round,
+        then (after a backoff) in the next round; raises _Permanent (naming URL and cause) at the end."""
         path, body = self._body(request)
+        errors: dict[int, str] = {}
+        wait: float | None = None
         for attempt in range(self.max_retries + 1):
-            try:
-                return self._parse(request, self._post(path, body))
-            except _Permanent as exc:
-                raise _Permanent(self._describe(path, str(exc)), exc.refuses_n) from None
-            except _Transient as exc:
-                error = self._describe(path, str(exc))
-                if attempt == self.max_retries:
-                    break
-                delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
-                if exc.wait is not None:
-                    delay = max(delay, min(exc.wait, self.backoff_max))
-                log.debug("%s; retry %d in %.2fs", error, attempt + 1, delay)
-                time.sleep(delay)
-        attempts = f"{self.max_retries + 1} attempt{'s' if self.max_retries else ''}"
-        log.warning("%s; giving up after %s", error, attempts)
-        raise _Permanent(f"{error} (after {attempts})")
+            tried: set[int] = set()
+            while len(tried) < len(self._servers):
+                server = self._fleet.acquire(tried)
+                tried.add(self._fleet.index(server))
+                try:
+                    if self.is_fleet and server.serves is None:
+                        self._check_models([server], reachable_only=False)
+                    completion = self._parse(request, self._post(server, path, body))
+                except _Permanent as exc:
+                    self._fleet.release(server)
+                    raise _Permanent(self._describe(server, path, str(exc)), exc.refuses_n) from None
+                except _Transient as exc:
+                    errors[self._fleet.index(server)] = self._describe(server, path, str(exc))
+                    self._fleet.release(server, self._pause(server, exc))
+                    wait = exc.wait
+                    if self.is_fleet:
+                        log.info("%s; trying another server", errors[self._fleet.index(server)])
+                    continue
+                except BaseException:
+                    self._fleet.release(server)
+                    raise
+                self._fleet.release(server)
+                return completion
+            if attempt == self.max_retries:
+                break
+            delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
+            if wait is not None:
+                delay = max(delay, min(wait, self.backoff_max))
+            log.debug("%s; retry %d in %.2fs", "; ".join(errors.values()), attempt + 1, delay)
+            time.sleep(delay)
+        raise _Permanent(self._gave_up(errors))
 
-    def _describe(self, path: str, cause: str) -> str:
-        return _redact(f"openai backend: {self.base_url}{path}: {cause}", self._api_key())
+    def _pause(self, server: _Server, exc: _Transient) -> float:
+        """How long other requests avoid a server that just failed: its Retry-After, else a backoff that grows
+        with its failures in a row."""
+        backoff = min(self.backoff_max, self.backoff_base * 2 ** min(server.failures, 30))
+        return max(backoff, min(exc.wait, self.backoff_max)) if exc.wait is not None else backoff
+
+    def _gave_up(self, errors: dict[int, str]) -> str:
+        rounds = self.max_retries + 1
+        if not self.is_fleet:
+            attempts = f"{rounds} attempt{'s' if self.max_retries else ''}"
+            log.warning("%s; giving up after %s", errors[0], attempts)
+            return f"{errors[0]} (after {attempts})"
+        causes = "; ".join(errors[i] for i in sorted(errors))
+        message = f"openai backend: all {len(self._servers)} servers failed ({rounds} round{'s' * (rounds > 1)}): "
+        log.warning("%s", message + causes)
+        return message + causes.replace("openai backend: ", "")
+
+    def _describe(self, server: _Server, path: str, cause: str) -> str:
+        return _redact(f"openai backend: {server.shown}{path}: {cause}", self._api_key())
+
+    def _check_models(self, servers: list[_Server], reachable_only: bool) -> None:
+        """Ask each server (not yet checked) which model it serves, and compare with the servers checked before:
+        a fleet serving two models would mix their completions under one cache identity. An unreachable server is
+        skipped if `reachable_only` (it is checked before its first request), else raises _Transient."""
+        with self._checking:
+            unchecked = [s for s in servers if s.serves is None]
+            if unchecked:
+                with ThreadPoolExecutor(len(unchecked)) as pool:
+                    answers = list(pool.map(self._served_model, unchecked))
+                for server, answer in zip(unchecked, answers, strict=True):
+                    if isinstance(answer, _Transient):
+                        if not reachable_only:
+                            raise answer
+                        log.warning("openai backend: %s/v1/models: %s; checked when it is next tried", server.shown,
+                                    answer)  # fmt: skip
+                        continue
+                    reference = next((s for s in self._servers if s.serves is not None), None)
+                    if reference is not None and reference.serves != answer:
+                        raise LLMError(
+                            f"openai backend: the servers of base_url serve different models: {reference.shown}/v1 "
+                            f"lists {reference.serves}, {server.shown}/v1 lists {answer}; a fleet's servers must "
+                            f"serve one model (their completions share cache keys)"
+                        )
+                    server.serves = answer
 
     def _api_key(self) -> str:
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
@@ -212,16 +363,49 @@ class OpenAICompatBackend:
         body.update(self.extra_body)
         return path, body
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _served_model(self, server: _Server) -> str | _Transient:
+        """What the server's /v1/models lists: our `model` if listed (vLLM's served name), else every id it lists
+        (llama.cpp serves one model under any name). A _Transient if it cannot be reached now; LLMError if it
+        answers but names no model."""
+        try:
+            response = self._session().get(server.root + "/v1/models", headers=self._headers(),
+                                           timeout=min(self.timeout, MODELS_TIMEOUT))  # fmt: skip
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            return _Transient(f"cannot connect: {_reason(exc)}")
+        except requests.RequestException as exc:
+            raise LLMError(self._describe(server, "/v1/models", f"{type(exc).__name__}: {_reason(exc)}")) from None
+        if response.status_code == 429 or response.status_code >= 500:
+            return _Transient(f"HTTP {response.status_code}")
+        try:
+            listed = [str(m["id"]) for m in response.json()["data"]] if response.status_code == 200 else None
+        except (ValueError, KeyError, TypeError):
+            listed = None
+        if not listed:
+            cause = f"HTTP {response.status_code}: " + _server_text(response, self._api_key())
+            raise LLMError(
+                self._describe(server, "/v1/models", f"{cause.strip()} — a fleet's servers must list the model they "
+                                                  "serve, so that synthir can check they serve the same one")
+            )  # fmt: skip
+        return repr(self.model) if self.model in listed else repr(sorted(listed))[1:-1]
+
+    def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+        return session
+
+    def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _post(self, server: _Server, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        key = self._api_key()
         try:
-            response = session.post(self._root + path, json=body, headers=headers, timeout=self.timeout)
+            response = self._session().post(server.root + path, json=body, headers=self._headers(),
+                                             timeout=self.timeout)  # fmt: skip
         except requests.Timeout:
             raise _Transient(f"timed out after {self.timeout}s") from None
         except requests.ConnectionError as exc:
@@ -291,23 +475,18 @@ def _joined(parts: list[Completion], n: int, error: str | None = None) -> Comple
     )
 
 
-def _server_root(base_url: str) -> str:
-    """`base_url` without a trailing /v1 and slash, lower-case scheme and host; LLMError if it is no http(s) URL."""
-    from ..config import split_http_url
+def _server_roots(base_url: str | Sequence[str]) -> list[tuple[str, str]]:
+    """(root, shown) of each server (see `config.server_roots`); LLMError if a URL or the list is bad."""
+    from ..config import server_roots
 
     try:
-        parts = split_http_url(base_url)
-    except ValueError as error:
+        return server_roots(base_url if isinstance(base_url, str) else list(base_url))
+    except (ValueError, TypeError) as error:
         raise LLMError(f"openai backend: base_url {error}") from None
-    credentials, _, host = parts.netloc.rpartition("@")
-    netloc = f"{credentials}@{host.lower()}" if credentials else host.lower()
-    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/').removesuffix('/v1')}"
 
 
-def _without_credentials(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _reason(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ from ..prompting import check_prompts_dir, load_template
 from .doc2query import few_shot_examples, generate_queries
 from .query_negative import generate_negatives
 from .runner import TaskRunner, TaskStats
+from .shards import Shard
 from .syntriever import generate_sets, training_queries
 
 
@@ -33,13 +34,43 @@ def generate(
     Nothing is written when the stage fails."""
     started = time.perf_counter()
     dataset = _load(params, data_dir)
-    folder = params.prompts_dir
-    if folder is not None:
-        check_prompts_dir(folder, "generate.prompts_dir")
     backend = backend or open_backend(params.llm)
+    outputs, stats, examples = synthesize(params, dataset, doc_ids, backend)
+    summary = _summary(params, stats, backend, started)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, records in outputs.items():
+        write_jsonl(out_dir / f"{name}.jsonl", records)
+    with atomic_file(out_dir / "few_shot_ids.txt") as handle:
+        handle.writelines(f"{q}\n" for q, _, _ in examples)
+    write_json(metrics_path, summary)
+    return stats
+
+
+def generate_shard(
+    params: GenerateParams, data_dir: Path, doc_ids: list[str], shard: Shard, backend: CachedBackend
+) -> dict:
+    """The LLM work of `generate` for the documents and training queries of `shard` only: its completions go to
+    the backend's cache (nothing else is written); the summary `generate` would write, for this shard."""
+    started = time.perf_counter()
+    _, stats, _ = synthesize(params, _load(params, data_dir), doc_ids, backend, shard)
+    return {"shard": str(shard), **_summary(params, stats, backend, started)}
+
+
+def synthesize(
+    params: GenerateParams,
+    dataset: Dataset,
+    doc_ids: list[str],
+    backend: CachedBackend,
+    shard: Shard | None = None,
+) -> tuple[dict[str, list[dict]], dict[str, TaskStats], list]:
+    """Every enabled task's records, stats and the few-shot examples; with `shard`, only for its documents and
+    training queries (the requests of each are those of the whole run: few-shot examples are drawn from all)."""
+    folder = params.prompts_dir
     runner = TaskRunner(backend)
     stats: dict[str, TaskStats] = {}
     outputs: dict[str, list[dict]] = {}
+    if shard is not None:
+        doc_ids = shard.select(doc_ids)
 
     d2q = params.doc2query
     examples = []
@@ -58,6 +89,8 @@ def generate(
     if params.syntriever.enabled:
         syn = params.syntriever
         query_ids = training_queries(dataset.queries, dataset.qrels["train"], syn.max_queries, params.seed)
+        if shard is not None:
+            query_ids = shard.select(query_ids)
         if syn.prompts == "paper":  # the authors' prompts (released code): long, detailed outputs
             templates = {
                 "cot": load_template("syntriever_cot", folder),
@@ -80,7 +113,11 @@ def generate(
             sampling_of(syn, params.seed),
             params.domain,
         )
+    return outputs, stats, examples
 
+
+def _summary(params: GenerateParams, stats: dict[str, TaskStats], backend: CachedBackend, started: float) -> dict:
+    """The metrics of a run; a SynthirError if more requests failed than `max_failure_rate` allows."""
     requests = sum(s.requests for s in stats.values())
     failed = sum(s.failed for s in stats.values())
     if requests and failed / requests > params.max_failure_rate:
@@ -89,20 +126,13 @@ def generate(
             f"first error: {backend.stats.first_error}. Successful completions are cached, so a rerun retries only "
             f"the failures; nothing was written"
         )
-    summary = {
+    return {
         "tasks": {name: s.as_dict() for name, s in stats.items()},
         "llm": backend.stats.as_dict(),
         "requests": requests,
         "failed": failed,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, records in outputs.items():
-        write_jsonl(out_dir / f"{name}.jsonl", records)
-    with atomic_file(out_dir / "few_shot_ids.txt") as handle:
-        handle.writelines(f"{q}\n" for q, _, _ in examples)
-    write_json(metrics_path, summary)
-    return stats
 
 
 def run_doc2query(
@@ -131,7 +161,8 @@ def run_query_negative(runner: TaskRunner, params: GenerateParams, queries: list
 
 
 def _load(params: GenerateParams, data_dir: Path) -> Dataset:
-    """The corpus, plus the labeled train split where few-shot examples or Syntriever sets need it."""
+    """The corpus, plus the labeled train split where few-shot examples or Syntriever sets need it (and the
+    prompts folder checked)."""
     needs = [
         (key, value)
         for key, value in (
@@ -146,4 +177,7 @@ def _load(params: GenerateParams, data_dir: Path) -> Dataset:
             f"{key}: {value} needs labeled train queries, and {data_dir} has no qrels/train.tsv; for a corpus "
             f"without labels set generate.doc2query.few_shot: 0 (zero-shot) and generate.syntriever.enabled: false"
         )
-    return load_dataset(data_dir, ["train"] if needs else [])
+    dataset = load_dataset(data_dir, ["train"] if needs else [])
+    if params.prompts_dir is not None:
+        check_prompts_dir(params.prompts_dir, "generate.prompts_dir")
+    return dataset
