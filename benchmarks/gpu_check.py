@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # tests.tiny_models, bench_train, machine_limits
+sys.path[:0] = [str(REPO / "src"), str(REPO), str(REPO / "benchmarks")]  # this tree's synthir; tests.tiny_models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -148,7 +148,7 @@ class Workspace:
         from tests.tiny_models import encoder_words, wordpiece_tokenizer
 
         self.scale, self.scratch, self.smoke = scale, scratch, smoke
-        self.tokenizer = wordpiece_tokenizer(scratch / "vocab", scale.vocab_size)
+        self.tokenizer = wordpiece_tokenizer(scale.vocab_size)
         self.words = encoder_words(scale.vocab_size - 5)
         self.encoders: dict[str, str] = {}
         self._peak: dict | None = None
@@ -340,6 +340,8 @@ def train_throughput(ws: Workspace) -> dict:
                     figures = {"error": f"{type(error).__name__}: {error}"}
                     free_memory()
                 cell[name] = figures
+            if torch.cuda.is_available():  # what a run left allocated would crowd out the next
+                cell["gpu_memory_left_gib"] = round(torch.cuda.memory_allocated() / GIB, 3)
             record["runs"].append(cell)
             judge_throughput(record, cell, ws)
     return record

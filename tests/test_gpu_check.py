@@ -18,6 +18,7 @@ SECTIONS = ["train_throughput", "encode_search", "hf_backend", "train_stage"]
 def load_gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # where its dataclasses look themselves up
     spec.loader.exec_module(module)
     return module
 
@@ -109,3 +110,20 @@ def test_memory_is_extrapolated_along_the_line_through_two_corpus_sizes():
     assert figures["gpu_memory_gib_per_100k"] == 2.5
     assert figures["gpu_memory_gib_extrapolated"] == {"1M": 25.5, "5M": 125.5}
     assert gpu_check.memory_figures(None, None, 1, 2) == {"gpu_memory": "not measured on the CPU"}
+
+
+def test_the_top10_check_catches_a_search_that_returns_the_wrong_documents(tmp_path):
+    gpu_check = load_gpu_check()
+    from synthir.retrieval import load_encoder
+
+    ws = gpu_check.Workspace(gpu_check.SMOKE, tmp_path, smoke=True)
+    model = load_encoder(ws.encoder("tiny"), 64)
+    passages = ws.texts(300, 12, seed=1)
+    queries = {f"q{i}": text for i, text in enumerate(ws.texts(5, 4, seed=2))}
+    run, _, _ = gpu_check.search_once(model, passages, queries, batch=64)
+    right = gpu_check.reference_check(model, passages, queries, run, 64)
+    assert right == {"top10_worst_shortfall": 0.0, "top10_identical_sets": "5/5"}
+    others = [f"d{i}" for i in range(300) if f"d{i}" not in run["q0"]]
+    wrong = {**run, "q0": dict.fromkeys(others[:10], 0.0)}  # ten documents outside the true top-10
+    caught = gpu_check.reference_check(model, passages, queries, wrong, 64)
+    assert caught["top10_worst_shortfall"] > gpu_check.SCORE_TOLERANCE and caught["top10_identical_sets"] == "4/5"

@@ -116,15 +116,13 @@ def encoder_words(count: int) -> list[str]:
     return [f"w{i}" for i in range(count)]
 
 
-def wordpiece_tokenizer(folder: Path, size: int = BERT_VOCAB_SIZE):
+def wordpiece_tokenizer(size: int = BERT_VOCAB_SIZE):
     """A BERT tokenizer whose vocabulary is BERT's special tokens and `size - 5` words `w0`, `w1`, ...: each
     word is one token, so a text's length in tokens is known from its words."""
     from transformers import BertTokenizerFast
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(BERT_SPECIAL + encoder_words(size - len(BERT_SPECIAL))) + "\n", encoding="utf-8")
-    return BertTokenizerFast(vocab_file=str(vocab))
+    tokens = BERT_SPECIAL + encoder_words(size - len(BERT_SPECIAL))
+    return BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})  # transformers 5 reads `vocab`
 
 
 def save_sentence_encoder(
