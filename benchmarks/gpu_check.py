@@ -1,15 +1,31 @@
 """The GPU path, checked in one short run: training throughput, encoding and exact search, the hf backend, and
 the train stage with a kill and a resume, on one CUDA GPU with no model hub, no vLLM and no internet.
 
-    PYTHONPATH=src python benchmarks/gpu_check.py                 # the GPU check (about 5 minutes on an H100)
+    PYTHONPATH=src python benchmarks/gpu_check.py                 # the GPU check (3-5 minutes on an H100, estimated)
     PYTHONPATH=src python benchmarks/gpu_check.py --cpu-smoke     # every section reduced, on the CPU (~1 min)
 
 Every model is random, built here from a config (tests/tiny_models.py): MiniLM-L6- and BERT-base-shaped
-encoders over a generated 30,522-word vocabulary, and a tiny Qwen2-shaped causal LM with a word-level tokenizer.
+encoders over a generated 30,522-word vocabulary, and a tiny Qwen2-shaped causal LM with Qwen2's byte-level BPE
+tokenizer over a vocabulary made here.
 Texts are random words of that vocabulary, one token each. Each section writes its own JSON (figures, its pass
 criteria and whether each held) under --out (default: $OUT if set, else benchmarks/results/gpu-check/); a section
 that raises is recorded as failed with its traceback, and the next one runs. A summary table ends the run; the
 exit status is 1 when any section failed.
+
+On the GPU box of issue 26 (torch, transformers, sentence-transformers, accelerate and peft installed; no network),
+synthir's other requirements travel as wheels (benchmarks/gpu_check_wheels.txt; 35 wheels, ~7 MB). Here, once, in
+the repository root: `echo /.whl/ >> .git/info/exclude` and that file's `pip download` command; then, there, with
+.whl carried along, in the repository root:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl && export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 && set -o pipefail &&
+      python3 benchmarks/gpu_check.py 2>&1 | tee $OUT/log.txt
+
+Expected wall time on one H100 or H200, an estimate from FLOPs (6 x non-embedding parameters x tokens for
+training, 2x for encoding, at 30-50% of ~790 TFLOP/s) plus process and model-loading overheads, never measured:
+start and model building ~20 s; train_throughput ~70 s (19,200 samples per model: BERT-base 2.5 PFLOP, MiniLM
+0.3 PFLOP; 10 trainer setups); encode_search ~40 s (220k passages per model: BERT-base 4.6 PFLOP, tokenizing
+~10 s); hf_backend ~15 s; train_stage ~60 s (three stage launches, two at once); in all 3-5 minutes.
 
 Sections (criteria in `criterion` calls; in --cpu-smoke only the correctness criteria apply):
   train_throughput  synthir's train loop against a plain SentenceTransformerTrainer (MNRL, one hard negative,
@@ -765,7 +781,8 @@ def default_out() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="every section reduced, on the CPU")
-    parser.add_argument("--out", type=Path, default=None, help="folder of the JSON files (default: $OUT, else %s)")
+    where = "folder of the JSON files (default: $OUT if set, else benchmarks/results/gpu-check)"
+    parser.add_argument("--out", type=Path, default=None, help=where)
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset, in order")
     args = parser.parse_args(argv)
     names = [n for n in args.sections.split(",") if n]

@@ -89,9 +89,8 @@ def tiny_bert(tokenizer, **overrides):
     """A 2-layer, 32-d random BERT config over `tokenizer`'s vocabulary."""
     from transformers import BertConfig
 
-    return BertConfig(
-        vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **ENCODER_SHAPES["tiny"], **overrides
-    )
+    sizes = {**ENCODER_SHAPES["tiny"], **overrides}
+    return BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **sizes)
 
 
 def minilm_tokenizer():
