@@ -20,12 +20,15 @@ import time
 import torch
 
 
-def best_seconds(run, repeats: int) -> float:
+def best_seconds(run, repeats: int, sync=lambda: None) -> float:
+    """The fastest of `repeats` timed runs after one warm-up; `sync` waits for queued work (a GPU's)."""
     run()  # warm-up: page faults, kernel selection
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
+        sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -38,10 +41,11 @@ def copy_bandwidth(megabytes: int, repeats: int) -> float:
     return 2 * source.numel() * 4 / seconds / 1e9
 
 
-def gemm_flops(size: int, dtype: torch.dtype, repeats: int) -> float:
-    """GFLOP/s of a [size, size] @ [size, size] product."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    seconds = best_seconds(lambda: torch.mm(a, b), repeats)
+def gemm_flops(size: int, dtype: torch.dtype, repeats: int, device: str = "cpu") -> float:
+    """GFLOP/s of a [size, size] @ [size, size] product on `device` (benchmarks/gpu_check.py: a GPU's)."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+    seconds = best_seconds(lambda: torch.mm(a, b), repeats, sync)
     return 2 * size**3 / seconds / 1e9
 
 

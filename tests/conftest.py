@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_models import ENCODER_SHAPES, save_sentence_encoder
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
@@ -87,8 +89,8 @@ def tiny_bert(tokenizer, **overrides):
     """A 2-layer, 32-d random BERT config over `tokenizer`'s vocabulary."""
     from transformers import BertConfig
 
-    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-    return BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **{**sizes, **overrides})
+    sizes = {**ENCODER_SHAPES["tiny"], **overrides}
+    return BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **sizes)
 
 
 def minilm_tokenizer():
@@ -101,18 +103,7 @@ def minilm_tokenizer():
 
 def build_tiny_encoder(folder: Path, dtype: str = "float32", **overrides) -> str:
     """A 2-layer, 32-d random BERT sentence encoder (mean pooling, normalised) saved under `folder`."""
-    import torch
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import BertModel
-
-    tokenizer = minilm_tokenizer()
-    torch.manual_seed(0)
-    BertModel(tiny_bert(tokenizer, **overrides)).save_pretrained(folder / "bert")
-    tokenizer.save_pretrained(folder / "bert")
-    word = models.Transformer(str(folder / "bert"), max_seq_length=64)
-    model = SentenceTransformer(modules=[word, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
-    model.to(getattr(torch, dtype)).save(str(folder / "st"))
-    return str(folder / "st")
+    return save_sentence_encoder(folder, minilm_tokenizer(), ENCODER_SHAPES["tiny"], dtype=dtype, **overrides)
 
 
 @pytest.fixture(scope="session")
