@@ -19,8 +19,8 @@ from transformers import (
 from synthir.errors import ConfigError
 from synthir.llm import LLMError, Request, Sampling, make_backend
 from synthir.llm.hf import HFBackend
-
-from .conftest import SPECIAL, WORDS
+from tests.tiny_models import CHAT_SPECIAL as SPECIAL
+from tests.tiny_models import CHAT_WORDS as WORDS
 
 GREEDY = Sampling(max_tokens=6)
 PROMPTS = ["the cat sat on the mat", "why", "what does a big red bird do"]
