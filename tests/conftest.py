@@ -73,6 +73,17 @@ def run_stage(
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (tiny tensors; batched vs one-by-one reductions), restored after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def beir_dir(tmp_path: Path) -> Path:
     return write_beir(tmp_path / "tiny")

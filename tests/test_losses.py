@@ -18,16 +18,9 @@ from synthir.losses import (
     snn_from_scores,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TAU = 0.5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: extra intra-op threads only add overhead (seconds on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def t(*rows) -> torch.Tensor:

@@ -213,12 +213,27 @@ def _encoder_pool(model, devices: Sequence[str] | None):
     if not devices or (len(devices) == 1 and _same_device(torch.device(devices[0]), home)):
         yield None
         return
-    pool = model.start_multi_process_pool(list(devices))
+    with _worker_threads(torch.get_num_threads()):  # a CPU worker then reduces floats as this process does
+        pool = model.start_multi_process_pool(list(devices))
     try:
         yield pool
     finally:
         model.stop_multi_process_pool(pool)
         model.to(home)
+
+
+@contextlib.contextmanager
+def _worker_threads(count: int):
+    """Spawned processes start torch with `count` intra-op threads (OMP_NUM_THREADS, read at their import)."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
 
 
 def _same_device(named: torch.device, actual: torch.device) -> bool:

@@ -22,6 +22,8 @@ from synthir.llm.hf import HFBackend
 from tests.tiny_models import CHAT_SPECIAL as SPECIAL
 from tests.tiny_models import CHAT_WORDS as WORDS
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 GREEDY = Sampling(max_tokens=6)
 PROMPTS = ["the cat sat on the mat", "why", "what does a big red bird do"]
 CHAT = [{"role": "user", "content": "is the dog big"}]
@@ -29,7 +31,6 @@ CHAT = [{"role": "user", "content": "is the dog big"}]
 
 @pytest.fixture(scope="module")
 def backend(tiny_lm: str) -> HFBackend:
-    torch.set_num_threads(1)
     return HFBackend(tiny_lm, device="cpu", batch_size=8)
 
 
@@ -153,7 +154,6 @@ def tiny_gpt2(tiny_lm: str, tmp_path_factory) -> str:
 
 
 def _backend(path: str) -> HFBackend:
-    torch.set_num_threads(1)
     return HFBackend(path, device="cpu", batch_size=8)
 
 

@@ -141,25 +141,25 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
 
-@pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
+def serving() -> Iterator[FakeOpenAI]:
+    """A fake server answering on a thread until the test ends."""
     fake = FakeOpenAI()
     thread = threading.Thread(target=fake.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield fake
     fake.shutdown()
     fake.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    yield from serving()
 
 
 @pytest.fixture
 def other() -> Iterator[FakeOpenAI]:
     """A second server, for fleets."""
-    fake = FakeOpenAI()
-    thread = threading.Thread(target=fake.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield fake
-    fake.shutdown()
-    fake.server_close()
+    yield from serving()
 
 
 @pytest.fixture

@@ -244,14 +244,19 @@ def test_syntriever_sets_pass_unjudged_when_relabeling_is_off(data, tmp_path):
     assert summary["relabeled"] == 0 and llm.scored == []
 
 
-def test_gecko_relabeling_picks_the_judges_best_candidate_and_its_worst_as_negative(data, tmp_path, tiny_encoder):
-    """The scripted judge says yes only to passages containing RELEVANT: d7's, not the query's source d3."""
+def gecko_inputs(data, generated):
+    """A corpus where only d7 says RELEVANT, and one pseudo-query written from d3 that BM25 matches to d7."""
     corpus = [dict(d) for d in CORPUS]
     corpus[7]["text"] += " RELEVANT"
-    folder = write_beir(tmp_path / "gecko-data", corpus, QUERIES, QRELS)
-    generated = tmp_path / "generated"
+    folder = write_beir(data, corpus, QUERIES, QRELS)
     generated.mkdir()
     (generated / "doc2query.jsonl").write_text(json.dumps({"id": "d3-q0", "doc_id": "d3", "query": "subject7"}) + "\n")
+    return folder, generated
+
+
+def test_gecko_relabeling_picks_the_judges_best_candidate_and_its_worst_as_negative(data, tmp_path, tiny_encoder):
+    """The scripted judge says yes only to passages containing RELEVANT: d7's, not the query's source d3."""
+    folder, generated = gecko_inputs(tmp_path / "gecko-data", tmp_path / "generated")
     verify = VerifyParams.model_validate(
         {
             "judge": {"backend": "hf", "model": "org/unused"},
@@ -323,12 +328,7 @@ def gpu_verify(tmp_path, monkeypatch, tiny_encoder, device: str):
     monkeypatch.setattr(
         synthir.retrieval, "load_encoder", lambda ref, **k: events.append("load encoder") or real(ref, device="cpu")
     )
-    corpus = [dict(d) for d in CORPUS]
-    corpus[7]["text"] += " RELEVANT"
-    folder = write_beir(tmp_path / "data", corpus, QUERIES, QRELS)
-    generated = tmp_path / "generated"
-    generated.mkdir()
-    (generated / "doc2query.jsonl").write_text(json.dumps({"id": "d3-q0", "doc_id": "d3", "query": "subject7"}) + "\n")
+    folder, generated = gecko_inputs(tmp_path / "data", tmp_path / "generated")
     (generated / "query_negative.jsonl").write_text(
         json.dumps({"id": "n", "query_id": "d3-q0", "query": "subject7", "negative": "a miss"}) + "\n"
     )
@@ -368,9 +368,9 @@ def test_round_trip_and_gecko_encode_with_the_models_prefixes(data, tmp_path, ti
         seen.extend(prefix + t for t in texts if desc != "corpus")
         return encode(model, texts, batch_size, prefix, desc)
 
-    def passages_spy(model, texts, batch_size, prefix="", cache=True):  # the corpus may come from the cache
+    def passages_spy(model, texts, batch_size, prefix="", *args, **kwargs):  # the corpus may come from the cache
         passage_prefixes.append(prefix)
-        return encode_passages(model, texts, batch_size, prefix, cache)
+        return encode_passages(model, texts, batch_size, prefix, *args, **kwargs)
 
     monkeypatch.setattr(synthir.retrieval, "encode", spy)
     monkeypatch.setattr(synthir.retrieval, "encode_passages", passages_spy)
