@@ -64,3 +64,26 @@ def test_every_set_param_in_the_readme_is_valid(command, tmp_path, monkeypatch):
             overrides[n] = f"{key}={tmp_path / value}"
     apply_overrides(params, overrides)
     parse_params(read_yaml(params), f"README: {command}")
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_pipeline_table_lists_every_stage_of_dvc_yaml_in_order():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\w+) \|", _section(readme, "## Pipeline"), re.MULTILINE)
+    stages = list(YAML(typ="safe", pure=True).load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"])
+    assert [row for row in rows if row != "stage"] == stages
+
+
+@pytest.mark.parametrize("key", ["train.loss", "align.loss"])
+def test_the_losses_the_readme_names_are_those_the_schema_allows(key):
+    from typing import get_args
+
+    from synthir.config import AlignParams, TrainParams
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    (named,) = re.findall(rf"`{re.escape(key)}` takes ([^;.]+)", _section(readme, "## Training"))
+    block = TrainParams if key == "train.loss" else AlignParams
+    assert re.findall(r"`(\w+)`", named) == list(get_args(block.model_fields["loss"].annotation))
