@@ -87,3 +87,11 @@ def test_the_losses_the_readme_names_are_those_the_schema_allows(key):
     (named,) = re.findall(rf"`{re.escape(key)}` takes ([^;.]+)", _section(readme, "## Training"))
     block = TrainParams if key == "train.loss" else AlignParams
     assert re.findall(r"`(\w+)`", named) == list(get_args(block.model_fields["loss"].annotation))
+
+
+def test_the_design_layout_names_every_library_module():
+    """docs/design.md's layout is where a newcomer learns what each module does: a new module is named there."""
+    layout = (REPO / "docs" / "design.md").read_text(encoding="utf-8").split("## 2.", 1)[0]
+    library = REPO / "src" / "synthir"
+    modules = [p for p in library.rglob("*.py") if p.name != "__init__.py"]
+    assert [str(p.relative_to(library)) for p in modules if p.name not in layout] == []
