@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from synthir.config import EvaluateParams
-from synthir.evaluate import METRICS, aggregate, evaluate_dense, per_query_metrics
+from synthir.evaluation.evaluate import METRICS, aggregate, evaluate_dense, per_query_metrics
 from synthir.models import resolve
 
 

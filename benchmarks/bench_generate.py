@@ -76,13 +76,15 @@ def combine(name: str) -> dict:
 def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool) -> dict:
     from synthir.beir import load_dataset, passage_text
     from synthir.config import load_params
-    from synthir.llm import CachedBackend, CompletionCache, make_backend
+    from synthir.data.sampling import sample_ids
+    from synthir.llm.base import make_backend
+    from synthir.llm.cached import CachedBackend
+    from synthir.llm.store import CompletionCache
     from synthir.prompting import load_template
-    from synthir.sampling import sample_ids
     from synthir.synth.doc2query import few_shot_examples
     from synthir.synth.pipeline import run_doc2query, run_query_negative
     from synthir.synth.runner import TaskRunner
-    from synthir.verify import judge
+    from synthir.synth.verify import judge
 
     params = load_params(params_file)
     gen, ver = params.generate, params.verify
@@ -167,7 +169,7 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
 def decode_probe(backend) -> dict:
     """Decode tokens/s of `backend` (vllm) at 8 and at 1 concurrent greedy requests of PROBE_TOKENS tokens each,
     on a short prompt (prefill negligible)."""
-    from synthir.llm import Request, Sampling
+    from synthir.llm.base import Request, Sampling
 
     rates = {}
     for streams in (8, 1):

@@ -23,7 +23,7 @@ import torch
 from synthir.config import TrainParams
 from synthir.fileio import write_jsonl
 from synthir.models import resolve
-from synthir.train import train
+from synthir.training.train import train
 
 WORDS = [
     "protein",

@@ -30,16 +30,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from synthir.beir import load_dataset, passage_text
-    from synthir.completions import import_committed
     from synthir.config import load_params
-    from synthir.llm import open_backend
+    from synthir.data.sampling import sample_ids
+    from synthir.llm.cached import open_backend
+    from synthir.llm.completions import import_committed
     from synthir.prompting import load_template
     from synthir.retrieval import load_encoder
-    from synthir.sampling import sample_ids
     from synthir.synth.doc2query import few_shot_examples
     from synthir.synth.pipeline import run_doc2query
     from synthir.synth.runner import TaskRunner
-    from synthir.verify import judge, round_trip_ranks
+    from synthir.synth.verify import judge, round_trip_ranks
 
     params = load_params(args.params)
     import_committed()  # llm-cache/: a fresh clone replays the committed run

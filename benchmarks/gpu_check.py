@@ -235,11 +235,11 @@ def write_triples(path: Path, ws: Workspace, count: int, seed: int = 0) -> Path:
 
 
 def synthir_steady(model: str, triples: Path, batch: int, ws: Workspace, folder: Path) -> dict:
-    """synthir's loop (`synthir.train.train`) at steady state: a run of `warmup` steps (its loop time unused:
+    """synthir's loop (`synthir.training.train.train`) at steady state: a run of `warmup` steps (its loop time unused:
     the process's first steps pay one-time costs), then one of `warmup` steps and one of `warmup + measured`;
     the difference of the last two loop times is `measured` steady steps."""
     from synthir.config import TrainParams
-    from synthir.train import train
+    from synthir.training.train import train
 
     s = ws.scale
     loops, losses = [], []
@@ -474,7 +474,8 @@ def judge_search(record: dict, figures: dict, ws: Workspace) -> None:
 
 def hf_backend(ws: Workspace) -> dict:
     from synthir.config import LLMParams
-    from synthir.llm import Request, Sampling, open_backend
+    from synthir.llm.base import Request, Sampling
+    from synthir.llm.cached import open_backend
     from tests.tiny_models import CHAT_WORDS, save_causal_lm
 
     s = ws.scale

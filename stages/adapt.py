@@ -5,14 +5,14 @@ import argparse
 import json
 from pathlib import Path
 
-from synthir.adapt import sample_passages, save_adapted, tsdae
 from synthir.beir import load_corpus, passage_text
 from synthir.errors import friendly_errors
 from synthir.fileio import atomic_dir, write_json
-from synthir.model_card import describe_adaptation
 from synthir.models import resolve
 from synthir.retrieval import load_encoder
 from synthir.stage import stage_params
+from synthir.training.adapt import sample_passages, save_adapted, tsdae
+from synthir.training.model_card import describe_adaptation
 
 
 @friendly_errors

@@ -4,11 +4,11 @@ import argparse
 import json
 from pathlib import Path
 
+from synthir.align.preferences import judge_stage
 from synthir.beir import load_corpus
-from synthir.completions import import_committed
 from synthir.errors import friendly_errors
 from synthir.fileio import read_jsonl
-from synthir.preferences import judge_stage
+from synthir.llm.completions import import_committed
 from synthir.stage import stage_params
 
 

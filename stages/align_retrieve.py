@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from synthir.align import retrieve_candidates, training_queries
+from synthir.align.candidates import retrieve_candidates, training_queries
 from synthir.errors import ConfigError, friendly_errors
 from synthir.fileio import read_jsonl, write_jsonl
 from synthir.stage import stage_params

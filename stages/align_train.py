@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from synthir.align import training_params
+from synthir.align.candidates import training_params
 from synthir.errors import friendly_errors
 from synthir.fileio import atomic_dir, write_json
 from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
-from synthir.train import end_distributed, train, write_empty_curves
+from synthir.training.train import end_distributed, train, write_empty_curves
 
 
 @friendly_errors

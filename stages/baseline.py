@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.evaluate import evaluate_bm25, evaluate_dense, evaluate_fusion, per_query_record, skipped
+from synthir.evaluation.evaluate import evaluate_bm25, evaluate_dense, evaluate_fusion, per_query_record, skipped
 from synthir.fileio import write_json
 from synthir.retrieval import Prefixes, load_encoder
 from synthir.stage import stage_params

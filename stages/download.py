@@ -3,10 +3,10 @@ dev split held out of the train queries (dataset.dev_fraction) and recorded."""
 
 import argparse
 
-from synthir.download import fetch_dataset
+from synthir.data.download import fetch_dataset
+from synthir.data.splits import describe_splits
 from synthir.errors import friendly_errors
 from synthir.fileio import write_json
-from synthir.splits import describe_splits
 from synthir.stage import stage_params
 
 

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.evaluate import METRICS, evaluate_dense, evaluate_fusion, per_query_record, read_trec_run, skipped
+from synthir.evaluation.evaluate import (
+    METRICS,
+    evaluate_dense,
+    evaluate_fusion,
+    per_query_record,
+    read_trec_run,
+    skipped,
+)
 from synthir.fileio import write_json
 from synthir.retrieval import Prefixes
 from synthir.stage import stage_params

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from synthir.completions import import_committed
 from synthir.errors import friendly_errors
+from synthir.llm.completions import import_committed
 from synthir.stage import stage_params
 from synthir.synth.pipeline import generate
 

@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.model_card import publish, push_to_hub, read_scores
 from synthir.stage import stage_params
+from synthir.training.model_card import publish, push_to_hub, read_scores
 
 
 @friendly_errors

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.report import load_experiments, write_report
+from synthir.results.report import load_experiments, write_report
 from synthir.stage import stage_params
 
 

@@ -4,9 +4,9 @@ k-means clusters of the base retriever's embeddings)."""
 import argparse
 
 from synthir.beir import load_corpus, passage_text
+from synthir.data.sampling import corpus_order, diverse_order, take_fraction
 from synthir.errors import friendly_errors
 from synthir.fileio import atomic_file
-from synthir.sampling import corpus_order, diverse_order, take_fraction
 from synthir.stage import stage_params
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from synthir.errors import friendly_errors
 from synthir.fileio import write_json
 from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
-from synthir.train import end_distributed, train
+from synthir.training.train import end_distributed, train
 
 
 @friendly_errors

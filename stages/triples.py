@@ -4,10 +4,10 @@ with mined or generated negatives."""
 import argparse
 from pathlib import Path
 
-from synthir.completions import import_committed
 from synthir.errors import friendly_errors
+from synthir.llm.completions import import_committed
 from synthir.stage import stage_params
-from synthir.triples import build
+from synthir.triples.build import build
 
 
 @friendly_errors

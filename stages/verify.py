@@ -3,10 +3,10 @@
 import argparse
 from pathlib import Path
 
-from synthir.completions import import_committed
 from synthir.errors import friendly_errors
+from synthir.llm.completions import import_committed
 from synthir.stage import stage_params
-from synthir.verify import verify_outputs
+from synthir.synth.verify import verify_outputs
 
 
 @friendly_errors

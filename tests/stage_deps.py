@@ -1,7 +1,7 @@
 """Each stage's code, derived from the code itself (ast): the first-party modules its script imports, directly or
 through other modules (at import time or inside functions, plus modules named as strings for importlib), and the
 bundled prompt templates those modules load. `python -m tests.stage_deps` prints what dvc.yaml misses or lists
-in excess."""
+in excess; `--write` replaces each stage's module deps with exactly the modules it runs."""
 
 from __future__ import annotations
 
@@ -154,7 +154,35 @@ def check(stages: dict[str, dict]) -> dict[str, tuple[set[Path], set[Path]]]:
     return report
 
 
+def rewrite_code_deps(dvc_file: Path = REPO / "dvc.yaml") -> str:
+    """dvc.yaml's text with each stage's module deps replaced by exactly the modules its script runs (in the
+    place of the first one listed); the script, prompt templates and every other dep stay as written."""
+    needed = {
+        name: sorted(p for p in closure(stage_script(stage)) if p.suffix == ".py" and p.is_relative_to(SRC))
+        for name, stage in pipeline(dvc_file).items()
+    }
+    out, stage, in_deps, inserted = [], None, False, False
+    for line in dvc_file.read_text(encoding="utf-8").splitlines():
+        stripped = line.split("#")[0].strip()
+        if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
+            stage, in_deps, inserted = stripped[:-1], False, False
+        elif line.startswith("    ") and not line.startswith("     ") and stripped.endswith(":"):
+            in_deps = stripped == "deps:"
+        elif in_deps and stripped.startswith("- src/synthir/") and not stripped.startswith("- src/synthir/prompts"):
+            if not inserted:
+                indent = line[: len(line) - len(line.lstrip())]
+                out += [f"{indent}- {path.relative_to(REPO).as_posix()}" for path in needed[stage]]
+                inserted = True
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        (REPO / "dvc.yaml").write_text(rewrite_code_deps(), encoding="utf-8")
     for stage, (missing, extra) in check(pipeline()).items():
         for label, paths in (("missing", missing), ("not run", extra)):
             for path in sorted(paths):

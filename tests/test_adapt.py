@@ -3,11 +3,11 @@ import random
 import pytest
 import torch
 
-from synthir.adapt import delete_words, denoising_batches, denoising_loss, sample_passages, save_adapted, tsdae
 from synthir.errors import ConfigError
-from synthir.model_card import base_model_id, describe_adaptation, read_card
 from synthir.models import resolve
 from synthir.retrieval import load_encoder
+from synthir.training.adapt import delete_words, denoising_batches, denoising_loss, sample_passages, save_adapted, tsdae
+from synthir.training.model_card import base_model_id, describe_adaptation, read_card
 from tests.conftest import MINILM, run_stage, write_beir
 
 PASSAGES = [

@@ -2,13 +2,15 @@ import random
 
 import pytest
 
-from synthir.align import training_queries
+from synthir.align.candidates import training_queries
+from synthir.align.preferences import judge_stage, parse_choice, preference_examples, preferences, sample_pairs
 from synthir.config import AlignParams
-from synthir.examples import batch_keys
 from synthir.fileio import read_jsonl
-from synthir.llm import CachedBackend, Completion, CompletionCache, LLMError
-from synthir.preferences import judge_stage, parse_choice, preference_examples, preferences, sample_pairs
+from synthir.llm.base import Completion, LLMError
+from synthir.llm.cached import CachedBackend
+from synthir.llm.store import CompletionCache
 from synthir.prompting import load_template
+from synthir.triples.examples import batch_keys
 
 from .synth.fakes import ScriptedLLM
 

@@ -11,7 +11,7 @@ from synthir.backbones import build_encoder
 from synthir.config import TrainParams
 from synthir.errors import ConfigError
 from synthir.fileio import write_jsonl
-from synthir.train import train
+from synthir.training.train import train
 
 
 def test_a_decoder_becomes_a_pruned_encoder_pooled_on_an_appended_eos(tmp_path, tiny_decoder):

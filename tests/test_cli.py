@@ -115,7 +115,9 @@ def test_search_and_encoding_flags_are_checked_before_loading_a_model(beir_dir, 
 def test_cache_commands_move_completions_and_refuse_conflicts(tmp_path, monkeypatch, capsys):
     from dataclasses import replace
 
-    from synthir.llm import CachedBackend, CompletionCache, Request
+    from synthir.llm.base import Request
+    from synthir.llm.cached import CachedBackend
+    from synthir.llm.store import CompletionCache
     from tests.synth.fakes import ScriptedLLM
 
     system = {"role": "system", "content": "You write search queries."}

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from synthir import completions
-from synthir.completions import Exported, FileReport, export_cache, import_cache, import_folder
 from synthir.errors import ConfigError, DataError
 from synthir.fileio import LineBounds
-from synthir.llm import CachedBackend, CompletionCache, Request, Sampling, cache_key
-from synthir.llm.cache import key_request
+from synthir.llm import completions
+from synthir.llm.base import Request, Sampling
+from synthir.llm.cached import CachedBackend
+from synthir.llm.completions import Exported, FileReport, export_cache, import_cache, import_folder
+from synthir.llm.store import CompletionCache, cache_key, key_request
 from tests.synth.fakes import ScriptedLLM
 
 REPO = Path(__file__).resolve().parents[1]

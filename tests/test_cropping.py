@@ -3,9 +3,9 @@
 import random
 
 from synthir.config import TriplesParams
-from synthir.cropping import crop_query, cropped_examples, sentences
+from synthir.data.cropping import crop_query, cropped_examples, sentences
 from synthir.fileio import read_jsonl
-from synthir.triples import build
+from synthir.triples.build import build
 from tests.conftest import write_beir
 
 TEXT = "Cats purr when content. Purring is produced in the larynx of the cat. It also helps healing (e.g. bones)."

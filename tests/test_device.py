@@ -20,11 +20,11 @@ from synthir.config import (
     parse_params,
 )
 from synthir.errors import ConfigError
-from synthir.evaluate import evaluate_dense
+from synthir.evaluation.evaluate import evaluate_dense
 from synthir.fileio import read_jsonl
 from synthir.retrieval import Prefixes, dense_search, load_encoder
-from synthir.triples import build
-from synthir.verify import verify_outputs
+from synthir.synth.verify import verify_outputs
+from synthir.triples.build import build
 from tests.conftest import REPO, write_beir
 
 BLOCKS = ("sample", "verify", "triples", "align", "evaluate")
@@ -156,11 +156,13 @@ def test_default_evaluation_is_what_the_cpu_computed_before(tiny_encoder, beir_d
 
 
 def test_evaluation_encodes_in_the_dtype_asked_and_records_it(tiny_encoder, beir_dir, monkeypatch):
-    import synthir.evaluate
+    import synthir.evaluation.evaluate
 
     loaded = []
-    real = synthir.evaluate.load_encoder
-    monkeypatch.setattr(synthir.evaluate, "load_encoder", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    real = synthir.evaluation.evaluate.load_encoder
+    monkeypatch.setattr(
+        synthir.evaluation.evaluate, "load_encoder", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1]
+    )
     result = evaluate_dense(tiny_encoder, beir_dir, EvaluateParams(dtype="bfloat16"), cache=False)
     (model,) = loaded
     assert next(model.parameters()).dtype == torch.bfloat16
@@ -259,7 +261,7 @@ def test_triples_with_cuda_without_a_gpu_writes_nothing(no_gpu, tmp_path, tiny_e
 def test_the_cross_encoder_runs_in_the_dtype_asked(tiny_cross_encoder, monkeypatch):
     import sentence_transformers
 
-    from synthir.negatives import cross_encoder_pairs
+    from synthir.triples.negatives import cross_encoder_pairs
 
     built = []
     real = sentence_transformers.CrossEncoder

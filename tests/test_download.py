@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from synthir import download
 from synthir.archive import safe_extract
-from synthir.download import REGISTRY, Source, fetch_dataset
+from synthir.data import download
+from synthir.data.download import REGISTRY, Source, fetch_dataset
 from synthir.errors import ChecksumError, DataError, UnsafeArchiveError
 from tests.conftest import write_beir
 

@@ -5,7 +5,7 @@ import pytrec_eval
 import torch
 
 from synthir.config import EvaluateParams
-from synthir.evaluate import aggregate, evaluate_bm25, evaluate_dense, per_query_metrics, read_trec_run
+from synthir.evaluation.evaluate import aggregate, evaluate_bm25, evaluate_dense, per_query_metrics, read_trec_run
 from synthir.retrieval import faiss_top_k, ranked, top_k
 from tests.conftest import write_beir
 
@@ -109,8 +109,8 @@ def test_reciprocal_rank_fusion_by_hand():
 
 
 def test_fusion_evaluation_and_the_committed_per_query_record(beir_dir):
-    from synthir.evaluate import evaluate_fusion, per_query_record
-    from synthir.report import system_scores
+    from synthir.evaluation.evaluate import evaluate_fusion, per_query_record
+    from synthir.results.report import system_scores
 
     bm25 = evaluate_bm25(beir_dir)
     fused = evaluate_fusion("bm25+bm25", [bm25.run, bm25.run], beir_dir)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from synthir.fileio import file_digest
-from synthir.llm import LLMError, hf_export
+from synthir.llm import hf_export
+from synthir.llm.base import LLMError
 from synthir.llm.hf_export import MANIFEST, hf_folder
 
 gguf = pytest.importorskip("gguf")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from synthir.losses import (
+from synthir.training.losses import (
     LOSSES,
     batch_loss,
     bt,
@@ -257,7 +257,7 @@ def test_batch_loss_rejects_bad_settings():
 
 
 def test_marginmse_by_hand():
-    from synthir.losses import marginmse
+    from synthir.training.losses import marginmse
 
     queries = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     passages = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 1.0], [2.0, 0.0]])
@@ -334,7 +334,7 @@ def test_snn_with_no_positive_anywhere_is_zero_with_a_zero_gradient():
 
 
 def test_host_copies_are_pinned_and_non_blocking_only_on_cuda(faked_cuda_copies):
-    from synthir.losses import host_to_device
+    from synthir.training.losses import host_to_device
 
     faked = faked_cuda_copies
     host_to_device(torch.zeros(2), "cpu")

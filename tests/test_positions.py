@@ -32,7 +32,7 @@ def test_evaluate_refuses_a_max_seq_length_beyond_the_models_positions(tmp_path,
 
 
 def test_train_refuses_a_max_seq_length_beyond_the_models_positions(tmp_path, tiny_encoder):
-    from synthir.train import train
+    from synthir.training.train import train
 
     rows = [
         {"query_id": f"q{i}", "query": f"topic {i}", "positive_ids": [f"d{i}"], "positives": [LONG], "negatives": []}

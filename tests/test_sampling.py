@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from synthir.sampling import sample_ids
+from synthir.data.sampling import sample_ids
 
 IDS = [f"doc{i}" for i in range(101)]
 
@@ -25,7 +25,7 @@ def test_fraction_range(fraction):
 
 
 def test_diverse_order_is_nested_and_reaches_every_cluster_first():
-    from synthir.sampling import diverse_order, take_fraction
+    from synthir.data.sampling import diverse_order, take_fraction
 
     rng = np.random.default_rng(0)
     big = rng.normal(0, 0.1, size=(90, 4)) + np.array([5, 0, 0, 0])  # one large cluster and two small, far apart

@@ -248,7 +248,7 @@ def test_a_cached_corpus_is_a_memory_map_and_a_failed_encoding_leaves_no_file(tm
 def test_dense_evaluation_is_the_same_on_two_processes_and_tiny_search_chunks(tiny_encoder, beir_dir):
     """Two processes give the same run; a 1-document search chunk the same ranking, its scores to float precision
     (a matrix product of another shape may round a score's last bit otherwise)."""
-    from synthir.evaluate import evaluate_dense
+    from synthir.evaluation.evaluate import evaluate_dense
 
     default = evaluate_dense(tiny_encoder, beir_dir, EvaluateParams(batch_size=2), cache=False).run
     spread = EvaluateParams(batch_size=2, devices=["cpu", "cpu"])

@@ -3,8 +3,8 @@
 import pytest
 
 from synthir.beir import load_dataset
-from synthir.download import fetch_dataset
-from synthir.splits import carve_dev, describe_splits, dev_query_ids
+from synthir.data.download import fetch_dataset
+from synthir.data.splits import carve_dev, describe_splits, dev_query_ids
 from tests.conftest import write_beir
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from synthir.stats import compare, mean_over_runs, randomization_p
+from synthir.results.stats import compare, mean_over_runs, randomization_p
 
 
 def test_exact_sign_flip_p_value_by_hand():

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from synthir.report import load_experiments, write_report
-from synthir.study import FEW_SHOT, LABELED, ZERO_LABEL, configurations, setting_of
+from synthir.results.report import load_experiments, write_report
+from synthir.results.study import FEW_SHOT, LABELED, ZERO_LABEL, configurations, setting_of
 from tests.test_report import experiments, rev
 
 
@@ -166,7 +166,7 @@ def test_sweeps_group_configurations_that_differ_only_in_their_params(tmp_path):
 
 
 def test_fewer_than_three_seeds_is_a_screening_run(study):
-    from synthir.study import Configuration, _seeds
+    from synthir.results.study import Configuration, _seeds
 
     run = load_experiments(study)[0]
     assert [_seeds(Configuration("x", [run] * n)) for n in (1, 2, 3, 4)] == ["1 (screening)", "2 (screening)", "3", "4"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from synthir.errors import ConfigError
-from synthir.teacher import fused_score, hybrid_scores, llm_scores, ranks_of
+from synthir.triples.teacher import fused_score, hybrid_scores, llm_scores, ranks_of
 
 
 def test_ranks_and_fused_scores_by_hand():
@@ -61,7 +61,7 @@ def test_marginmse_training_reads_the_teacher_and_refuses_examples_without_it(tm
 
     from synthir.config import TrainParams
     from synthir.fileio import write_jsonl
-    from synthir.train import train
+    from synthir.training.train import train
 
     rows = [
         {

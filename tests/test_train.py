@@ -6,7 +6,7 @@ from sentence_transformers import SentenceTransformer
 
 from synthir.config import TrainParams
 from synthir.fileio import write_jsonl
-from synthir.train import Encoded, TokenTable, bucketed_batches, train
+from synthir.training.train import Encoded, TokenTable, bucketed_batches, train
 
 
 def test_pad_is_one_vectorised_copy():
@@ -49,7 +49,7 @@ def triples(tmp_path):
 
 @pytest.mark.parametrize("loss", ["mnrl", "snn"])
 def test_train_saves_a_loadable_model_with_card_and_logs(tmp_path, tiny_encoder, triples, loss):
-    from synthir.model_card import read_card
+    from synthir.training.model_card import read_card
 
     params = TrainParams(base_model=tiny_encoder, loss=loss, batch_size=4, epochs=2, lr=1e-3)
     summary = train(params, triples, tmp_path / "model", tmp_path / "live", tmp_path / "ckpt")
@@ -67,7 +67,7 @@ def test_train_saves_a_loadable_model_with_card_and_logs(tmp_path, tiny_encoder,
     metadata, body = read_card(tmp_path / "model")
     assert "base_model" not in metadata  # a local base folder without a card: named by no path
     assert {"synthir", "dense-retrieval", f"loss:{loss}"} <= set(metadata["tags"])
-    assert f"* Loss: <code>synthir.losses.{loss}</code>" in body and "* Size: 12 training samples" in body
+    assert f"* Loss: <code>synthir.training.losses.{loss}</code>" in body and "* Size: 12 training samples" in body
     assert "the corpus: labeled and synthetic queries (train: 12)" in body
     hyperparameters = ["`lr`: 0.001", "`batch_size`: 4", "`epochs`: 2", "`base_model`: (a local model)"]
     assert all(f"- {line}\n" in body for line in [*hyperparameters, f"`loss`: {loss}", "`tau`: 0.05"])
@@ -78,7 +78,7 @@ def test_train_saves_a_loadable_model_with_card_and_logs(tmp_path, tiny_encoder,
 def test_a_trained_model_is_publishable_its_card_has_metadata_and_encode_query_applies_the_prefix(
     tmp_path, tiny_encoder, triples
 ):
-    from synthir.model_card import read_card
+    from synthir.training.model_card import read_card
 
     base = tmp_path / "base"
     SentenceTransformer(tiny_encoder, device="cpu").save(str(base))
@@ -108,7 +108,7 @@ from pathlib import Path
 
 import torch
 
-import synthir.train as training
+import synthir.training.train as training
 from synthir.config import FitParams
 
 params, triples, folder, kill_at = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
@@ -175,7 +175,7 @@ def test_a_checkpoint_is_resumed_only_by_a_run_from_the_same_starting_weights(tm
 
 
 def test_a_run_that_did_not_happen_has_empty_curves_of_the_same_names(tmp_path, tiny_encoder, triples):
-    from synthir.train import write_empty_curves
+    from synthir.training.train import write_empty_curves
 
     params = TrainParams(base_model=tiny_encoder, batch_size=4, max_steps=1)
     train(params, triples, tmp_path / "model", tmp_path / "ran", tmp_path / "ckpt")
@@ -202,7 +202,7 @@ def _example(query_id: str, gold: str, negative_ids: list[str], positives: int =
 
 def test_every_syntriever_negative_reaches_the_loss_and_num_negatives_bounds_the_mined_ones():
     """Bug: negatives[:num_negatives] cut the relabeled hallucination (Syntriever's point) and mined negatives."""
-    from synthir.train import encode_examples
+    from synthir.training.train import encode_examples
     from tests.conftest import minilm_tokenizer
 
     examples = [_example("q1", "d1", ["synthetic", "relabeled", "d7", "d8"], positives=3)]
@@ -214,8 +214,8 @@ def test_every_syntriever_negative_reaches_the_loss_and_num_negatives_bounds_the
 
 def test_alignment_trains_on_every_judged_pair_once_per_epoch():
     """Bug: with max_queries equal to the batch size, batches of distinct queries dropped most pairs."""
-    from synthir.preferences import preference_examples
-    from synthir.train import bucketed_batches, encode_examples
+    from synthir.align.preferences import preference_examples
+    from synthir.training.train import bucketed_batches, encode_examples
     from tests.conftest import minilm_tokenizer
 
     rng = __import__("random").Random(0)
@@ -267,7 +267,7 @@ def test_the_curve_logs_each_windows_mean_loss_every_log_every_steps_and_at_chec
 ):
     """Bug: every step read its loss (a device sync) and wrote DVCLive. Now a window's losses are summed on the
     device and its mean logged at its last step: every log_every steps, at each checkpoint, after the last."""
-    import synthir.train as training
+    import synthir.training.train as training
 
     losses = []
     step_once = training.train_step
@@ -293,7 +293,7 @@ def test_the_curve_logs_each_windows_mean_loss_every_log_every_steps_and_at_chec
 
 
 def test_final_loss_is_the_mean_of_the_last_twenty_steps():
-    from synthir.train import FINAL_LOSS_STEPS, LossWindow
+    from synthir.training.train import FINAL_LOSS_STEPS, LossWindow
 
     window = LossWindow()
     for value in range(25):
@@ -307,7 +307,7 @@ def test_gradient_checkpointing_is_the_non_reentrant_kind(tmp_path, tiny_encoder
     """Bug: the reentrant kind (transformers 4's default) fails under DDP; synthir asks for use_reentrant=False."""
     from transformers import PreTrainedModel
 
-    from synthir.train import backward, setup
+    from synthir.training.train import backward, setup
 
     asked = []
     enable = PreTrainedModel.gradient_checkpointing_enable
@@ -363,7 +363,7 @@ def test_processes_that_disagree_on_the_run_or_its_checkpoint_stop_with_one_line
     import accelerate.utils
 
     from synthir.errors import ConfigError
-    from synthir.train import agreed
+    from synthir.training.train import agreed
 
     class TwoProcesses:  # a test double: what `agreed` reads of a 2-process run's accelerator
         num_processes = 2

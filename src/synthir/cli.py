@@ -48,7 +48,7 @@ def _flag_problem(item: dict) -> str:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .devices import check_device
-    from .evaluate import evaluate_dense
+    from .evaluation.evaluate import evaluate_dense
     from .retrieval import Prefixes, encoding_devices, load_encoder
 
     settings = _settings(args)
@@ -64,7 +64,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_bm25(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_bm25
+    from .evaluation.evaluate import evaluate_bm25
 
     _report(evaluate_bm25(args.data, _settings(args)), args.output)
 
@@ -78,7 +78,7 @@ def _report(result, output: Path | None) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
-    from .download import fetch_dataset
+    from .data.download import fetch_dataset
 
     fetch_dataset(args.name, args.output, args.path)
 
@@ -192,10 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_generate(args: argparse.Namespace) -> None:
     """Run the generate stage's requests for one shard (the params, data and sample the stage reads), so that
     machines can each fill a cache with theirs; nothing but the cache (and --export) is written."""
-    from .completions import export_cache, import_committed
     from .config import load_params
     from .fileio import require_file
-    from .llm import open_backend
+    from .llm.cached import open_backend
+    from .llm.completions import export_cache, import_committed
     from .synth.pipeline import generate_shard
     from .synth.shards import parse_shard
 
@@ -226,15 +226,15 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from .report import export_experiments
+    from .results.report import export_experiments
 
     count = export_experiments(args.output, merge=args.merge)
     print(f"{args.output}: {count} experiments; `dvc repro report` renders report/README.md")
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from .report import load_experiments, scores_of
-    from .stats import compare
+    from .results.report import load_experiments, scores_of
+    from .results.stats import compare
 
     if args.permutations < 1:
         raise ConfigError(f"--permutations: must be at least 1 (got {args.permutations})")
@@ -267,8 +267,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_cache_export(args: argparse.Namespace) -> None:
-    from .completions import DEFAULT_FILE, export_cache
-    from .llm import CompletionCache
+    from .llm.completions import DEFAULT_FILE, export_cache
+    from .llm.store import CompletionCache
 
     path = args.file or DEFAULT_FILE
     since = _utc_time(args.since) if args.since else 0.0
@@ -289,8 +289,8 @@ def _utc_time(text: str) -> float:
 
 
 def _cmd_cache_import(args: argparse.Namespace) -> None:
-    from .completions import import_cache, import_folder
-    from .llm import CompletionCache
+    from .llm.completions import import_cache, import_folder
+    from .llm.store import CompletionCache
 
     with CompletionCache() as cache:
         if args.files:

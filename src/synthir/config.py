@@ -517,7 +517,7 @@ class NegativeParams(Block):
 
 
 class CroppedParams(Block):
-    """Cropped-sentence pseudo-queries (`synthir.cropping`) for the sampled documents: the `cropped` source."""
+    """Cropped-sentence pseudo-queries (`synthir.data.cropping`) for the sampled documents: the `cropped` source."""
 
     per_doc: int = Field(default=1, gt=0, le=100)
     min_words: int = Field(default=6, gt=0, le=10_000)
@@ -533,7 +533,7 @@ class CroppedParams(Block):
 
 
 class TeacherParams(Block):
-    """Scores for distillation (`synthir.teacher`, train.loss: marginmse)."""
+    """Scores for distillation (`synthir.triples.teacher`, train.loss: marginmse)."""
 
     method: Literal["none", "hybrid", "llm"] = "none"
     """hybrid: BM25 and the base retriever fused by rank (no labels, no LLM); llm: the judge's P(yes)."""
@@ -574,7 +574,7 @@ class ScheduleParams(Block):
 
 
 class FitParams(EncoderParams, ScheduleParams):
-    """One training run of `synthir.train`: stage 1 (`TrainParams`) or alignment (`align.training_params`)."""
+    """One training run of `synthir.training.train`: stage 1 (`TrainParams`) or alignment (`align.training_params`)."""
 
     loss: Literal["mnrl", "snn", "marginmse", "partial_pl", "bt"] = "mnrl"
     max_steps: int = Field(default=0, ge=0, le=10**8, description="0: epochs decide")

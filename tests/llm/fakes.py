@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Sequence
 
-from synthir.llm import Completion, Prompt, Request
+from synthir.llm.base import Completion, Prompt, Request
 
 
 def input_text(request: Request) -> str:

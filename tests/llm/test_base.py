@@ -7,8 +7,16 @@ import sys
 import pytest
 
 from synthir.errors import SynthirError
-from synthir.llm import Completion, LLMError, Request, Sampling, make_backend, sample_seed, yes_no_margin
-from synthir.llm.base import generate_isolating
+from synthir.llm.base import (
+    Completion,
+    LLMError,
+    Request,
+    Sampling,
+    generate_isolating,
+    make_backend,
+    sample_seed,
+    yes_no_margin,
+)
 
 
 def test_sampling_is_frozen_stable_and_validated() -> None:

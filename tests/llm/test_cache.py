@@ -11,19 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from synthir.llm import (
-    CachedBackend,
-    Completion,
-    CompletionCache,
-    LLMError,
-    Request,
-    Sampling,
-    UnsupportedError,
-    cache_key,
-    default_cache_path,
-    sample_seed,
-)
-from synthir.llm.base import Usage
+from synthir.llm.base import Completion, LLMError, Request, Sampling, UnsupportedError, Usage, sample_seed
+from synthir.llm.cached import CachedBackend
+from synthir.llm.store import CompletionCache, cache_key, default_cache_path
 
 from .fakes import ScriptedBackend
 
@@ -183,7 +173,9 @@ def test_yes_no_backend_crash_is_an_llm_error_with_the_reason(tmp_path: Path) ->
 CHILD = textwrap.dedent(
     """
     import sys
-    from synthir.llm import CachedBackend, CompletionCache, Request, Sampling
+    from synthir.llm.base import Request, Sampling
+    from synthir.llm.cached import CachedBackend
+    from synthir.llm.store import CompletionCache
     from tests.llm.fakes import ScriptedBackend
 
     delay = float(sys.argv[2])

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from synthir.errors import SynthirError
-from synthir.llm import CachedBackend, CompletionCache, Request
-from synthir.llm.cache import CacheError, Entry
+from synthir.llm.base import Request
+from synthir.llm.cached import CachedBackend
+from synthir.llm.store import CacheError, CompletionCache, Entry
 
 from .fakes import ScriptedBackend
 

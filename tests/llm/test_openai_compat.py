@@ -13,9 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from synthir.llm import CachedBackend, CompletionCache, LLMError, Request, Sampling, make_backend, sample_seed
-from synthir.llm.cache import cache_key
+from synthir.llm.base import LLMError, Request, Sampling, make_backend, sample_seed
+from synthir.llm.cached import CachedBackend
 from synthir.llm.openai_compat import OpenAICompatBackend
+from synthir.llm.store import CompletionCache, cache_key
 
 KEY = "sk-test-secret-0123456789"
 
@@ -543,7 +544,7 @@ def test_bad_fleet_params_name_the_key(llm: dict, message: str) -> None:
 
 def test_a_fleet_in_params_reaches_the_backend(server: FakeOpenAI, other: FakeOpenAI, tmp_path) -> None:
     from synthir.config import LLMParams
-    from synthir.llm import open_backend
+    from synthir.llm.cached import open_backend
 
     params = LLMParams(backend="openai", model="fake-model", base_url=[server.url, other.url],
                        options={"max_concurrency": 1})  # fmt: skip

@@ -21,8 +21,10 @@ import yaml
 from synthir.cli import run as cli
 from synthir.config import GenerateParams
 from synthir.errors import ModelRefError
-from synthir.llm import CachedBackend, CompletionCache, Request, Sampling, open_backend, sample_seed
+from synthir.llm.base import Request, Sampling, sample_seed
+from synthir.llm.cached import CachedBackend, open_backend
 from synthir.llm.openai_compat import OpenAICompatBackend
+from synthir.llm.store import CompletionCache
 from synthir.models import resolve
 from synthir.synth.pipeline import generate
 from tests.conftest import REPO, write_beir

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from synthir.llm import CachedBackend, CompletionCache, LLMError, Request, Sampling, make_backend
 from synthir.llm import vllm as vllm_backend
+from synthir.llm.base import LLMError, Request, Sampling, make_backend
+from synthir.llm.cached import CachedBackend
+from synthir.llm.store import CompletionCache
 
 
 @dataclass

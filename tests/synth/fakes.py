@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from synthir.llm import Completion, Prompt, Request
+from synthir.llm.base import Completion, Prompt, Request
 
 
 class ScriptedLLM:

@@ -5,13 +5,15 @@ import pytest
 
 from synthir.beir import passage_text
 from synthir.config import GenerateParams, VerifyParams
+from synthir.data.sampling import sample_ids
 from synthir.errors import ConfigError, SynthirError
 from synthir.fileio import read_jsonl
-from synthir.llm import CachedBackend, Completion, CompletionCache
+from synthir.llm.base import Completion
+from synthir.llm.cached import CachedBackend
+from synthir.llm.store import CompletionCache
 from synthir.prompting import load_template
-from synthir.sampling import sample_ids
 from synthir.synth.pipeline import generate
-from synthir.verify import verify_outputs
+from synthir.synth.verify import verify_outputs
 from tests.conftest import MINILM, REPO, write_beir
 from tests.synth.fakes import ScriptedLLM
 
@@ -276,7 +278,7 @@ def test_gecko_relabeling_picks_the_judges_best_candidate_and_its_worst_as_negat
     assert summary["gecko_positive_changed"] == 1 and summary["tasks"]["gecko"]["prompts"] == len(llm.scored)
 
     from synthir.config import TriplesParams
-    from synthir.triples import build
+    from synthir.triples.build import build
 
     params = TriplesParams.model_validate({"sources": ["doc2query"], "negatives": {"method": "bm25", "rank_from": 0}})
     build(params, folder, tmp_path / "verified", tmp_path / "t.jsonl", tmp_path / "t.json")
@@ -286,7 +288,7 @@ def test_gecko_relabeling_picks_the_judges_best_candidate_and_its_worst_as_negat
 
 
 def test_relabel_positive_keeps_the_source_on_ties():
-    from synthir.verify import relabel_positive
+    from synthir.synth.verify import relabel_positive
 
     record = {"id": "x", "doc_id": "b"}
     assert relabel_positive(record, ["b", "a", "c"], [1.0, 1.0, -3.0])["positive_doc_id"] == "b"
@@ -394,7 +396,7 @@ def test_round_trip_and_gecko_encode_with_the_models_prefixes(data, tmp_path, ti
 def test_shards_are_disjoint_cover_the_sample_and_replay_as_one_run(data, tmp_path):
     """Shards i/3 into their own caches, merged by export and import: the whole run then makes no LLM call and
     writes what an unsharded run writes (ScriptedLLM: a test double of the LLM)."""
-    from synthir.completions import export_cache, import_cache
+    from synthir.llm.completions import export_cache, import_cache
     from synthir.synth.pipeline import generate_shard
     from synthir.synth.shards import Shard
 

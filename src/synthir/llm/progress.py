@@ -6,7 +6,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from .cache import CachedBackend
+from .cached import CachedBackend
 
 
 class LLMProgress:

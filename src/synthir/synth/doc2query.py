@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from ..beir import Corpus, Qrels, Queries, passage_text
-from ..llm import Request, Sampling
+from ..llm.base import Request, Sampling
 from ..prompting import Template, truncate_words
 from .parse import clean_query, dedup, words
 from .runner import TaskRunner, TaskStats

@@ -9,7 +9,8 @@ from ..beir import Dataset, has_split, load_dataset
 from ..config import GenerateParams, SamplingParams
 from ..errors import ConfigError, SynthirError
 from ..fileio import atomic_file, write_json, write_jsonl
-from ..llm import CachedBackend, Sampling, open_backend
+from ..llm.base import Sampling
+from ..llm.cached import CachedBackend, open_backend
 from ..prompting import check_prompts_dir, load_template
 from .doc2query import few_shot_examples, generate_queries
 from .query_negative import generate_negatives

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..llm import Request, Sampling
+from ..llm.base import Request, Sampling
 from ..prompting import Template
 from .parse import clean_passage
 from .runner import TaskRunner, TaskStats

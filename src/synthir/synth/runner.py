@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..llm import CachedBackend, Completion, Request, Sampling
+from ..llm.base import Completion, Request, Sampling
+from ..llm.cached import CachedBackend
 from ..llm.progress import LLMProgress
 from ..prompting import Template
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from ..beir import Qrels, Queries
-from ..llm import Request, Sampling
+from ..llm.base import Request, Sampling
 from ..prompting import Template
 from .parse import clean_passage
 from .runner import TaskRunner, TaskStats

@@ -28,11 +28,11 @@ from itertools import chain
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__
-from .errors import ConfigError, DataError, excerpt
-from .fileio import LineBounds, json_lines, require_file, write_jsonl
-from .llm.base import Sampling
-from .llm.cache import SCORE_MARKER, CompletionCache, Entry, lookup, request_key, store
+from .. import __version__
+from ..errors import ConfigError, DataError, excerpt
+from ..fileio import LineBounds, json_lines, require_file, write_jsonl
+from .base import Sampling
+from .store import SCORE_MARKER, CompletionCache, Entry, lookup, request_key, store
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from .errors import DataError, excerpt
-from .models import PACKAGE_PREFIX, hub_id
+from ..errors import DataError, excerpt
+from ..models import PACKAGE_PREFIX, hub_id
 
 CARD = "README.md"
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)
@@ -101,7 +101,10 @@ def _dataset_entry(sources: dict[str, int], dataset: str | None, settings: dict)
         "name": name,
         "size": sum(sources.values()),
         "columns": ["query", "positives", "negatives"],
-        "loss": {"fullname": f"synthir.losses.{settings['loss']}", "config_code": f"  ```json\n  {config}\n  ```"},
+        "loss": {
+            "fullname": f"synthir.training.losses.{settings['loss']}",
+            "config_code": f"  ```json\n  {config}\n  ```",
+        },
     }
 
 
@@ -112,9 +115,9 @@ SCORES_BYTES = 1 << 20
 def read_scores(path: Path) -> tuple[dict[str, float], str]:
     """The evaluate stage's metrics file: its scores (metric -> number in [0, 1]) and its split. Anything else
     (not JSON, another shape, NaN, a split that is not a plain name) is a DataError naming the file and key."""
-    from .beir import check_split_name
-    from .fileio import read_json
-    from .scores import METRIC_NAME, check_score
+    from ..beir import check_split_name
+    from ..fileio import read_json
+    from ..scores import METRIC_NAME, check_score
 
     evaluated = read_json(path, "the evaluate stage's metrics", SCORES_BYTES)
     if not isinstance(evaluated, dict):
@@ -187,7 +190,7 @@ def publish(
     queries has none) and, if given, the Hub id in its usage snippet. Written whole or not at all."""
     import shutil
 
-    from .fileio import atomic_dir
+    from ..fileio import atomic_dir
 
     with atomic_dir(output) as folder:
         shutil.copytree(model, folder, dirs_exist_ok=True)
@@ -203,7 +206,7 @@ def push_to_hub(folder: Path, model_id: str) -> str:
     comes from the environment (HF_TOKEN) or huggingface-cli's login, never from params. Returns its URL."""
     from huggingface_hub import HfApi
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     api = HfApi()
     try:

@@ -8,7 +8,7 @@ A configuration's setting says which labels it used: *zero-label* (no labeled qu
 prompt), *label-augmented* (the labeled train queries plus whatever else), or *few-shot prompts* (labeled
 queries only as the generator's examples). Each configuration is compared with the base model and with the
 reference configuration on the same split by a paired randomization test over the per-query scores averaged
-over its seeds (`synthir.stats`).
+over its seeds (`synthir.results.stats`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Preference alignment (Syntriever stage 2): the candidates and the training setup.
 
 The stage-1 retriever ranks the corpus for each training query (`align_retrieve`); the LLM states preferences over
-pairs of its top-K (`synthir.preferences`, `align_judge`); the (query, preferred, rejected) triples continue
-training with partial Plackett–Luce or Bradley–Terry (`align_train`, through `synthir.train`).
+pairs of its top-K (`synthir.align.preferences`, `align_judge`); the (query, preferred, rejected) triples continue
+training with partial Plackett–Luce or Bradley–Terry (`align_train`, through `synthir.training.train`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .beir import Corpus
+from ..beir import Corpus
 
 
 def training_queries(examples: Sequence[dict], sources: Sequence[str], max_queries: int, seed: int) -> dict[str, str]:
@@ -30,7 +30,7 @@ def retrieve_candidates(
     model, corpus: Corpus, queries: dict[str, str], k: int, batch_size: int, prefixes
 ) -> list[dict]:
     """The model's top-k documents for each query, best first."""
-    from .retrieval import dense_search
+    from ..retrieval import dense_search
 
     run = dense_search(model, corpus, queries, depth=k, batch_size=batch_size, prefixes=prefixes)
     records = []
@@ -51,7 +51,7 @@ def training_params(align, stage1, model: str):
     """The alignment run's FitParams: from the stage-1 model with the alignment loss; prefixes, device,
     precision and logging cadence as stage 1. `align` and `stage1` may be a stage's scoped view of the params:
     only their fields are read."""
-    from .config import FitParams, ScheduleParams
+    from ..config import FitParams, ScheduleParams
 
     return FitParams(
         base_model=model,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .beir import load_qrels, qrels_path, split_names
-from .errors import DataError
-from .fileio import atomic_file
+from ..beir import load_qrels, qrels_path, split_names
+from ..errors import DataError
+from ..fileio import atomic_file
 from .sampling import corpus_order
 
 _BOM = b"\xef\xbb\xbf"

@@ -15,10 +15,11 @@ import re
 import time
 from pathlib import Path
 
-from .beir import Corpus, passage_text
-from .llm import CachedBackend, Request, Sampling, open_backend
-from .prompting import Template, truncate_words
-from .verify import judge, score_prompts
+from ..beir import Corpus, passage_text
+from ..llm.base import Request, Sampling
+from ..llm.cached import CachedBackend, open_backend
+from ..prompting import Template, truncate_words
+from ..synth.verify import judge, score_prompts
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,8 @@ def preference_examples(prefs: list[dict], corpus: Corpus) -> list[dict]:
 
 def judge_stage(params, corpus: Corpus, candidates: list[dict], output: Path, metrics: Path, backend=None) -> dict:
     """The align_judge stage: preferences written as (query, c+, c−) training examples, stats with LLM cost."""
-    from .fileio import write_json, write_jsonl
-    from .prompting import load_template
+    from ..fileio import write_json, write_jsonl
+    from ..prompting import load_template
 
     started = time.perf_counter()
     prefs: list[dict] = []

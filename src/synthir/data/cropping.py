@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import re
 
-from .beir import Corpus, passage_text
+from ..beir import Corpus, passage_text
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
 
@@ -39,7 +39,7 @@ def cropped_examples(
     remove_from_positive: bool,
     seed: int,
 ) -> list[dict]:
-    """Up to `per_doc` distinct cropped queries per document, as training examples (`synthir.triples`)."""
+    """Up to `per_doc` distinct cropped queries per document, as training examples (`synthir.triples.build`)."""
     rng = random.Random(seed)
     examples = []
     for doc_id in doc_ids:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .beir import Corpus, passage_text
-from .errors import ConfigError
+from ..beir import Corpus, passage_text
+from ..errors import ConfigError
+from ..retrieval import RRF_K
 from .negatives import ScoreRows
-from .retrieval import RRF_K
 
 
 def ranks_of(row: np.ndarray, columns: list[int]) -> list[int]:

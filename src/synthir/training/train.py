@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import add_lora, merge_lora, set_attention_dropout
-from .config import FitParams
-from .errors import ConfigError, DataError, excerpt
-from .examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
+from ..backbones import add_lora, merge_lora, set_attention_dropout
+from ..config import FitParams
+from ..errors import ConfigError, DataError, excerpt
+from ..models import resolve
+from ..triples.examples import SYNTRIEVER_NEGATIVES, batch_keys, negative_kind, positive_kind
 from .losses import DISTILLATION_LOSSES, BatchLoss, Margins, Slots, batch_loss, host_to_device
 from .model_card import describe_training, set_prompts
-from .models import resolve
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,14 @@ class Encoded:
     positives: list[list[int]]
     negatives: list[list[int]]
     keys: list[tuple[str, ...]]
-    """What examples of one batch may not share (`synthir.examples.batch_keys`)."""
+    """What examples of one batch may not share (`synthir.triples.examples.batch_keys`)."""
     positive_kinds: list[list[str]] = field(default_factory=list)
     negative_kinds: list[list[str]] = field(default_factory=list)
     margins: list[list[float]] | None = None
     """Per example, the teacher's score of the first positive minus each trained negative's (distillation)."""
 
     def kinds_trained(self, batches: list[list[int]]) -> dict[str, dict[str, int]]:
-        """How many positives and negatives of each kind (`synthir.examples`) the batches put into the loss."""
+        """How many positives and negatives of each kind (`synthir.triples.examples`) the batches put into the loss."""
         positives, negatives = Counter(), Counter()
         for i in (i for batch in batches for i in batch):
             positives.update(self.positive_kinds[i])
@@ -118,7 +118,7 @@ def encode_examples(
 ) -> tuple[TokenTable, Encoded]:
     """Tokenize every distinct text once. `all_positives`: every positive of an example (snn), else the first
     (mnrl, and the alignment losses' c+). `margins`: the teacher margins of each trained negative, from the
-    examples' `teacher` scores (`synthir.teacher`)."""
+    examples' `teacher` scores (`synthir.triples.teacher`)."""
     index: dict[str, int] = {}
 
     def slot(text: str) -> int:
@@ -342,8 +342,8 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> Run:
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    from .fileio import read_jsonl
-    from .retrieval import load_encoder, model_fingerprint
+    from ..fileio import read_jsonl
+    from ..retrieval import load_encoder, model_fingerprint
 
     if params.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda, but torch sees no GPU here (train.device: cpu trains on the CPU)")
@@ -565,7 +565,7 @@ def train(
     params: FitParams, triples: Path, output: Path, live_dir: Path, checkpoints: Path, dataset: str | None = None
 ) -> dict:
     """Fine-tune `params.base_model` on the triples file and save a sentence-transformers folder: the model, its
-    prefixes as prompts, and sentence-transformers' model card filled with the training (`synthir.model_card`).
+    prefixes as prompts, and sentence-transformers' model card filled with the training (`synthir.training.model_card`).
     Returns the run summary on the main process ({} on the others)."""
     started = time.perf_counter()
     run = setup(params, triples, checkpoints)
@@ -592,7 +592,7 @@ def save_model(run: Run, output: Path, dataset: str | None) -> None:
 def write_empty_curves(live_dir: Path) -> None:
     """The curves of a run that did not happen (alignment off): DVCLive's files with a header and no steps, so
     the declared plots exist, can be committed, and `dvc plots show` draws them empty."""
-    from .fileio import atomic_file
+    from ..fileio import atomic_file
 
     for curve in (LOSS_CURVE, LR_CURVE):
         with atomic_file(live_dir / "plots" / "metrics" / f"{curve}.tsv") as handle:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import excerpt
+from ..errors import excerpt
 
 PERMUTATIONS = 10_000
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .beir import Corpus, passage_text
+from ..beir import Corpus, passage_text
 
 ScoreRows = Callable[[Sequence[str]], np.ndarray]
 """Queries -> scores [len(queries), len(corpus)] in corpus order."""
@@ -30,7 +30,7 @@ class MiningRule:
 
 
 def bm25_rows(corpus: Corpus) -> ScoreRows:
-    from .retrieval import Bm25Index
+    from ..retrieval import Bm25Index
 
     return Bm25Index(corpus).scores
 
@@ -38,7 +38,7 @@ def bm25_rows(corpus: Corpus) -> ScoreRows:
 def dense_rows(
     model, corpus: Corpus, batch_size: int = 16, query_prefix: str = "", passage_prefix: str = ""
 ) -> ScoreRows:
-    from .retrieval import encode, encode_passages
+    from ..retrieval import encode, encode_passages
 
     texts = [passage_text(corpus[d]) for d in corpus]
     docs = encode_passages(model, texts, batch_size, passage_prefix).to(model.device)  # mining scores on the device
@@ -94,7 +94,7 @@ def require_cross_encoder(model_ref: str, path: str) -> None:
     initialised classifier and would score passages at random."""
     from transformers import AutoConfig
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     try:
         architectures = AutoConfig.from_pretrained(path).architectures or []
@@ -117,8 +117,8 @@ def cross_encoder_pairs(
     """A CrossEncoder's scores of (query, passage) pairs, run on `device` in `dtype` (explicit, as every encoder)."""
     from sentence_transformers import CrossEncoder
 
-    from .devices import DTYPES
-    from .models import resolve
+    from ..devices import DTYPES
+    from ..models import resolve
 
     path = resolve(model_ref)
     require_cross_encoder(model_ref, path)

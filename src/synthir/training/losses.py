@@ -10,7 +10,7 @@ negatives among the passages (`Slots`). Similarity is cosine / tau throughout. E
     partial_pl  partial Plackett–Luce: c+ ranked first and c− second among the whole batch's candidates
     bt          Bradley–Terry: σ(s+ − s−), no in-batch terms
     marginmse   GPL's Margin-MSE distillation: cos(q, p) − cos(q, n) regressed on a teacher's margin, no in-batch
-                terms; teacher scores come in cosine units, [0, 1] (`synthir.teacher`)
+                terms; teacher scores come in cosine units, [0, 1] (`synthir.triples.teacher`)
 """
 
 from __future__ import annotations

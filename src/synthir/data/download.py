@@ -13,10 +13,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .archive import safe_extract
-from .beir import load_dataset, split_names
-from .errors import ChecksumError, DataError, excerpt
-from .fileio import atomic_dir, cache_root, file_digest, require_file
+from ..archive import safe_extract
+from ..beir import load_dataset, split_names
+from ..errors import ChecksumError, DataError, excerpt
+from ..fileio import atomic_dir, cache_root, file_digest, require_file
 from .splits import carve_dev
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def fetch_dataset(
 
     `path` (a local BEIR folder) makes it a custom dataset; otherwise the registry entry is taken from
     $SYNTHIR_DATA_MIRROR when set, else downloaded from the official BEIR URL. `dev_fraction` > 0 holds out that
-    share of the train queries as the dev split (`synthir.splits`), unless the dataset has its own."""
+    share of the train queries as the dev split (`synthir.data.splits`), unless the dataset has its own."""
     dest = Path(dest)
     with atomic_dir(dest) as tmp:  # refuses the root, the current and the home folder first
         _require_dataset_or_new(dest)

@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .backbones import check_positions
-from .errors import ConfigError
+from ..backbones import check_positions
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def sample_passages(texts: Sequence[str], max_passages: int, seed: int) -> list[
 
 def save_adapted(model, output: Path) -> None:
     """The adapted encoder as a sentence-transformers folder, written whole or not at all."""
-    from .fileio import atomic_dir
+    from ..fileio import atomic_dir
 
     with atomic_dir(output) as folder:
         model.save(str(folder))

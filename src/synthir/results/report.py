@@ -1,6 +1,6 @@
 """Results across experiments: a markdown table and PNG plots (matplotlib, no network) from `dvc exp show --json`.
 
-The study's configurations (runs over seeds) and its sweeps are in `synthir.study`; here, every run, its
+The study's configurations (runs over seeds) and its sweeps are in `synthir.results.study`; here, every run, its
 params as they differ from the reference run (keys a run lacks, e.g. from an older params.yaml, are not counted
 as differences), and its cost. Cost is what a run's data needed from the LLM (requests
 served, fresh or from the cache) and the wall time of its stages.
@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import AdaptParams, AlignParams
-from .errors import DataError, SynthirError, excerpt
-from .fileio import read_json
-from .scores import METRIC_NAME, check_score
+from ..config import AdaptParams, AlignParams
+from ..errors import DataError, SynthirError, excerpt
+from ..fileio import read_json
+from ..scores import METRIC_NAME, check_score
 
 STAGE_SECONDS = {
     "generate": ("metrics/generate.json", "seconds"),
@@ -30,7 +30,7 @@ STAGE_SECONDS = {
 }
 LLM_STAGES = ("metrics/generate.json", "metrics/verify.json", "metrics/align_judge.json")
 PER_QUERY_FILES = ("metrics/baseline_per_query.json", "metrics/eval_per_query.json")
-"""Committed per-query scores (`synthir.evaluate.per_query_record`) that an export attaches to each run."""
+"""Committed per-query scores (`synthir.evaluation.evaluate.per_query_record`) that an export attaches to each run."""
 
 
 @dataclass
@@ -97,7 +97,8 @@ def _expect(value: object, kind: type, where: str) -> object:
 
 def check_record(record: object, where: str) -> dict:
     """A per-query record ({split, metrics, systems: {name: {query id: [score per metric]}}}) as
-    `synthir.evaluate.per_query_record` writes it; DataError naming `where`, the system and the query otherwise."""
+    `synthir.evaluation.evaluate.per_query_record` writes it; DataError naming `where`, the system and the query
+    otherwise."""
     record = _expect(record, dict, where)
     if not record:
         return record  # an experiment from before per-query scores were committed
@@ -345,9 +346,9 @@ def write_report(
 ) -> dict:
     """`out_dir`/README.md and `out_dir`/figures/*.png; returns what was drawn. `reference_name` is a run or a
     configuration of the study (its first seed's run is what every run's changed params are listed against);
-    `sweeps` name the params each sweep varies (`synthir.study.sweep_families`); `selected` are the
+    `sweeps` name the params each sweep varies (`synthir.results.study.sweep_families`); `selected` are the
     configurations chosen on dev."""
-    from .fileio import atomic_dir, atomic_file
+    from ..fileio import atomic_dir, atomic_file
     from .study import configurations, study_section, sweep_section
 
     by_name = {r.name: r for r in runs}
@@ -406,7 +407,7 @@ def export_experiments(out: Path, all_commits: bool = True, merge: bool = False)
     on several machines or clones is gathered run by run); a run exported again replaces its older copy."""
     import subprocess
 
-    from .fileio import atomic_file
+    from ..fileio import atomic_file
 
     previous = _previous_export(out) if merge and out.exists() else None  # checked before the slow part
     cmd = ["dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytrec_eval
 
-from .beir import Qrels, check_id, has_split, load_dataset
-from .config import EvaluateParams
-from .errors import DataError, at, excerpt
-from .fileio import LineBounds, atomic_file, text_lines, write_json
-from .retrieval import (
+from ..beir import Qrels, check_id, has_split, load_dataset
+from ..config import EvaluateParams
+from ..errors import DataError, at, excerpt
+from ..fileio import LineBounds, atomic_file, text_lines, write_json
+from ..retrieval import (
     Prefixes,
     Run,
     bm25_search,

@@ -7,10 +7,11 @@ import logging
 import re
 from pathlib import Path
 
-from .beir import Corpus, passage_text
-from .llm import CachedBackend, Request, Sampling, UnsupportedError, open_backend
-from .llm.progress import LLMProgress
-from .prompting import Template, truncate_words
+from ..beir import Corpus, passage_text
+from ..llm.base import Request, Sampling, UnsupportedError
+from ..llm.cached import CachedBackend, open_backend
+from ..llm.progress import LLMProgress
+from ..prompting import Template, truncate_words
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def round_trip_ranks(
 ) -> list[int | None]:
     """1-based rank of each query's source document in the model's top-k over the whole corpus (None: absent);
     the prefixes are what the model expects before each (e5: `query: `, `passage: `)."""
-    from .retrieval import encode, encode_passages, top_k
+    from ..retrieval import encode, encode_passages, top_k
 
     if not queries:
         return []
@@ -105,7 +106,7 @@ def fused_candidates(
     model, corpus: Corpus, queries: list[str], k: int, batch_size: int, query_prefix: str = "", passage_prefix: str = ""
 ) -> list[list[str]]:
     """Each query's top k documents by reciprocal rank fusion of BM25 and a dense model over the corpus."""
-    from .retrieval import Prefixes, bm25_search, dense_search, reciprocal_rank_fusion
+    from ..retrieval import Prefixes, bm25_search, dense_search, reciprocal_rank_fusion
 
     named = {str(i): text for i, text in enumerate(queries)}
     dense = dense_search(model, corpus, named, k, batch_size, Prefixes(query_prefix, passage_prefix))
@@ -153,11 +154,11 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
     """The verify stage: judge, relabel and round-trip filter the generate stage's outputs."""
     import time
 
-    from .beir import load_corpus
-    from .devices import check_device
-    from .fileio import read_jsonl, write_json, write_jsonl
-    from .prompting import load_template
-    from .retrieval import encoder_record, load_encoder
+    from ..beir import load_corpus
+    from ..devices import check_device
+    from ..fileio import read_jsonl, write_json, write_jsonl
+    from ..prompting import load_template
+    from ..retrieval import encoder_record, load_encoder
 
     started = time.perf_counter()
     check_device(params.device, params.dtype, "verify.device", "verify.dtype")  # before any LLM call

@@ -3,7 +3,7 @@
 An example is a query with positive passages (the first is the one MNRL uses; SNN uses all) and negatives.
 Sources: the labeled train split, verified doc2query pairs, verified Syntriever sets (per gold passage: gold +
 synthetic positive + CoT text as positives; synthetic and relabeled negatives). Every example records where each
-part came from (`synthir.examples`).
+part came from (`synthir.triples.examples`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 
-from .beir import Corpus, Qrels, Queries, passage_text
-from .cropping import cropped_examples
+from ..beir import Corpus, Qrels, Queries, passage_text
+from ..data.cropping import cropped_examples
 from .examples import negative_kind
 from .negatives import MiningRule, ScoreRows, choose
 
@@ -125,11 +125,11 @@ def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str
     import time
     from pathlib import Path
 
-    from .beir import has_split, load_dataset
-    from .devices import check_device
-    from .errors import ConfigError
-    from .fileio import read_jsonl, write_json, write_jsonl
-    from .retrieval import encoder_record
+    from ..beir import has_split, load_dataset
+    from ..devices import check_device
+    from ..errors import ConfigError
+    from ..fileio import read_jsonl, write_json, write_jsonl
+    from ..retrieval import encoder_record
 
     started = time.perf_counter()
     check_device(params.device, params.dtype, "triples.device", "triples.dtype")
@@ -190,14 +190,14 @@ def score_rows(neg, corpus: Corpus, encoding) -> ScoreRows:
     if neg.method == "bm25":
         return bm25_rows(corpus)
     if neg.method == "dense":
-        from .retrieval import load_encoder
+        from ..retrieval import load_encoder
 
         model = load_encoder(neg.model, device=encoding.device, dtype=encoding.dtype, block="triples")
         return dense_rows(model, corpus, neg.batch_size, neg.query_prefix, neg.passage_prefix)
     if neg.judge is not None:  # offline cross-encoder: the LLM's pointwise yes/no score
-        from .llm import open_backend
-        from .prompting import load_template
-        from .verify import judge
+        from ..llm.cached import open_backend
+        from ..prompting import load_template
+        from ..synth.verify import judge
 
         backend, template = open_backend(neg.judge), load_template("verify_relevance")
         pairs = lambda batch: judge(backend, template, batch)  # noqa: E731
@@ -207,21 +207,21 @@ def score_rows(neg, corpus: Corpus, encoding) -> ScoreRows:
 
 
 def score_teacher(teacher, examples: list[dict], corpus: Corpus, encoding) -> None:
-    """Each example's `teacher` scores (`synthir.teacher`) for its first positive and its negatives; the hybrid's
-    dense half runs on `encoding`'s device and dtype."""
+    """Each example's `teacher` scores (`synthir.triples.teacher`) for its first positive and its negatives; the
+    hybrid's dense half runs on `encoding`'s device and dtype."""
     from .teacher import hybrid_scores, llm_scores
 
     if teacher.method == "hybrid":
+        from ..retrieval import load_encoder
         from .negatives import bm25_rows, dense_rows
-        from .retrieval import load_encoder
 
         model = load_encoder(teacher.model, device=encoding.device, dtype=encoding.dtype, block="triples")
         dense = dense_rows(model, corpus, teacher.batch_size, "", "")
         hybrid_scores(examples, corpus, bm25_rows(corpus), dense)
     else:
-        from .llm import open_backend
-        from .prompting import load_template
-        from .verify import judge
+        from ..llm.cached import open_backend
+        from ..prompting import load_template
+        from ..synth.verify import judge
 
         backend, template = open_backend(teacher.judge), load_template("verify_relevance")
         llm_scores(examples, lambda pairs: judge(backend, template, pairs, desc="teacher"))
