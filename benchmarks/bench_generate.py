@@ -77,8 +77,8 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
     from synthir.beir import load_dataset, passage_text
     from synthir.config import load_params
     from synthir.data.sampling import sample_ids
-    from synthir.llm.base import make_backend
     from synthir.llm.cached import CachedBackend
+    from synthir.llm.factory import make_backend
     from synthir.llm.store import CompletionCache
     from synthir.prompting import load_template
     from synthir.synth.doc2query import few_shot_examples

@@ -15,8 +15,9 @@ import pytest
 
 from synthir.beir import load_dataset
 from synthir.config import GenerateParams, read_yaml
-from synthir.llm.base import Request, Sampling, make_backend
+from synthir.llm.base import Request, Sampling
 from synthir.llm.cached import CachedBackend
+from synthir.llm.factory import make_backend
 from synthir.llm.store import CompletionCache
 from synthir.prompting import load_template
 from synthir.synth.pipeline import generate
@@ -127,7 +128,7 @@ def test_a_process_that_used_the_engine_exits_when_it_is_done(tmp_path):
     exit, and vLLM's engine process runs until told to stop: the backend must stop it, or the stage hangs."""
     script = tmp_path / "stage.py"
     script.write_text(
-        "from synthir.llm.base import Request, Sampling, make_backend\n"
+        "from synthir.llm.base import Request, Sampling\nfrom synthir.llm.factory import make_backend\n"
         "if __name__ == '__main__':\n"
         f"    backend = make_backend('vllm', {SMALL_QWEN!r}, **{ENGINE!r})\n"
         "    (done,) = backend.generate([Request(prompt='One, two,', sampling=Sampling(max_tokens=4))])\n"

@@ -13,10 +13,10 @@ from synthir.llm.base import (
     Request,
     Sampling,
     generate_isolating,
-    make_backend,
     sample_seed,
     yes_no_margin,
 )
+from synthir.llm.factory import make_backend
 
 
 def test_sampling_is_frozen_stable_and_validated() -> None:
@@ -76,7 +76,7 @@ def test_make_backend_rejects_unknown_kind() -> None:
 
 def test_make_backend_imports_runtimes_lazily() -> None:
     code = (
-        "import sys, synthir.llm as l; b = l.make_backend('openai', 'm', base_url='http://127.0.0.1:9');"
+        "import sys, synthir.llm.factory as l; b = l.make_backend('openai', 'm', base_url='http://127.0.0.1:9');"
         "print(b.model_id, 'vllm' in sys.modules, 'torch' in sys.modules, 'xllamacpp' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

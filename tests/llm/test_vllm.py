@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from synthir.llm import vllm as vllm_backend
-from synthir.llm.base import LLMError, Request, Sampling, make_backend
+from synthir.llm.base import LLMError, Request, Sampling
 from synthir.llm.cached import CachedBackend
+from synthir.llm.factory import make_backend
 from synthir.llm.store import CompletionCache
 
 

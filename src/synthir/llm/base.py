@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -206,23 +205,6 @@ def backend_identity(backend: Backend) -> dict[str, str | None]:
         return dict(identity)
     kind = getattr(backend, "kind", None) or type(backend).__name__
     return {"backend": kind, "server": None, "model": backend.model_id}
-
-
-_BACKENDS = {
-    "vllm": ("synthir.llm.vllm", "VLLMBackend"),
-    "hf": ("synthir.llm.hf", "HFBackend"),
-    "llamacpp": ("synthir.llm.llamacpp", "LlamaCppBackend"),
-    "openai": ("synthir.llm.openai_compat", "OpenAICompatBackend"),
-}
-
-
-def make_backend(kind: str, model: str, **options: Any) -> Backend:
-    """Build a backend by name; its module (and heavy runtime such as vllm) is imported only now."""
-    if kind not in _BACKENDS:
-        raise LLMError(f"unknown LLM backend '{kind}'; choose one of {', '.join(sorted(_BACKENDS))}")
-    module_name, class_name = _BACKENDS[kind]
-    backend_class = getattr(importlib.import_module(module_name), class_name)
-    return backend_class(model, **options)
 
 
 def generate_isolating(

@@ -238,7 +238,7 @@ def _single(request: Request, sampling: Sampling, n: int) -> Request:
 def open_backend(params: LLMParams, cache_path: str | Path | None = None) -> CachedBackend:
     """The backend a params block (`generate.llm`, `verify.judge`, ...) names, behind the completion cache; bad
     backend options raise one clear LLMError."""
-    from .base import make_backend
+    from .factory import make_backend
 
     connection = {"base_url": params.base_url, "api_key_env": params.api_key_env}
     settings = {**params.options, **{k: v for k, v in connection.items() if v is not None}}
