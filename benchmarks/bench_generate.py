@@ -79,12 +79,11 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
     from synthir.data.sampling import sample_ids
     from synthir.llm.cached import CachedBackend
     from synthir.llm.factory import make_backend
+    from synthir.llm.judge import RelevanceJudge
     from synthir.llm.store import CompletionCache
-    from synthir.prompting import load_template
     from synthir.synth.doc2query import few_shot_examples
     from synthir.synth.pipeline import run_doc2query, run_query_negative
     from synthir.synth.runner import TaskRunner
-    from synthir.synth.verify import judge
 
     params = load_params(params_file)
     gen, ver = params.generate, params.verify
@@ -143,14 +142,14 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
     if gen.query_negative.enabled:  # the tasks the profile runs, as the stages would
         negatives, _ = measured("query_negative", generator, lambda: run_query_negative(runner, gen, queries))
         texts["query_negative"] = [n["negative"] for n in negatives]
-    question = load_template("verify_relevance")
+    judge = RelevanceJudge(judge_llm)
     if ver.score_queries:
         pairs = [(q["query"], passage_text(dataset.corpus[q["doc_id"]])) for q in queries]
-        scores = measured("judge_query", judge_llm, lambda: judge(judge_llm, question, pairs))
+        scores = measured("judge_query", judge_llm, lambda: judge.score(pairs))
         texts["judge_query"] = [round(s, 3) for s in scores]
     if ver.max_negative_score is not None and negatives:
         pairs = [(n["query"], n["negative"]) for n in negatives]
-        scores = measured("judge_negative", judge_llm, lambda: judge(judge_llm, question, pairs))
+        scores = measured("judge_negative", judge_llm, lambda: judge.score(pairs))
         texts["judge_negative"] = [round(s, 3) for s in scores]
     probe = decode_probe(generator.backend) if kind == "vllm" else None
     for llm in {id(generator): generator, id(judge_llm): judge_llm}.values():

@@ -34,12 +34,12 @@ def main() -> None:
     from synthir.data.sampling import sample_ids
     from synthir.llm.cached import open_backend
     from synthir.llm.completions import import_committed
-    from synthir.prompting import load_template
+    from synthir.llm.judge import RelevanceJudge
     from synthir.retrieval import load_encoder
     from synthir.synth.doc2query import few_shot_examples
     from synthir.synth.pipeline import run_doc2query
     from synthir.synth.runner import TaskRunner
-    from synthir.synth.verify import judge, round_trip_ranks
+    from synthir.synth.verify import round_trip_ranks
 
     params = load_params(args.params)
     import_committed()  # llm-cache/: a fresh clone replays the committed run
@@ -50,14 +50,14 @@ def main() -> None:
     examples = few_shot_examples(
         dataset.corpus, dataset.queries, dataset.qrels["train"], d2q.few_shot, gen.seed, d2q.max_passage_words
     )
-    judge_llm = open_backend(ver.judge)
+    judge = RelevanceJudge.open(ver.judge)
     encoder = load_encoder(ver.round_trip.model)
     results = {}
     for model in args.generator:
         llm = open_backend(gen.llm.model_copy(update={"model": model}))
         queries, stats = run_doc2query(TaskRunner(llm), gen, dataset, doc_ids, examples)
         pairs = [(q["query"], passage_text(dataset.corpus[q["doc_id"]])) for q in queries]
-        scores = judge(judge_llm, load_template("verify_relevance"), pairs)
+        scores = judge.score(pairs)
         ranks = round_trip_ranks(
             encoder, dataset.corpus, [q["query"] for q in queries], [q["doc_id"] for q in queries], ver.round_trip.k
         )

@@ -4,11 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
-from synthir.align.preferences import judge_stage
-from synthir.beir import load_corpus
+from synthir.align.preferences import align_judge_stage
 from synthir.errors import friendly_errors
-from synthir.fileio import read_jsonl
-from synthir.llm.completions import import_committed
 from synthir.stage import stage_params
 
 
@@ -21,11 +18,8 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
-    candidates = list(read_jsonl(args.candidates))
-    corpus = load_corpus(args.data / "corpus.jsonl") if candidates else {}
     params = stage_params("align_judge").align
-    import_committed(args.completions)
-    summary = judge_stage(params, corpus, candidates, args.output, args.metrics)
+    summary = align_judge_stage(params, args.data, args.candidates, args.output, args.metrics, args.completions)
     print(json.dumps(summary, indent=2))
 
 

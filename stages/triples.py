@@ -5,9 +5,8 @@ import argparse
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.llm.completions import import_committed
 from synthir.stage import stage_params
-from synthir.triples.build import build
+from synthir.triples.build import triples_stage
 
 
 @friendly_errors
@@ -22,10 +21,8 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
-    sample_ids = args.sample.read_text(encoding="utf-8").split()
     params = stage_params("triples").triples
-    import_committed(args.completions)
-    build(params, args.data, args.verified, args.output, args.metrics, sample_ids)
+    triples_stage(params, args.data, args.verified, args.sample, args.output, args.metrics, args.completions)
 
 
 if __name__ == "__main__":

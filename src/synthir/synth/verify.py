@@ -1,58 +1,21 @@
-"""Checking synthetic data: LLM relevance judgements (Syntriever self-verification, pointwise yes/no scores)
-and the round-trip filter (InPars / Promptagator: keep a pseudo-query only if it retrieves its source)."""
+"""The verify stage: checking synthetic data with the LLM relevance judge (`synthir.llm.judge`: pointwise yes/no
+scores, Syntriever self-verification, Gecko relabeling) and the round-trip filter (InPars / Promptagator: keep a
+pseudo-query only if it retrieves its source), as named steps over the generate stage's outputs."""
 
 from __future__ import annotations
 
 import logging
-import re
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..beir import Corpus, passage_text
-from ..llm.base import Request, Sampling, UnsupportedError
-from ..llm.cached import CachedBackend, open_backend
-from ..llm.progress import LLMProgress
-from ..prompting import Template, truncate_words
+from ..llm.cached import CachedBackend
+from ..llm.judge import RelevanceJudge
+from ..prompting import load_template
 
 log = logging.getLogger(__name__)
-
-_ANSWER = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-
-
-def judge(
-    backend: CachedBackend,
-    template: Template,
-    pairs: list[tuple[str, str]],
-    max_words: int = 180,
-    desc: str = "judge",
-) -> list[float]:
-    """Relevance of each (query, passage): log P(yes) − log P(no) where the backend gives log-probs, else
-    +1 / −1 from a greedy one-word answer (0 when it says neither)."""
-    prompts = [template.messages(query=q, passage=truncate_words(p, max_words)) for q, p in pairs]
-    return score_prompts(backend, prompts, desc)
-
-
-def score_prompts(backend: CachedBackend, prompts: list, desc: str = "judge") -> list[float]:
-    """log P(yes) − log P(no) of each yes/no prompt (cached, committed batch by batch), else ±1 / 0 from a greedy
-    one-word answer when the backend gives no log-probs."""
-    if not prompts:
-        return []
-    step = getattr(backend, "batch_size", 16)
-    scores: list[float] = []
-    try:
-        with LLMProgress(backend, len(prompts), desc, unit="prompt") as progress:
-            for start in range(0, len(prompts), step):
-                scores += backend.score_yes_no(prompts[start : start + step])
-                progress.advance(len(prompts[start : start + step]))
-        return scores
-    except UnsupportedError as error:
-        log.warning("%s; judging from generated answers instead", error)
-    sampling = Sampling(temperature=0.0, max_tokens=4)
-    results = backend.generate([Request(messages=m, sampling=sampling) for m in prompts])
-    scores = []
-    for result in results:
-        match = _ANSWER.search(result.texts[0]) if result.texts else None
-        scores.append(0.0 if match is None else 1.0 if match.group(1).lower() == "yes" else -1.0)
-    return scores
 
 
 def self_verify(sets: list[dict], scores: list[float | None], margin: float) -> list[dict]:
@@ -150,54 +113,92 @@ def free_encoder_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_path: Path, backend=None) -> dict:
-    """The verify stage: judge, relabel and round-trip filter the generate stage's outputs."""
-    import time
+@dataclass
+class Verification:
+    """What verify's steps share: its params, the corpus, the judge (None while no step needs one) and what the
+    metrics report: counts, and per judging task its prompts, seconds and LLM counters."""
 
-    from ..beir import load_corpus
-    from ..devices import check_device
-    from ..fileio import read_jsonl, write_json, write_jsonl
-    from ..prompting import load_template
-    from ..retrieval import encoder_record, load_encoder
+    params: Any
+    corpus: Corpus
+    judge: RelevanceJudge | None
+    counts: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, dict] = field(default_factory=dict)
 
-    started = time.perf_counter()
-    check_device(params.device, params.dtype, "verify.device", "verify.dtype")  # before any LLM call
-    encoder = lambda ref: load_encoder(ref, device=params.device, dtype=params.dtype, block="verify")  # noqa: E731
-    corpus = load_corpus(Path(data_dir) / "corpus.jsonl")
-    read = lambda name: list(read_jsonl(generated / f"{name}.jsonl")) if (generated / f"{name}.jsonl").exists() else []  # noqa: E731
-    queries, negatives, sets = read("doc2query"), read("query_negative"), read("syntriever")
+    @property
+    def backend(self) -> CachedBackend | None:
+        return self.judge.backend if self.judge else None
+
+    def opened_judge(self) -> RelevanceJudge:
+        """The judge, opened now if no step needed it up front."""
+        self.judge = self.judge or RelevanceJudge.open(self.params.judge)
+        return self.judge
+
+    def judged(self, task: str, pairs: list[tuple[str, str]], judge: RelevanceJudge | None = None) -> list[float]:
+        """The judge's scores of `pairs` (`judge`: the same judge asking another question), with the task's
+        prompts, seconds and LLM counters recorded for the metrics."""
+        judge = judge or self.opened_judge()
+        before, started = judge.backend.stats.as_dict(), time.perf_counter()
+        scores = judge.score(pairs, desc=task)
+        seconds = round(time.perf_counter() - started, 2)
+        self.tasks[task] = {"prompts": len(pairs), "seconds": seconds, "llm": judge.backend.stats.counts_since(before)}
+        return scores
+
+    def encoder(self, ref: str):
+        """An encoder on verify's device, in its dtype."""
+        from ..retrieval import load_encoder
+
+        return load_encoder(ref, device=self.params.device, dtype=self.params.dtype, block="verify")
+
+
+def read_generated(generated: Path, task: str) -> list[dict]:
+    """The generate stage's records of one task (none when the task did not run)."""
+    from ..fileio import read_jsonl
+
+    path = generated / f"{task}.jsonl"
+    return list(read_jsonl(path)) if path.exists() else []
+
+
+def open_judge(
+    params, backend: CachedBackend | None, queries: list[dict], negatives: list[dict], sets: list[dict]
+) -> RelevanceJudge | None:
+    """The judge on `backend` when one is given, else opened up front when some step will ask it; else None."""
     needs_judge = (
         (params.score_queries and queries)
         or (params.gecko.enabled and queries)
         or (params.relabel and sets)
         or (params.max_negative_score is not None and negatives)
     )
-    backend = backend or (open_backend(params.judge) if needs_judge else None)
-    template = load_template("verify_relevance")
-    counts: dict[str, int] = {"queries_in": len(queries)}
-    tasks: dict[str, dict] = {}
+    if backend is None and not needs_judge:
+        return None
+    return RelevanceJudge(backend) if backend is not None else RelevanceJudge.open(params.judge)
 
-    def judged(task: str, question: Template, pairs: list[tuple[str, str]]) -> list[float]:
-        """`judge`, with the task's prompts, seconds and LLM counters recorded for the metrics."""
-        before, started_task = backend.stats.as_dict(), time.perf_counter()
-        scores = judge(backend, question, pairs, desc=task)
-        seconds = round(time.perf_counter() - started_task, 2)
-        tasks[task] = {"prompts": len(pairs), "seconds": seconds, "llm": backend.stats.counts_since(before)}
-        return scores
 
+def score_queries(run: Verification, queries: list[dict]) -> list[dict]:
+    """Each pseudo-query's relevance score to its source; below `min_query_score` it is dropped."""
+    params = run.params
     if params.score_queries and queries:
-        scores = judged("score_queries", template, [(q["query"], passage_text(corpus[q["doc_id"]])) for q in queries])
+        pairs = [(q["query"], passage_text(run.corpus[q["doc_id"]])) for q in queries]
+        scores = run.judged("score_queries", pairs)
         queries = [{**q, "score": s} for q, s in zip(queries, scores, strict=True)]
         if params.min_query_score is not None:
             queries = [q for q in queries if q["score"] >= params.min_query_score]
-    counts["dropped_by_score"] = counts["queries_in"] - len(queries)
-    if (params.round_trip.enabled or params.gecko.enabled) and queries:
-        make_room_for_encoders(backend, params.device)
-    if params.round_trip.enabled and queries:
-        rt = params.round_trip
+    run.counts["dropped_by_score"] = run.counts["queries_in"] - len(queries)
+    return queries
+
+
+def stop_judge_for_encoders(run: Verification, queries: list[dict]) -> None:
+    """Free the GPU of the judge's engine when encoders (round trip, Gecko) are about to load beside it."""
+    if (run.params.round_trip.enabled or run.params.gecko.enabled) and queries:
+        make_room_for_encoders(run.backend, run.params.device)
+
+
+def round_trip_filter(run: Verification, queries: list[dict]) -> list[dict]:
+    """Keep a pseudo-query only if it retrieves its source among the top k (its rank recorded)."""
+    rt = run.params.round_trip
+    if rt.enabled and queries:
         ranks = round_trip_ranks(
-            encoder(rt.model),
-            corpus,
+            run.encoder(rt.model),
+            run.corpus,
             [q["query"] for q in queries],
             [q["doc_id"] for q in queries],
             rt.k,
@@ -206,66 +207,123 @@ def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_pat
             rt.passage_prefix,
         )
         kept = [{**q, "round_trip_rank": r} for q, r in zip(queries, ranks, strict=True) if r is not None]
-        counts["dropped_by_round_trip"] = len(queries) - len(kept)
+        run.counts["dropped_by_round_trip"] = len(queries) - len(kept)
         queries = kept
-        free_encoder_memory(params.device)
-    counts["queries_kept"] = len(queries)
-    if params.gecko.enabled and queries:
-        gecko = params.gecko
-        backend = backend or open_backend(params.judge)
-        found = fused_candidates(
-            encoder(gecko.model),
-            corpus,
-            [q["query"] for q in queries],
-            gecko.k,
-            gecko.batch_size,
-            gecko.query_prefix,
-            gecko.passage_prefix,
-        )
-        free_encoder_memory(params.device)  # before the judge's engine starts again
-        candidates = [
-            [q["doc_id"], *(d for d in c if d != q["doc_id"])][: gecko.k + 1]
-            for q, c in zip(queries, found, strict=True)
-        ]
-        pairs = [(q["query"], passage_text(corpus[d])) for q, c in zip(queries, candidates, strict=True) for d in c]
-        scores = iter(judged("gecko", template, pairs))
-        queries = [
-            relabel_positive(q, c, [next(scores) for _ in c], gecko.max_negative_score)
-            for q, c in zip(queries, candidates, strict=True)
-        ]
-        counts["gecko_positive_changed"] = sum(q["positive_doc_id"] != q["doc_id"] for q in queries)
+        free_encoder_memory(run.params.device)
+    run.counts["queries_kept"] = len(queries)
+    return queries
+
+
+def gecko_relabel(run: Verification, queries: list[dict]) -> list[dict]:
+    """Gecko: judge each query's source and fused top-k candidates; the best is its positive, the worst (if
+    judged irrelevant) its hard negative (`relabel_positive`)."""
+    gecko = run.params.gecko
+    if not (gecko.enabled and queries):
+        return queries
+    found = fused_candidates(
+        run.encoder(gecko.model),
+        run.corpus,
+        [q["query"] for q in queries],
+        gecko.k,
+        gecko.batch_size,
+        gecko.query_prefix,
+        gecko.passage_prefix,
+    )
+    free_encoder_memory(run.params.device)  # before the judge's engine starts again
+    candidates = [
+        [q["doc_id"], *(d for d in c if d != q["doc_id"])][: gecko.k + 1] for q, c in zip(queries, found, strict=True)
+    ]
+    pairs = [(q["query"], passage_text(run.corpus[d])) for q, c in zip(queries, candidates, strict=True) for d in c]
+    scores = iter(run.judged("gecko", pairs))
+    queries = [
+        relabel_positive(q, c, [next(scores) for _ in c], gecko.max_negative_score)
+        for q, c in zip(queries, candidates, strict=True)
+    ]
+    run.counts["gecko_positive_changed"] = sum(q["positive_doc_id"] != q["doc_id"] for q in queries)
+    return queries
+
+
+def judge_negatives(run: Verification, negatives: list[dict], queries: list[dict]) -> list[dict]:
+    """The generated negatives of the kept queries, less those the judge scores above `max_negative_score`: a
+    "negative" that answers its query is a false one."""
     kept_ids = {q["id"] for q in queries}
     negatives = [n for n in negatives if n["query_id"] in kept_ids]
-    if params.max_negative_score is not None and negatives:  # a "negative" that answers its query is a false one
-        backend = backend or open_backend(params.judge)
-        scores = judged("judge_negatives", template, [(n["query"], n["negative"]) for n in negatives])
-        counts["negatives_judged_relevant"] = sum(s > params.max_negative_score for s in scores)
-        negatives = [
-            {**n, "score": s} for n, s in zip(negatives, scores, strict=True) if s <= params.max_negative_score
-        ]
-    counts["negatives_kept"] = len(negatives)
+    limit = run.params.max_negative_score
+    if limit is not None and negatives:
+        scores = run.judged("judge_negatives", [(n["query"], n["negative"]) for n in negatives])
+        run.counts["negatives_judged_relevant"] = sum(s > limit for s in scores)
+        negatives = [{**n, "score": s} for n, s in zip(negatives, scores, strict=True) if s <= limit]
+    run.counts["negatives_kept"] = len(negatives)
+    return negatives
 
-    if sets:
-        scores_by_id: dict[str, float] = {}
-        if params.relabel:  # off: every synthetic positive stays a positive
-            question = load_template("relabel_relevant") if params.relabel_question == "relevant" else template
-            with_positive = [s for s in sets if s.get("positive")]
-            scores = judged("relabel", question, [(s["query"], s["positive"]) for s in with_positive])
-            scores_by_id = dict(zip((s["id"] for s in with_positive), scores, strict=True))
-        sets = self_verify(sets, [scores_by_id.get(s["id"]) for s in sets], params.relabel_margin)
-        counts["sets"] = len(sets)
-        counts["relabeled"] = sum(s["relabeled"] for s in sets)
+
+def relabel_sets(run: Verification, sets: list[dict]) -> list[dict]:
+    """Syntriever's self-verification of each set's synthetic positive (`self_verify`); with `relabel` off every
+    positive stays one."""
+    if not sets:
+        return sets
+    params, scores_by_id = run.params, {}
+    if params.relabel:
+        relevant = params.relabel_question == "relevant"
+        question = run.opened_judge().asking(load_template("relabel_relevant")) if relevant else None
+        with_positive = [s for s in sets if s.get("positive")]
+        scores = run.judged("relabel", [(s["query"], s["positive"]) for s in with_positive], question)
+        scores_by_id = dict(zip((s["id"] for s in with_positive), scores, strict=True))
+    sets = self_verify(sets, [scores_by_id.get(s["id"]) for s in sets], params.relabel_margin)
+    run.counts["sets"] = len(sets)
+    run.counts["relabeled"] = sum(s["relabeled"] for s in sets)
+    return sets
+
+
+def write_verified(out_dir: Path, queries: list[dict], negatives: list[dict], sets: list[dict]) -> None:
+    from ..fileio import write_jsonl
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "doc2query.jsonl", queries)
     write_jsonl(out_dir / "query_negative.jsonl", negatives)
     write_jsonl(out_dir / "syntriever.jsonl", sets)
+
+
+def write_summary(run: Verification, metrics_path: Path, started: float) -> dict:
+    """verify's metrics: the counts, each judging task's cost, the LLM's counters and the encoder used."""
+    from ..fileio import write_json
+    from ..retrieval import encoder_record
+
     summary = {
-        **counts,
-        "tasks": tasks,
-        "llm": backend.stats.as_dict() if backend else {},
-        "encoder": encoder_record(params),
+        **run.counts,
+        "tasks": run.tasks,
+        "llm": run.backend.stats.as_dict() if run.backend else {},
+        "encoder": encoder_record(run.params),
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json(metrics_path, summary)
     return summary
+
+
+def verify_outputs(params, data_dir, generated: Path, out_dir: Path, metrics_path: Path, backend=None) -> dict:
+    """The verify stage's work: judge, relabel and round-trip filter the generate stage's outputs."""
+    from ..beir import load_corpus
+    from ..devices import check_device
+
+    started = time.perf_counter()
+    check_device(params.device, params.dtype, "verify.device", "verify.dtype")  # before any LLM call
+    corpus = load_corpus(Path(data_dir) / "corpus.jsonl")
+    queries, negatives, sets = (read_generated(generated, t) for t in ("doc2query", "query_negative", "syntriever"))
+    judge = open_judge(params, backend, queries, negatives, sets)
+    run = Verification(params, corpus, judge, counts={"queries_in": len(queries)})
+    queries = score_queries(run, queries)
+    stop_judge_for_encoders(run, queries)
+    queries = round_trip_filter(run, queries)
+    queries = gecko_relabel(run, queries)
+    negatives = judge_negatives(run, negatives, queries)
+    sets = relabel_sets(run, sets)
+    write_verified(out_dir, queries, negatives, sets)
+    return write_summary(run, metrics_path, started)
+
+
+def verify_stage(params, data_dir, generated: Path, out_dir: Path, metrics_path: Path, completions: Path) -> dict:
+    """The verify stage: the committed completions imported, then `verify_outputs`."""
+    from ..llm.completions import import_committed
+
+    import_committed(completions)
+    return verify_outputs(params, data_dir, generated, out_dir, metrics_path)

@@ -9,10 +9,12 @@ part came from (`synthir.triples.examples`).
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
-from ..beir import Corpus, Qrels, Queries, passage_text
+from ..beir import Corpus, Dataset, Qrels, Queries, passage_text
 from ..data.cropping import cropped_examples
 from .examples import negative_kind
 from .negatives import MiningRule, ScoreRows, choose
@@ -119,29 +121,27 @@ def use_llm_negatives(examples: Sequence[dict], num: int) -> None:
         example["negative_ids"] += ["generated"] * len(generated)
 
 
-def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str] = ()) -> dict:
-    """The triples stage: examples from the configured sources, negatives from the configured method;
-    `sample_ids` are the sampled documents the `cropped` source crops."""
-    import time
-    from pathlib import Path
-
+def load_sources_data(params, data_dir) -> Dataset:
+    """The corpus, with the train split's queries and qrels when the dataset has them (the train and syntriever
+    sources need them)."""
     from ..beir import has_split, load_dataset
-    from ..devices import check_device
     from ..errors import ConfigError
-    from ..fileio import read_jsonl, write_json, write_jsonl
-    from ..retrieval import encoder_record
 
-    started = time.perf_counter()
-    check_device(params.device, params.dtype, "triples.device", "triples.dtype")
     labeled = has_split(data_dir, "train")
     if not labeled and {"train", "syntriever"} & set(params.sources):
         raise ConfigError(
             f"triples.sources: {params.sources} needs labeled train queries, and {data_dir} has no "
             f"qrels/train.tsv; for a corpus without labels use sources: [doc2query], [cropped] or both"
         )
-    dataset = load_dataset(data_dir, ["train"] if labeled else [])
+    return load_dataset(data_dir, ["train"] if labeled else [])
+
+
+def gather_examples(params, dataset: Dataset, verified: Path, sample_ids: Sequence[str]) -> list[dict]:
+    """The examples of every configured source, in order: train, doc2query, syntriever, cropped."""
+    from ..fileio import read_jsonl
+
     corpus, train = dataset.corpus, dataset.qrels.get("train", {})
-    read = lambda name: list(read_jsonl(Path(verified) / f"{name}.jsonl"))  # noqa: E731
+    read = lambda name: list(read_jsonl(verified / f"{name}.jsonl"))  # noqa: E731
     examples: list[dict] = []
     syntriever = from_syntriever(corpus, read("syntriever")) if "syntriever" in params.sources else []
     if "train" in params.sources:  # a Syntriever set holds its query's gold passages: it replaces the pair
@@ -161,6 +161,11 @@ def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str
             crop.remove_from_positive,
             params.seed,
         )
+    return examples
+
+
+def add_negatives(params, examples: list[dict], corpus: Corpus, train: Qrels) -> None:
+    """The configured negatives, in place: generated ones (topped up by `fill`'s mining) or mined ones."""
     neg = params.negatives
     rule = MiningRule(neg.num_negatives, neg.rank_from, neg.rank_to, neg.margin, neg.max_score, neg.strategy)
     if neg.method == "llm":
@@ -171,16 +176,44 @@ def build(params, data_dir, verified, output, metrics_path, sample_ids: list[str
             mine(short, fill, corpus, train, rule, params.seed)
     elif neg.method != "none":
         mine(examples, score_rows(neg, corpus, params), corpus, train, rule, params.seed)
-    if params.teacher.method != "none":
-        score_teacher(params.teacher, examples, corpus, params)
+
+
+def finish(examples: list[dict], negative_method: str) -> None:
+    """Drop what only building needed; record the negatives' method."""
     for example in examples:
         example.pop("llm_negatives", None)
         example.pop("not_negative_ids", None)
-        example["negative_method"] = neg.method
+        example["negative_method"] = negative_method
+
+
+def build(params, data_dir, verified, output, metrics_path, sample_ids: Sequence[str] = ()) -> dict:
+    """The triples stage's work: examples from the configured sources, negatives from the configured method;
+    `sample_ids` are the sampled documents the `cropped` source crops."""
+    from ..devices import check_device
+    from ..fileio import write_json, write_jsonl
+    from ..retrieval import encoder_record
+
+    started = time.perf_counter()
+    check_device(params.device, params.dtype, "triples.device", "triples.dtype")
+    dataset = load_sources_data(params, data_dir)
+    examples = gather_examples(params, dataset, Path(verified), sample_ids)
+    add_negatives(params, examples, dataset.corpus, dataset.qrels.get("train", {}))
+    if params.teacher.method != "none":
+        score_teacher(params.teacher, examples, dataset.corpus, params)
+    finish(examples, params.negatives.method)
     write_jsonl(output, examples)
     summary = {**stats(examples), "encoder": encoder_record(params), "seconds": round(time.perf_counter() - started, 2)}
     write_json(metrics_path, summary)
     return summary
+
+
+def triples_stage(params, data_dir, verified, sample: Path, output, metrics_path, completions: Path) -> dict:
+    """The triples stage: `sample`'s document ids read and the committed completions imported, then `build`."""
+    from ..llm.completions import import_committed
+
+    sample_ids = sample.read_text(encoding="utf-8").split()
+    import_committed(completions)
+    return build(params, data_dir, verified, output, metrics_path, sample_ids)
 
 
 def score_rows(neg, corpus: Corpus, encoding) -> ScoreRows:
@@ -195,12 +228,9 @@ def score_rows(neg, corpus: Corpus, encoding) -> ScoreRows:
         model = load_encoder(neg.model, device=encoding.device, dtype=encoding.dtype, block="triples")
         return dense_rows(model, corpus, neg.batch_size, neg.query_prefix, neg.passage_prefix)
     if neg.judge is not None:  # offline cross-encoder: the LLM's pointwise yes/no score
-        from ..llm.cached import open_backend
-        from ..prompting import load_template
-        from ..synth.verify import judge
+        from ..llm.judge import RelevanceJudge
 
-        backend, template = open_backend(neg.judge), load_template("verify_relevance")
-        pairs = lambda batch: judge(backend, template, batch)  # noqa: E731
+        pairs = RelevanceJudge.open(neg.judge)
     else:
         pairs = cross_encoder_pairs(neg.model, device=encoding.device, dtype=encoding.dtype)
     return rerank_rows(pairs, bm25_rows(corpus), corpus, neg.rerank_depth)
@@ -219,12 +249,9 @@ def score_teacher(teacher, examples: list[dict], corpus: Corpus, encoding) -> No
         dense = dense_rows(model, corpus, teacher.batch_size, "", "")
         hybrid_scores(examples, corpus, bm25_rows(corpus), dense)
     else:
-        from ..llm.cached import open_backend
-        from ..prompting import load_template
-        from ..synth.verify import judge
+        from ..llm.judge import RelevanceJudge
 
-        backend, template = open_backend(teacher.judge), load_template("verify_relevance")
-        llm_scores(examples, lambda pairs: judge(backend, template, pairs, desc="teacher"))
+        llm_scores(examples, RelevanceJudge.open(teacher.judge, desc="teacher"))
 
 
 def stats(examples: list[dict]) -> dict:

@@ -3,7 +3,7 @@ passages is on the student's scale.
 
     hybrid  reciprocal rank fusion of BM25 and the base retriever over the whole corpus, normalised so that rank
             1 in both is 1: (k + 1) / 2 * (1 / (k + r_bm25) + 1 / (k + r_dense)). Label-free, no LLM.
-    llm     the LLM judge's P(yes) for the (query, passage) text, sigmoid of its yes/no log-odds (verify's judge).
+    llm     the LLM judge's P(yes) for the (query, passage) text, sigmoid of its yes/no log-odds (llm/judge.py).
 
 Each example gets `teacher = {"method", "positive", "negatives"}`: the score of its first positive and of each
 negative, in order.
@@ -59,7 +59,8 @@ def hybrid_scores(examples: list[dict], corpus: Corpus, bm25: ScoreRows, dense: 
 
 
 def llm_scores(examples: list[dict], judge: Callable[[list[tuple[str, str]]], list[float]]) -> None:
-    """Set each example's `teacher` from the judge's yes/no log-odds of its first positive and its negatives."""
+    """Set each example's `teacher` from the judge's yes/no log-odds of its first positive and its negatives
+    (`judge`: a `RelevanceJudge`, or any callable that scores (query, passage) pairs)."""
     pairs = [(e["query"], text) for e in examples for text in [e["positives"][0], *e["negatives"]]]
     probabilities = iter(1 / (1 + np.exp(-np.asarray(judge(pairs), dtype=np.float64))))
     for example in examples:
