@@ -1,4 +1,4 @@
-"""Run the study's configurations as DVC experiments, one per training seed (issue 14; README "Results").
+"""Run the study's configurations as DVC experiments, one per training seed (docs/study.md).
 
 A configuration is a list of presets under study/ joined by '+', applied in order on top of the committed
 params.yaml and study/protocol.yaml (dev split): `crop+frac25+attn0` is study/crop.yaml, study/frac25.yaml and

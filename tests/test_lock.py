@@ -57,7 +57,7 @@ def test_dvc_status_reports_only_missing_data():
             for path, state in change.get("changed outs", {}).items():
                 if path in committed:
                     problems.append(f"{stage}: committed output {path}: {state}")
-    assert problems == [], "rerun `dvc repro` and commit dvc.lock with the metrics (README: Checking ...)"
+    assert problems == [], "rerun `dvc repro` and commit dvc.lock with the metrics (docs/reproducibility.md)"
 
 
 def test_every_declared_metrics_file_is_committed():

@@ -1,9 +1,14 @@
-"""The README's experiment commands are valid params: every `-S key=value` of a `dvc exp run` line, with the
-others on its line, passes the same validation as params.yaml; and the docs do not go stale: the pipeline table
-against dvc.yaml, the loss lists against the schema, docs/design.md's layout against the library's modules."""
+"""The docs' experiment commands are valid params: every `-S key=value` of a `dvc exp run` line in README.md or a
+docs/*.md page, with the others on its line, passes the same validation as params.yaml; and the docs do not go
+stale: docs/pipeline.md's stage table against dvc.yaml, docs/training.md's loss lists against the schema,
+docs/design.md's layout against the library's modules, every relative link against the files it names, and the
+README stays a short first page."""
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 from ruamel.yaml import YAML
@@ -13,10 +18,12 @@ from tests.conftest import REPO
 
 _BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
 _LOOP = re.compile(r"^for (\w+) in ([^;]+); do (.*); done$")
+_FENCE = re.compile(r"^\s*```.*?^\s*```", re.DOTALL | re.MULTILINE)
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _commands(text: str) -> list[str]:
-    """Every `dvc exp run` command of the README's bash blocks, continuation lines joined, loops unrolled."""
+    """Every `dvc exp run` command of a page's bash blocks, continuation lines joined, loops unrolled."""
     commands = []
     for block in _BLOCK.findall(text):
         for line in block.replace("\\\n", " ").splitlines():
@@ -42,16 +49,16 @@ def _overrides(command: str) -> list[tuple[str, object]]:
     return [(key, YAML(typ="safe", pure=True).load(value)) for key, _, value in pairs]  # DVC parses values as YAML
 
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
-COMMANDS = _commands(README)
+PAGES = {path: path.read_text(encoding="utf-8") for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]}
+COMMANDS = [command for text in PAGES.values() for command in _commands(text)]
 
 
-def test_the_readme_has_experiment_commands():
+def test_the_docs_have_experiment_commands():
     assert len(COMMANDS) >= 10 and sum(bool(_overrides(c)) for c in COMMANDS) >= 8
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if _overrides(c)])
-def test_every_set_param_in_the_readme_is_valid(command, tmp_path, monkeypatch):
+def test_every_set_param_in_the_docs_is_valid(command, tmp_path, monkeypatch):
     """Applied as `dvc exp run` applies them (DVC's Hydra overrides: `~key` deletes, `+key` adds)."""
     from dvc.utils.hydra import apply_overrides
 
@@ -61,19 +68,19 @@ def test_every_set_param_in_the_readme_is_valid(command, tmp_path, monkeypatch):
     overrides = [args for i, args in enumerate(shlex.split(command)) if i and shlex.split(command)[i - 1] == "-S"]
     for n, override in enumerate(overrides):
         key, _, value = override.partition("=")
-        if key == "dataset.path":  # the README makes this folder first
+        if key == "dataset.path":  # the README's own-corpus recipe makes this folder first
             (tmp_path / value).mkdir()
             overrides[n] = f"{key}={tmp_path / value}"
     apply_overrides(params, overrides)
-    parse_params(read_yaml(params), f"README: {command}")
+    parse_params(read_yaml(params), f"docs: {command}")
 
 
-def _section(text: str, heading: str) -> str:
-    return text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+def _section(page: str, heading: str) -> str:
+    return PAGES[REPO / page].split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def test_the_pipeline_table_lists_every_stage_of_dvc_yaml_in_order():
-    rows = re.findall(r"^\| (\w+) \|", _section(README, "## Pipeline"), re.MULTILINE)
+    rows = re.findall(r"^\| (\w+) \|", _section("docs/pipeline.md", "## Stages"), re.MULTILINE)
     stages = list(YAML(typ="safe", pure=True).load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"])
     assert [row for row in rows if row != "stage"] == stages
 
@@ -84,7 +91,7 @@ def test_the_losses_the_readme_names_are_those_the_schema_allows(key):
 
     from synthir.config import AlignParams, TrainParams
 
-    (named,) = re.findall(rf"`{re.escape(key)}` takes ([^;.]+)", _section(README, "## Training"))
+    (named,) = re.findall(rf"`{re.escape(key)}` takes ([^;.]+)", _section("docs/training.md", "## Losses"))
     block = TrainParams if key == "train.loss" else AlignParams
     assert re.findall(r"`(\w+)`", named) == list(get_args(block.model_fields["loss"].annotation))
 
@@ -95,3 +102,56 @@ def test_the_design_layout_names_every_library_module():
     library = REPO / "src" / "synthir"
     modules = [p for p in library.rglob("*.py") if p.name != "__init__.py"]
     assert [str(p.relative_to(library)) for p in modules if p.name not in layout] == []
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens, repeats numbered."""
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#+ (.+)$", _FENCE.sub("", text), re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        n = next(n for n in range(len(anchors) + 1) if (f"{slug}-{n}" if n else slug) not in anchors)
+        anchors.add(f"{slug}-{n}" if n else slug)
+    return anchors
+
+
+def _relative_links(text: str) -> list[str]:
+    prose = re.sub(r"`[^`\n]*`", "", _FENCE.sub("", text))
+    return [link for link in _LINK.findall(prose) if not re.match(r"^[a-z]+:", link)]
+
+
+@pytest.mark.parametrize("page", list(PAGES), ids=lambda path: str(path.relative_to(REPO)))
+def test_every_relative_link_of_the_docs_points_at_an_existing_file_and_heading(page):
+    links = _relative_links(PAGES[page])
+    broken = []
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists() or (
+            anchor and target.suffix == ".md" and anchor not in _anchors(target.read_text(encoding="utf-8"))
+        ):
+            broken.append(link)
+    assert broken == []
+    assert page.name != "README.md" or len(links) >= 10  # the README links to the docs pages
+
+
+def test_the_anchors_follow_githubs_rules():
+    text = "# A\n## Results: chosen on dev, scored on test\n## LLM-backbone students (DRAMA)\n```\n# no\n```\n## A\n"
+    assert _anchors(text) == {"a", "results-chosen-on-dev-scored-on-test", "llm-backbone-students-drama", "a-1"}
+
+
+def test_the_readme_is_a_short_first_page():
+    """The README is what a user reads first: what it is, results, the two commands; the rest lives in docs/."""
+    assert len(PAGES[REPO / "README.md"].splitlines()) <= 150
+    assert all(page in PAGES[REPO / "README.md"] for page in ("docs/design.md", "docs/study.md", "docs/pipeline.md"))
+
+
+def test_the_docs_site_builds_without_a_warning(tmp_path):
+    """`mkdocs build --strict` (requirements-docs.txt, optional): every page, link and anchor resolves on the site."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("material")
+    build = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")]
+    result = subprocess.run(
+        build, cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "site" / "index.html").exists() and (tmp_path / "site" / "study" / "index.html").exists()

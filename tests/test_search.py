@@ -145,7 +145,7 @@ def test_the_stated_search_bytes_bound_the_measured_peak(queries, docs, doc_chun
 
 
 def test_search_bytes_per_hundred_thousand_documents_by_hand():
-    """The README's figures: 10,000 queries, depth 100 (k = 101), the default chunk; the corpus size drops out."""
+    """docs/scaling.md's figures: 10,000 queries, depth 100 (k = 101), the default chunk; the corpus size drops out."""
     for dim in (384, 768):
         queries, chunk, block = 10_000 * dim * 4, 65_536 * dim * 5, 4096 * 65_536 * 4
         rest = 4096 * 102 * 12 + 4096 * 101 * 40 + 10_000 * 101 * 12 + 4096 * 202 * 24 + 4096 * 101 * 8

@@ -105,7 +105,8 @@ def test_a_shared_prefix_is_evaluated_once(backend) -> None:
 def test_faster_settings_write_todays_greedy_text(backend, options) -> None:
     """Parallel slots and speculative decoding are throughput settings: at temperature 0, on the small SmolLM2 and
     short answers, they reproduce the one-slot text exactly. (On the 1.5B Q4_K_M and ~100-token outputs llama.cpp's
-    batch-shape-dependent rounding flips tokens: measured by `benchmarks/bench_generate.py --greedy`, README.)"""
+    batch-shape-dependent rounding flips tokens: measured by `benchmarks/bench_generate.py --greedy`,
+    docs/benchmarks.md.)"""
     requests = _chats(6)
     today = [c.texts for c in backend.generate(requests)]
     faster = make_backend("llamacpp", SMOLLM, n_ctx=512, n_threads=2, **options)
