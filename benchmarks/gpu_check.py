@@ -12,7 +12,7 @@ criteria and whether each held) under --out (default: $OUT if set, else benchmar
 that raises is recorded as failed with its traceback, and the next one runs. A summary table ends the run; the
 exit status is 1 when any section failed.
 
-On the GPU box of issue 26 (torch, transformers, sentence-transformers, accelerate and peft installed; no network),
+On a GPU machine (torch, transformers, sentence-transformers, accelerate and peft installed; no network),
 synthir's other requirements travel as wheels (benchmarks/gpu_check_wheels.txt; 35 wheels, ~7 MB). Here, once, in
 the repository root: `echo /.whl/ >> .git/info/exclude` and that file's `pip download` command; then, there, with
 .whl carried along, in the repository root:
@@ -151,7 +151,7 @@ TOP = 10
 SCORE_TOLERANCE = 1e-4
 """How far below the float64 reference's 10th score a returned top-10 hit may lie (float32 rounding, ties)."""
 FITS_GIB = 24.0
-"""The card a corpus of 5M passages must fit (issue 26: "so a corpus of millions fits a 24 GB card")."""
+"""The card a corpus of 5M passages must fit: a corpus of millions must fit a 24 GB card."""
 
 
 # --- shared: models, texts, criteria ---
