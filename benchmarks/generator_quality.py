@@ -34,6 +34,7 @@ def main() -> None:
     from synthir.data.sampling import sample_ids
     from synthir.llm.cached import open_backend
     from synthir.llm.completions import import_committed
+    from synthir.models import check_reference
     from synthir.prompting import load_template
     from synthir.retrieval import load_encoder
     from synthir.synth.doc2query import few_shot_examples
@@ -41,7 +42,7 @@ def main() -> None:
     from synthir.synth.runner import TaskRunner
     from synthir.synth.verify import judge, round_trip_ranks
 
-    params = load_params(args.params)
+    params = load_params(args.params, check_model=check_reference)
     import_committed()  # llm-cache/: a fresh clone replays the committed run
     gen, ver = params.generate, params.verify
     d2q = gen.doc2query

@@ -9,6 +9,7 @@ from synthir.beir import load_corpus
 from synthir.errors import friendly_errors
 from synthir.fileio import read_jsonl
 from synthir.llm.completions import import_committed
+from synthir.models import check_reference
 from synthir.stage import stage_params
 
 
@@ -23,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     candidates = list(read_jsonl(args.candidates))
     corpus = load_corpus(args.data / "corpus.jsonl") if candidates else {}
-    params = stage_params("align_judge").align
+    params = stage_params("align_judge", check_model=check_reference).align
     import_committed(args.completions)
     summary = judge_stage(params, corpus, candidates, args.output, args.metrics)
     print(json.dumps(summary, indent=2))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from synthir.errors import friendly_errors
 from synthir.llm.completions import import_committed
+from synthir.models import check_reference
 from synthir.stage import stage_params
 from synthir.triples.build import build
 
@@ -23,7 +24,7 @@ def main() -> None:
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
     sample_ids = args.sample.read_text(encoding="utf-8").split()
-    params = stage_params("triples").triples
+    params = stage_params("triples", check_model=check_reference).triples
     import_committed(args.completions)
     build(params, args.data, args.verified, args.output, args.metrics, sample_ids)
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from synthir.errors import friendly_errors
 from synthir.llm.completions import import_committed
+from synthir.models import check_reference
 from synthir.stage import stage_params
 from synthir.synth.verify import verify_outputs
 
@@ -18,7 +19,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
-    params = stage_params("verify").verify
+    params = stage_params("verify", check_model=check_reference).verify
     import_committed(args.completions)
     verify_outputs(params, args.data, args.generated, args.output, args.metrics)
 
