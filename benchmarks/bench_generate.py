@@ -81,11 +81,12 @@ def run_lever(spec: dict, params_file: Path, data: Path, docs: int, greedy: bool
     from synthir.llm.factory import make_backend
     from synthir.llm.judge import RelevanceJudge
     from synthir.llm.store import CompletionCache
+    from synthir.models import check_reference
     from synthir.synth.doc2query import few_shot_examples
     from synthir.synth.pipeline import run_doc2query, run_query_negative
     from synthir.synth.runner import TaskRunner
 
-    params = load_params(params_file)
+    params = load_params(params_file, check_model=check_reference)
     gen, ver = params.generate, params.verify
     d2q = gen.doc2query
     if greedy:
@@ -357,9 +358,10 @@ def main() -> None:
         return print(table(saved["levers"], saved["models"], saved["machine"]))
 
     from synthir.config import load_params
+    from synthir.models import check_reference
 
     specs = {name: combine(name) for name in args.levers}
-    params = load_params(args.params)
+    params = load_params(args.params, check_model=check_reference)
     limits = machine_limits()
     print(f"machine: {json.dumps(limits)}", flush=True)
     results, costs = {}, {}

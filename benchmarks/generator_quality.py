@@ -35,13 +35,14 @@ def main() -> None:
     from synthir.llm.cached import open_backend
     from synthir.llm.completions import import_committed
     from synthir.llm.judge import RelevanceJudge
+    from synthir.models import check_reference
     from synthir.retrieval import load_encoder
     from synthir.synth.doc2query import few_shot_examples
     from synthir.synth.pipeline import run_doc2query
     from synthir.synth.runner import TaskRunner
     from synthir.synth.verify import round_trip_ranks
 
-    params = load_params(args.params)
+    params = load_params(args.params, check_model=check_reference)
     import_committed()  # llm-cache/: a fresh clone replays the committed run
     gen, ver = params.generate, params.verify
     d2q = gen.doc2query

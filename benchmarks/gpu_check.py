@@ -560,8 +560,10 @@ def stage_project(folder: Path, model: str, ws: Workspace) -> Path:
     """A project as `dvc repro` sees it: this repository's dvc.yaml, and its params.yaml with presets/gpu.yaml
     merged in, every bundled model replaced by the local encoder, and train set to 12 steps from that encoder
     with a checkpoint every 4 (on the CPU smoke test, train.device cpu and a batch of 8)."""
-    from synthir.config import parse_params, read_yaml
+    from synthir.config import parse_params
+    from synthir.models import check_reference
     from synthir.presets import merge
+    from synthir.yamlfile import read_yaml
 
     values = read_yaml(REPO / "params.yaml")
     merge(values, read_yaml(REPO / "presets" / "gpu.yaml"))
@@ -574,7 +576,7 @@ def stage_project(folder: Path, model: str, ws: Workspace) -> Path:
     if ws.scale.stage_batch:
         train["batch_size"] = ws.scale.stage_batch
     folder.mkdir(parents=True)
-    parse_params(values, "the GPU check's params")  # refused here rather than in the stage
+    parse_params(values, "the GPU check's params", check_model=check_reference)  # refused here rather than in the stage
     (folder / "params.yaml").write_text(json.dumps(values, indent=1))  # JSON is YAML
     (folder / "dvc.yaml").write_bytes((REPO / "dvc.yaml").read_bytes())
     return folder

@@ -8,7 +8,7 @@ from pathlib import Path
 from synthir.beir import load_corpus, passage_text
 from synthir.errors import friendly_errors
 from synthir.fileio import atomic_dir, write_json
-from synthir.models import resolve
+from synthir.models import check_reference, resolve
 from synthir.retrieval import load_encoder
 from synthir.stage import stage_params
 from synthir.training.adapt import sample_passages, save_adapted, tsdae
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    params = stage_params("adapt")
+    params = stage_params("adapt", check_model=check_reference)
     adapt = params.adapt
     if adapt.method == "none":
         with atomic_dir(args.output) as folder:

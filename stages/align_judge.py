@@ -6,6 +6,7 @@ from pathlib import Path
 
 from synthir.align.preferences import align_judge_stage
 from synthir.errors import friendly_errors
+from synthir.models import check_reference
 from synthir.stage import stage_params
 
 
@@ -18,7 +19,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
-    params = stage_params("align_judge").align
+    params = stage_params("align_judge", check_model=check_reference).align
     summary = align_judge_stage(params, args.data, args.candidates, args.output, args.metrics, args.completions)
     print(json.dumps(summary, indent=2))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from synthir.errors import friendly_errors
 from synthir.evaluation.evaluate import evaluate_bm25, evaluate_dense, evaluate_fusion, per_query_record, skipped
 from synthir.fileio import write_json
+from synthir.models import check_reference
 from synthir.retrieval import Prefixes, load_encoder
 from synthir.stage import stage_params
 
@@ -19,7 +20,7 @@ def main() -> None:
     parser.add_argument("--details", required=True, help="folder for runs and per-query metrics")
     parser.add_argument("--per-query", required=True, help="JSON of the headline per-query scores (committed)")
     args = parser.parse_args()
-    params = stage_params("baseline")
+    params = stage_params("baseline", check_model=check_reference)
     model, settings = params.train, params.evaluate
     details = Path(args.details)
     nothing = skipped(args.data, settings.split)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from synthir.errors import friendly_errors
 from synthir.llm.completions import import_committed
+from synthir.models import check_reference
 from synthir.stage import stage_params
 from synthir.synth.pipeline import generate
 
@@ -19,7 +20,7 @@ def main() -> None:
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
     doc_ids = args.sample.read_text(encoding="utf-8").split()
-    params = stage_params("generate").generate
+    params = stage_params("generate", check_model=check_reference).generate
     import_committed(args.completions)
     generate(params, args.data, doc_ids, args.output, args.metrics)
 

@@ -7,6 +7,7 @@ from synthir.beir import load_corpus, passage_text
 from synthir.data.sampling import corpus_order, diverse_order, take_fraction
 from synthir.errors import friendly_errors
 from synthir.fileio import atomic_file
+from synthir.models import check_reference
 from synthir.stage import stage_params
 
 
@@ -16,7 +17,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
-    sample = stage_params("sample").sample
+    sample = stage_params("sample", check_model=check_reference).sample
     corpus = load_corpus(f"{args.data}/corpus.jsonl")
     if sample.strategy == "diverse":
         from synthir.retrieval import encode_passages, load_encoder

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from synthir.errors import friendly_errors
 from synthir.fileio import write_json
+from synthir.models import check_reference
 from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
 from synthir.training.train import end_distributed, train
 
@@ -24,7 +25,7 @@ def main() -> int | None:
     parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True, help="run summary: steps, samples/s, seconds")
     args = parser.parse_args()
-    params = stage_params("train")
+    params = stage_params("train", check_model=check_reference)
     if not launched_by_accelerate():
         return relaunch_under_accelerate(params.train, __file__, sys.argv[1:])
     settings = params.train

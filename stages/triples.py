@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from synthir.errors import friendly_errors
+from synthir.models import check_reference
 from synthir.stage import stage_params
 from synthir.triples.build import triples_stage
 
@@ -21,7 +22,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
-    params = stage_params("triples").triples
+    params = stage_params("triples", check_model=check_reference).triples
     triples_stage(params, args.data, args.verified, args.sample, args.output, args.metrics, args.completions)
 
 

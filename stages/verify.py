@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from synthir.errors import friendly_errors
+from synthir.models import check_reference
 from synthir.stage import stage_params
 from synthir.synth.verify import verify_stage
 
@@ -17,7 +18,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
-    params = stage_params("verify").verify
+    params = stage_params("verify", check_model=check_reference).verify
     verify_stage(params, args.data, args.generated, args.output, args.metrics, args.completions)
 
 

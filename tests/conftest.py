@@ -60,7 +60,7 @@ def run_stage(
 ) -> subprocess.CompletedProcess:
     """Run `stages/<stage>.py arguments` as dvc runs it, in `project` (given this repository's dvc.yaml and
     params.yaml, each block updated with `params`)."""
-    from synthir.config import read_yaml
+    from synthir.yamlfile import read_yaml
 
     values = read_yaml(REPO / "params.yaml")
     values["generate"].pop("prompts_dir", None)  # a folder of the repository, relative to it

@@ -1,8 +1,9 @@
 import pytest
 import yaml
 
-from synthir.config import load_params, parse_params
+from synthir.config import load_params, model_references, parse_params
 from synthir.errors import ConfigError
+from synthir.models import check_reference
 from tests.conftest import REPO
 
 
@@ -80,8 +81,23 @@ def test_repository_params_are_valid():
 def test_bad_values_name_the_key(params, edit, message):
     edit(params)
     with pytest.raises(ConfigError, match=message) as error:
-        parse_params(params)
+        parse_params(params, check_model=check_reference)
     assert str(error.value).startswith("params.yaml: ")
+
+
+def test_model_references_are_found_by_key_and_checked_only_when_asked(params):
+    """config cannot reach the model code: it marks the fields that name a model, and the caller checks them."""
+    found = dict(model_references(parse_params(params)))
+    assert found["train.base_model"] == params["train"]["base_model"]
+    assert {"sample.model", "verify.gecko.model", "triples.teacher.model", "generate.llm.model"} <= set(found)
+    assert "verify.round_trip.model" not in found  # a plain string: whatever its code loads
+    params["train"].update(base_model="./no/such/dir")
+    params["generate"]["llm"].update(backend="hf", model="org/no-such-model")  # an LLM's hub id: the backend's
+    assert parse_params(params).train.base_model == "./no/such/dir"
+    assert "generate.llm.model" not in dict(model_references(parse_params(params)))
+    with pytest.raises(ConfigError) as error:
+        parse_params(params, check_model=check_reference)
+    assert str(error.value) == "params.yaml: train.base_model: './no/such/dir': no such file or folder"
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
@@ -92,7 +108,7 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
 
 
 def test_launch_accepts_accelerate_options():
-    from synthir.config import launch_arguments
+    from synthir.launch import launch_arguments
 
     assert launch_arguments("--cpu --num_processes=1") == ["--cpu", "--num_processes=1"]
     assert launch_arguments("--multi_gpu --num_processes 4 --mixed_precision bf16 --gpu_ids 0,1,2,3") == [

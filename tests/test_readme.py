@@ -13,7 +13,9 @@ import sys
 import pytest
 from ruamel.yaml import YAML
 
-from synthir.config import parse_params, read_yaml
+from synthir.config import parse_params
+from synthir.models import check_reference
+from synthir.yamlfile import read_yaml
 from tests.conftest import REPO
 
 _BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
@@ -72,7 +74,7 @@ def test_every_set_param_in_the_docs_is_valid(command, tmp_path, monkeypatch):
             (tmp_path / value).mkdir()
             overrides[n] = f"{key}={tmp_path / value}"
     apply_overrides(params, overrides)
-    parse_params(read_yaml(params), f"docs: {command}")
+    parse_params(read_yaml(params), f"docs: {command}", check_model=check_reference)
 
 
 def _section(page: str, heading: str) -> str:

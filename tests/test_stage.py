@@ -5,8 +5,10 @@ import sys
 import pytest
 import yaml
 
+from synthir.config import load_params
 from synthir.errors import ConfigError
-from synthir.stage import declared_params, stage_params
+from synthir.models import check_reference
+from synthir.stage import declared_model_references, declared_params, stage_params
 from tests.conftest import REPO
 
 
@@ -58,6 +60,33 @@ def test_every_stage_of_the_pipeline_can_read_its_params():
             value = params
             for part in key.split("."):
                 value = getattr(value, part)
+
+
+def test_a_stage_checks_the_model_references_it_declares_and_only_those(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sample"].update(model="./no/such/model")  # the probe declares sample.seed, not sample.model (yet)
+    params["train"].update(base_model="./no/such/model")  # the probe never declares it
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    files = (project / "params.yaml", project / "dvc.yaml")
+    assert stage_params("probe", *files, check_model=check_reference).sample.seed == 13
+    dvc = yaml.safe_load((project / "dvc.yaml").read_text())
+    dvc["stages"]["probe"]["params"].append("sample")
+    (project / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    assert stage_params("probe", *files).sample.model == "./no/such/model"  # unchecked without check_model
+    with pytest.raises(ConfigError) as error:
+        stage_params("probe", *files, check_model=check_reference)
+    assert str(error.value) == f"{files[0]}: sample.model: './no/such/model': no such file or folder"
+
+
+def test_every_stage_that_declares_a_model_reference_checks_it():
+    """A stage that reads a model reference checks it before anything runs; a stage that reads none never
+    imports the model code (tests/test_stage_deps.py pins which those are)."""
+    params = load_params(REPO / "params.yaml")
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in stages:
+        declared = declared_model_references(params, declared_params(name, REPO / "dvc.yaml"))
+        script = (REPO / "stages" / f"{name}.py").read_text()
+        assert bool(declared) == (f'stage_params("{name}", check_model=check_reference)' in script), name
 
 
 def _run_stage(project, script: str, *args: str):

@@ -30,11 +30,17 @@ def test_the_closure_follows_lazy_imports_and_importlib_names():
 
 
 def test_small_closures_keep_reruns_small():
-    """A change to the report, the LLM layer or generation must not retrain the model."""
+    """A change to the report, the LLM layer or generation must not retrain the model; a change to the model code
+    (models.py, archive.py) must not rerun the stages that load no model."""
     train = _relative(code_of(REPO / "stages" / "train.py"))
     assert not {p for p in train if p.startswith(("src/synthir/llm", "src/synthir/synth", "src/synthir/prompts"))}
     assert "src/synthir/results/report.py" not in train and "src/synthir/cli.py" not in train
     assert "src/synthir/llm/base.py" not in _relative(code_of(REPO / "stages" / "align_retrieve.py"))
+    # the params schema checks no model reference itself (stages that load a model pass models.check_reference)
+    assert not {"src/synthir/models.py", "src/synthir/archive.py"} & _relative(closure(SRC / "synthir" / "stage.py"))
+    report = _relative(code_of(REPO / "stages" / "report.py"))
+    assert "src/synthir/models.py" not in report and "src/synthir/archive.py" not in report
+    assert "src/synthir/models.py" not in _relative(code_of(REPO / "stages" / "download.py"))
 
 
 def test_templates_are_found_from_literal_names():

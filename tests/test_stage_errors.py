@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from synthir.config import read_yaml
+from synthir.yamlfile import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = sorted(path.stem for path in (REPO / "stages").glob("*.py"))

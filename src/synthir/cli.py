@@ -196,6 +196,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     from .fileio import require_file
     from .llm.cached import open_backend
     from .llm.completions import export_cache, import_committed
+    from .models import check_reference
     from .synth.pipeline import generate_shard
     from .synth.shards import parse_shard
 
@@ -203,7 +204,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     if args.export is not None and (args.export.is_dir() or args.export.is_symlink()):
         raise ConfigError(f"--export: '{args.export}' is a folder or a link; export to a plain file path")
     doc_ids = require_file(args.sample).read_text(encoding="utf-8").split()
-    params = load_params(args.params)
+    params = load_params(args.params, check_model=check_reference)
     data = args.data or Path("data/raw") / params.dataset.name
     import_committed(args.completions)
     backend = open_backend(params.generate.llm)

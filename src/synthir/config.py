@@ -1,16 +1,19 @@
 """Typed params.yaml: one pydantic model per block, errors that name the key.
 
-Stage scripts call `load_params()`; library code receives plain values and never reads params.yaml.
+Stage scripts read their params through `synthir.stage.stage_params()`; the `synthir` command, presets and tests
+read a whole file with `load_params()` (`parse_params()` for values already read). Library code receives plain
+values and never reads params.yaml. Fields that name a model are marked (`ModelReference`), not checked here: the
+caller passes `synthir.models.check_reference`, so that config stays below the model code and a change to that
+code reruns only the stages that load a model.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -25,31 +28,38 @@ from pydantic import (
 
 from .beir import check_split_name
 from .errors import ConfigError, ModelRefError, excerpt
-from .models import HUB_ID, check_reference
-
-
-def existing_model(value: str) -> str:
-    """A model reference that resolves here (a pkg: path or folder that exists; a hub id online)."""
-    try:
-        check_reference(value)
-    except ModelRefError as error:
-        raise ValueError(str(error)) from None
-    return value
+from .fileio import is_folder
+from .hub import HUB_ID
+from .launch import check_launch
+from .urls import server_roots
+from .yamlfile import read_yaml
 
 
 def existing_folder(value: str | None, expand_home: bool = False) -> str | None:
     """`value` if it is null or names a folder (`~` expanded if `expand_home`); a ValueError otherwise."""
-    try:
-        found = value is None or (Path(value).expanduser() if expand_home else Path(value)).is_dir()
-    except (OSError, ValueError):  # a name too long, a NUL byte
-        found = False
-    if not found:
+    if value is not None and not is_folder(value, expand_home):
         raise ValueError(f"{excerpt(value)} is not a folder")
     return value
 
 
-ModelRef = Annotated[str, Field(min_length=1), AfterValidator(existing_model)]
-"""A sentence-transformers model reference, checked when params are read."""
+LOCAL_MODEL_PREFIXES = ("pkg:", "/", "./", "../", "~")
+"""How a model reference that is a pkg: reference or a local path starts."""
+
+
+class ModelReference:
+    """Marks a field that names a model (`Annotated[str, ModelReference()]`): `model_references` finds it, and the
+    caller checks it with `synthir.models.check_reference` (`check_model_references`). `local_only`: only a pkg:
+    reference or a path is checked (an LLM's hub id is its backend's to check)."""
+
+    def __init__(self, local_only: bool = False) -> None:
+        self.local_only = local_only
+
+    def applies_to(self, value: object) -> bool:
+        return isinstance(value, str) and (not self.local_only or value.startswith(LOCAL_MODEL_PREFIXES))
+
+
+ModelRef = Annotated[str, Field(min_length=1), ModelReference()]
+"""A sentence-transformers model reference, checked by the stages that load it."""
 
 
 class Block(BaseModel):
@@ -72,98 +82,6 @@ LogOdds = Annotated[float, Field(ge=-100, le=100)]
 """A threshold on the judge's log P(yes) - log P(no) (its scores lie well inside +-100)."""
 Score = Annotated[float, Field(ge=-1e6, le=1e6)]
 """A retrieval score threshold (cosine, BM25, cross-encoder logit or log-odds)."""
-
-
-_OPTION = re.compile(r"^--?[A-Za-z][A-Za-z0-9_-]*(=[A-Za-z0-9_.,:/@+-]*)?$")
-_VALUE = re.compile(r"^[A-Za-z0-9_.,:/@+-]+$")
-
-
-def launch_arguments(launch: str) -> list[str]:
-    """`accelerate launch` options as an argument list: `--name`, `--name=value` or `--name value`, made of
-    plain characters only, so nothing in them can reach a shell."""
-    try:
-        tokens = shlex.split(launch)
-    except ValueError as error:
-        raise ConfigError(f"not a list of accelerate options ({error})") from None
-    previous_is_option = False
-    for token in tokens:
-        if _OPTION.match(token):
-            previous_is_option = "=" not in token
-        elif previous_is_option and _VALUE.match(token) and not token.startswith("-"):
-            previous_is_option = False
-        else:
-            raise ConfigError(
-                f"{excerpt(token)} is not an accelerate option (expected --name, --name=value or --name value, "
-                f"letters, digits and _.,:/@+- only)"
-            )
-    return tokens
-
-
-def option_value(tokens: list[str], option: str) -> str | None:
-    """The value of `option` in an argument list (`--name value` or `--name=value`), None if absent."""
-    for i, token in enumerate(tokens):
-        name, equals, value = token.partition("=")
-        if name == option:
-            return value if equals else (tokens[i + 1] if i + 1 < len(tokens) else "")
-    return None
-
-
-def tcp_port(value: str, name: str) -> int:
-    """`value` as a TCP port number; a ConfigError naming `name` if it is not one (1 to 65535)."""
-    if not (value.isascii() and value.isdigit() and len(value) <= 5 and 0 < int(value) < 65536):
-        raise ConfigError(f"{name}: {excerpt(value)} is not a TCP port (1 to 65535)")
-    return int(value)
-
-
-def split_http_url(value: str) -> SplitResult:
-    """`value`'s parts if it is an http(s) URL with a host; a ValueError saying what is wrong otherwise (echoing
-    the URL without its user:password)."""
-    shown = excerpt(_CREDENTIALS.sub("***@", value))
-    if _CONTROL.search(value):  # urlsplit would silently drop tabs and newlines
-        raise ValueError(f"{shown} contains a control character")
-    try:
-        parts = urlsplit(value.strip())
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError as error:
-        raise ValueError(f"{shown} is not a URL ({str(error)[:80]})") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{shown} is not an http(s) URL with a host, e.g. http://localhost:8000/v1")
-    return parts
-
-
-_CREDENTIALS = re.compile(r"(?<=//)[^/?#]*@")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-MAX_SERVERS = 1024
-"""Servers one `base_url` list (a fleet) may name."""
-
-
-def server_roots(base_url: str | list[str]) -> list[tuple[str, str]]:
-    """(root, shown) for each server `base_url` names: one URL, or a list of them (a fleet). `root` is the URL
-    with a lower-case scheme and host and without a trailing slash or /v1; `shown` the same without user:password
-    (what messages and the cache identity show). A ValueError for a bad URL, an empty or oversized list, or a
-    server listed twice."""
-    urls = [base_url] if isinstance(base_url, str) else base_url
-    if not isinstance(urls, list) or not urls:
-        raise ValueError("an empty list: name at least one server, e.g. [http://gpu1:8000/v1, http://gpu2:8000/v1]")
-    if len(urls) > MAX_SERVERS:
-        raise ValueError(f"lists {len(urls)} servers; at most {MAX_SERVERS}")
-    roots: list[tuple[str, str]] = []
-    for number, url in enumerate(urls, 1):
-        where = "" if isinstance(base_url, str) else f"entry {number}: "
-        if not isinstance(url, str):
-            raise ValueError(f"{where}{excerpt(url)} is not a URL")
-        try:
-            parts = split_http_url(url)
-        except ValueError as error:
-            raise ValueError(f"{where}{error}") from None
-        credentials, _, host = parts.netloc.rpartition("@")
-        path = parts.path.rstrip("/").removesuffix("/v1")
-        shown = f"{parts.scheme.lower()}://{host.lower()}{path}"
-        twin = next((i for i, (_, other) in enumerate(roots, 1) if other == shown), None)
-        if twin is not None:
-            raise ValueError(f"entries {twin} and {number} name the same server {shown}/v1")
-        roots.append((shown.replace("://", f"://{credentials}@", 1) if credentials else shown, shown))
-    return roots
 
 
 class DatasetParams(Block):
@@ -318,7 +236,7 @@ class LLMParams(Block):
     """Which LLM runs a task, and how it is reached. Keys are named by env var, never written here."""
 
     backend: Literal["llamacpp", "hf", "vllm", "openai"]
-    model: str = Field(min_length=1)
+    model: Annotated[str, Field(min_length=1), ModelReference(local_only=True)]
     base_url: str | list[str] | None = None
     """openai backend: the server, e.g. http://localhost:8000/v1 (vLLM, llama.cpp server, GPT-4o), or a list of
     servers that serve the same model (a fleet: requests are spread over them; the cache key names the model, not
@@ -364,23 +282,13 @@ class LLMParams(Block):
     def _backend_can_reach_model(self) -> LLMParams:
         if self.backend == "openai" and self.base_url is None:
             raise ValueError("base_url: missing (required by the openai backend, e.g. http://localhost:8000/v1)")
-        local = self.model.startswith(("pkg:", "/", "./", "../", "~")) or Path(self.model).exists()
+        local = self.model.startswith(LOCAL_MODEL_PREFIXES) or Path(self.model).exists()
         if self.backend == "llamacpp" and not local:
             raise ValueError(
                 f"model: {excerpt(self.model)} is not a GGUF file; the llamacpp backend runs a local .gguf path or a "
                 f"pkg: reference (a hub id needs backend hf or vllm)"
             )
         return self
-
-    @field_validator("model")
-    @classmethod
-    def _model_exists(cls, value: str) -> str:
-        if value.startswith("pkg:") or value.startswith(("/", "./", "../", "~")):
-            try:
-                check_reference(value)
-            except ModelRefError as error:
-                raise ValueError(str(error)) from None
-        return value
 
 
 class SamplingParams(Block):
@@ -611,17 +519,6 @@ class FitParams(EncoderParams, ScheduleParams):
         return self
 
 
-ACCELERATE_OPTIONS_FROM_PARAMS = (
-    "--cpu",
-    "--multi_gpu",
-    "--num_processes",
-    "--mixed_precision",
-    "--num_machines",
-    "--machine_rank",
-    "--main_process_ip",
-)
-
-
 class TrainParams(FitParams):
     """Stage 1 (the `train` stage), and how it is launched."""
 
@@ -649,21 +546,9 @@ class TrainParams(FitParams):
     @classmethod
     def _accelerate_options(cls, value: str) -> str:
         try:
-            tokens = launch_arguments(value)
+            check_launch(value)
         except ConfigError as error:
             raise ValueError(str(error)) from None
-        owned = [t for t in tokens if t.partition("=")[0] in ACCELERATE_OPTIONS_FROM_PARAMS]
-        if owned:
-            raise ValueError(
-                f"{excerpt(owned[0])} is set by train.device, train.num_processes, train.num_machines and "
-                "train.mixed_precision (machine rank and address by the environment), not by launch"
-            )
-        port = option_value(tokens, "--main_process_port")
-        if port is not None:
-            try:
-                tcp_port(port, "--main_process_port")
-            except ConfigError as error:
-                raise ValueError(str(error)) from None
         return value
 
 
@@ -782,15 +667,25 @@ class Params(Block):
 
 MAX_PROBLEMS = 20
 """Validation problems listed one per line; the rest are counted."""
+MAX_MESSAGE_CHARS = 500
+"""A problem's message is cut to this many characters."""
+
+ModelCheck = Callable[[str], None]
+"""A model-reference check: `synthir.models.check_reference`, raising ModelRefError for a bad reference."""
+
+
+def format_problems(problems: list[tuple[str, str]], source: str) -> str:
+    """One line per (dotted key, message), `source: dotted.key: message`; past MAX_PROBLEMS the rest are counted."""
+    lines = [f"{source}: {key}: {message}" for key, message in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"{source}: ... and {len(problems) - MAX_PROBLEMS} more problems")
+    return "\n".join(lines)
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
     """One line per problem, `source: dotted.key: what is wrong`; echoed values and keys cut to short excerpts."""
     items = error.errors(include_url=False, include_context=False)
-    lines = [f"{source}: {_dotted_key(item['loc'])}: {describe_problem(item)}" for item in items[:MAX_PROBLEMS]]
-    if len(items) > MAX_PROBLEMS:
-        lines.append(f"{source}: ... and {len(items) - MAX_PROBLEMS} more problems")
-    return "\n".join(lines)
+    return format_problems([(_dotted_key(item["loc"]), describe_problem(item)) for item in items], source)
 
 
 def _dotted_key(loc: tuple) -> str:
@@ -804,116 +699,58 @@ def describe_problem(item: dict) -> str:
         return "unknown key"
     if item["type"] == "missing":
         return "missing (required)"
-    message = item["msg"].removeprefix("Value error, ")
-    message = message if len(message) <= 500 else message[:499] + "…"
+    message = _cut(item["msg"].removeprefix("Value error, "))
     if "input" in item and item["type"] != "value_error":
         message += f" (got {excerpt(item['input'])})"
     return message
 
 
-def parse_params(data: object, source: str = "params.yaml") -> Params:
+def _cut(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def model_references(block: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, reference) of each model reference (`ModelReference` field) set in `block` and the blocks
+    inside it, in the schema's order."""
+    found: list[tuple[str, str]] = []
+    for name, field in type(block).model_fields.items():
+        value = getattr(block, name)
+        marks = [mark for mark in field.metadata if isinstance(mark, ModelReference)]
+        if marks and marks[0].applies_to(value):
+            found.append((prefix + name, value))
+        elif isinstance(value, BaseModel):
+            found += model_references(value, f"{prefix}{name}.")
+    return found
+
+
+def check_model_references(references: list[tuple[str, str]], check: ModelCheck, source: str) -> None:
+    """Run `check` on each (dotted key, reference); a ConfigError listing those it refuses, one line each, as
+    for any other invalid param."""
+    problems = []
+    for key, reference in references:
+        try:
+            check(reference)
+        except ModelRefError as error:
+            problems.append((key, _cut(str(error))))
+    if problems:
+        raise ConfigError(format_problems(problems, source))
+
+
+def parse_params(data: object, source: str = "params.yaml", check_model: ModelCheck | None = None) -> Params:
+    """`data` (params read from YAML) validated; with `check_model`, every model reference checked with it too
+    (without, the stage that loads a model checks its reference: `synthir.stage.stage_params`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of blocks, got {type(data).__name__}")
     try:
-        return Params.model_validate(data)
+        params = Params.model_validate(data)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, source)) from None
+    if check_model is not None:
+        check_model_references(model_references(params), check_model, source)
+    return params
 
 
-MAX_YAML_BYTES = 1 << 20
-"""params.yaml, a preset and dvc.yaml are a few KB; a larger file is refused before it is parsed."""
-MAX_YAML_VALUES = 100_000
-"""Values (mappings, lists, scalars) a YAML file may hold once its aliases are expanded: params need a few
-hundred, and a few lines of nested aliases (a "billion laughs" file) would otherwise expand past any memory."""
-MAX_YAML_DEPTH = 100
-MAX_NUMBER_CHARS = 100
-_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-
-
-def read_yaml(path: Path) -> object:
-    """YAML 1.2 as DVC reads it (ruamel.yaml): `2e-5` is a number, `yes` a string, a repeated key an error. Size,
-    nesting and alias expansion are bounded (`MAX_YAML_*`)."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.constructor import DuplicateKeyError
-    from ruamel.yaml.error import MarkedYAMLError
-
-    text = _yaml_text(path)
-    loader = YAML(typ="safe", pure=True)
-    try:
-        _check_expansion(loader.compose(text), path)
-        return loader.load(text)
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply (at most {MAX_YAML_DEPTH} levels)") from None
-    except (ValueError, TypeError) as error:  # a value its tag cannot build: `2001-13-45`, `!!float "abc"`
-        raise ConfigError(f"{path}: invalid value: {excerpt(str(error), 100)}") from None
-    except DuplicateKeyError as error:
-        key = re.search(r'duplicate key "([^"]*)"', str(error.problem))
-        name = f"{excerpt(key.group(1))} " if key else ""
-        raise ConfigError(
-            f"{path}:{error.problem_mark.line + 1}: duplicate key {name}(DVC rejects the file too)"
-        ) from None
-    except MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {error.problem or error.context}") from None
-
-
-def _yaml_text(path: Path) -> str:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_YAML_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, expected a YAML file") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES // 1024} KiB; a params or pipeline file is a few KB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-
-
-def _check_expansion(root, path: Path) -> None:
-    """Refuse a composed YAML document that would hold more than MAX_YAML_VALUES values once its aliases are
-    expanded, or nest deeper than MAX_YAML_DEPTH, or hold an alias to a value that contains it. Each node is
-    counted once (a shared node's count is remembered), so the check costs the size of the file, not of its
-    expansion."""
-    from ruamel.yaml.nodes import MappingNode, SequenceNode
-
-    counted: dict[int, int] = {}
-    open_nodes: set[int] = set()
-
-    def count(node, depth: int) -> int:
-        where = f"{path}:{node.start_mark.line + 1}"
-        if id(node) in counted:
-            return counted[id(node)]
-        if id(node) in open_nodes:
-            raise ConfigError(f"{where}: an alias refers to a value that contains it (a recursive structure)")
-        if depth > MAX_YAML_DEPTH:
-            raise ConfigError(f"{where}: nested too deeply (at most {MAX_YAML_DEPTH} levels)")
-        if node.tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
-            raise ConfigError(f"{where}: a number of {len(node.value):,} characters (at most {MAX_NUMBER_CHARS})")
-        children = []
-        if isinstance(node, SequenceNode):
-            children = node.value
-        elif isinstance(node, MappingNode):
-            children = [child for pair in node.value for child in pair]
-        open_nodes.add(id(node))
-        total = 1 + sum(count(child, depth + 1) for child in children)
-        open_nodes.discard(id(node))
-        if total > MAX_YAML_VALUES:
-            raise ConfigError(
-                f"{where}: this value holds more than {MAX_YAML_VALUES:,} values once its YAML aliases (*name) "
-                f"are expanded; params need a few hundred (write them out, or use fewer aliases)"
-            )
-        counted[id(node)] = total
-        return total
-
-    if root is not None:
-        count(root, 0)
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", check_model: ModelCheck | None = None) -> Params:
+    """A params file read as DVC reads it and validated (`parse_params`)."""
     path = Path(path)
-    return parse_params(read_yaml(path), str(path))
+    return parse_params(read_yaml(path), str(path), check_model)

@@ -280,3 +280,12 @@ def read_json(path: str | Path, what: str, max_bytes: int) -> Any:
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     for _, record in json_lines(path):
         yield record
+
+
+def is_folder(path: str, expand_home: bool = False) -> bool:
+    """Whether `path` names a folder (`~` expanded if `expand_home`); False for a name the system refuses (too
+    long, a NUL byte)."""
+    try:
+        return (Path(path).expanduser() if expand_home else Path(path)).is_dir()
+    except (OSError, ValueError):
+        return False

