@@ -5,14 +5,10 @@ import argparse
 import json
 from pathlib import Path
 
-from synthir.beir import load_corpus, passage_text
 from synthir.errors import friendly_errors
-from synthir.fileio import atomic_dir, write_json
-from synthir.models import check_reference, resolve
-from synthir.retrieval import load_encoder
+from synthir.models import check_reference
 from synthir.stage import stage_params
-from synthir.training.adapt import sample_passages, save_adapted, tsdae
-from synthir.training.model_card import describe_adaptation
+from synthir.training.adapt import adapt_stage
 
 
 @friendly_errors
@@ -22,33 +18,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    params = stage_params("adapt", check_model=check_reference)
-    adapt = params.adapt
-    if adapt.method == "none":
-        with atomic_dir(args.output) as folder:
-            (folder / "README.md").write_text("Adaptation is off (adapt.method: none): train starts from its base.\n")
-        write_json(args.metrics, {"enabled": False})
-        return
-    corpus = load_corpus(args.data / "corpus.jsonl")
-    passages = sample_passages([passage_text(doc) for doc in corpus.values()], adapt.max_passages, adapt.seed)
-    base = params.train.base_model
-    device = params.train.device  # where the student trains
-    model = load_encoder(base, device=device, dtype="at_least_float32", block="train")
-    summary = tsdae(
-        model,
-        passages,
-        epochs=adapt.epochs,
-        batch_size=adapt.batch_size,
-        lr=adapt.lr,
-        deletion_ratio=adapt.deletion_ratio,
-        max_seq_length=adapt.max_seq_length,
-        seed=adapt.seed,
-    )
-    describe_adaptation(model, base, resolve(base))
-    save_adapted(model, args.output)
-    summary["device"] = device
-    write_json(args.metrics, summary)
-    print(json.dumps(summary, indent=2))
+    summary = adapt_stage(stage_params("adapt", check_model=check_reference), args.data, args.output, args.metrics)
+    if summary:
+        print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from synthir.align.candidates import training_params
+from synthir.align.training import align_train_stage
 from synthir.errors import friendly_errors
-from synthir.fileio import atomic_dir, write_json
 from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
-from synthir.training.train import end_distributed, train, write_empty_curves
 
 
 @friendly_errors
@@ -24,25 +22,12 @@ def main() -> int | None:
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
     params = stage_params("align_train")
-    if not params.align.enabled:
-        with atomic_dir(args.output) as folder:
-            (folder / "README.md").write_text("Alignment is off (align.enabled: false): evaluate scores stage 1.\n")
-        write_empty_curves(args.live)  # the declared training curves, with no steps
-        write_json(args.metrics, {"enabled": False})
-        return None
-    if not launched_by_accelerate():
+    if params.align.enabled and not launched_by_accelerate():  # alignment off writes its note without accelerate
         return relaunch_under_accelerate(params.train, __file__, sys.argv[1:])
-    summary = train(
-        training_params(params.align, params.train, args.model),
-        args.preferences,
-        args.output,
-        args.live,
-        args.checkpoints,
-        params.dataset.name,
+    summary = align_train_stage(
+        params, args.model, args.preferences, args.output, args.live, args.checkpoints, args.metrics
     )
-    end_distributed()
-    if summary:
-        write_json(args.metrics, {"enabled": True, **summary})
+    if summary:  # the main process
         print(json.dumps(summary, indent=2))
     return None
 

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.fileio import write_json
 from synthir.models import check_reference
 from synthir.stage import launched_by_accelerate, relaunch_under_accelerate, stage_params
-from synthir.training.train import end_distributed, train
+from synthir.training.train import train_stage
 
 
 @friendly_errors
@@ -28,13 +27,8 @@ def main() -> int | None:
     params = stage_params("train", check_model=check_reference)
     if not launched_by_accelerate():
         return relaunch_under_accelerate(params.train, __file__, sys.argv[1:])
-    settings = params.train
-    if params.adapt.method != "none":  # start from the corpus-adapted encoder
-        settings = settings.model_copy(update={"base_model": str(args.adapted)})
-    summary = train(settings, args.triples, args.output, args.live, args.checkpoints, params.dataset.name)
-    end_distributed()
+    summary = train_stage(params, args.triples, args.adapted, args.output, args.live, args.checkpoints, args.metrics)
     if summary:  # the main process
-        write_json(args.metrics, summary)
         print(json.dumps(summary, indent=2))
     return None
 

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from synthir.config import FitParams, TrainParams
 from synthir.fileio import write_jsonl
 from synthir.stage import accelerate_arguments, free_port
-from synthir.training.train import LOSS_CURVE, backward, setup, train
+from synthir.training.builders import setup
+from synthir.training.curves import LOSS_CURVE
+from synthir.training.train import backward, train
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = ["mnrl", "snn", "partial_pl", "bt"]

@@ -6,7 +6,9 @@ from sentence_transformers import SentenceTransformer
 
 from synthir.config import TrainParams
 from synthir.fileio import write_jsonl
-from synthir.training.train import Encoded, TokenTable, bucketed_batches, train
+from synthir.training.schedule import bucketed_batches
+from synthir.training.tokenized import Encoded, TokenTable
+from synthir.training.train import train
 
 
 def test_pad_is_one_vectorised_copy():
@@ -175,7 +177,7 @@ def test_a_checkpoint_is_resumed_only_by_a_run_from_the_same_starting_weights(tm
 
 
 def test_a_run_that_did_not_happen_has_empty_curves_of_the_same_names(tmp_path, tiny_encoder, triples):
-    from synthir.training.train import write_empty_curves
+    from synthir.training.curves import write_empty_curves
 
     params = TrainParams(base_model=tiny_encoder, batch_size=4, max_steps=1)
     train(params, triples, tmp_path / "model", tmp_path / "ran", tmp_path / "ckpt")
@@ -202,7 +204,7 @@ def _example(query_id: str, gold: str, negative_ids: list[str], positives: int =
 
 def test_every_syntriever_negative_reaches_the_loss_and_num_negatives_bounds_the_mined_ones():
     """Bug: negatives[:num_negatives] cut the relabeled hallucination (Syntriever's point) and mined negatives."""
-    from synthir.training.train import encode_examples
+    from synthir.training.tokenized import encode_examples
     from tests.conftest import minilm_tokenizer
 
     examples = [_example("q1", "d1", ["synthetic", "relabeled", "d7", "d8"], positives=3)]
@@ -215,7 +217,8 @@ def test_every_syntriever_negative_reaches_the_loss_and_num_negatives_bounds_the
 def test_alignment_trains_on_every_judged_pair_once_per_epoch():
     """Bug: with max_queries equal to the batch size, batches of distinct queries dropped most pairs."""
     from synthir.align.preferences import preference_examples
-    from synthir.training.train import bucketed_batches, encode_examples
+    from synthir.training.schedule import bucketed_batches
+    from synthir.training.tokenized import encode_examples
     from tests.conftest import minilm_tokenizer
 
     rng = __import__("random").Random(0)
@@ -293,7 +296,7 @@ def test_the_curve_logs_each_windows_mean_loss_every_log_every_steps_and_at_chec
 
 
 def test_final_loss_is_the_mean_of_the_last_twenty_steps():
-    from synthir.training.train import FINAL_LOSS_STEPS, LossWindow
+    from synthir.training.curves import FINAL_LOSS_STEPS, LossWindow
 
     window = LossWindow()
     for value in range(25):
@@ -307,7 +310,8 @@ def test_gradient_checkpointing_is_the_non_reentrant_kind(tmp_path, tiny_encoder
     """Bug: the reentrant kind (transformers 4's default) fails under DDP; synthir asks for use_reentrant=False."""
     from transformers import PreTrainedModel
 
-    from synthir.training.train import backward, setup
+    from synthir.training.builders import setup
+    from synthir.training.train import backward
 
     asked = []
     enable = PreTrainedModel.gradient_checkpointing_enable
@@ -363,7 +367,7 @@ def test_processes_that_disagree_on_the_run_or_its_checkpoint_stop_with_one_line
     import accelerate.utils
 
     from synthir.errors import ConfigError
-    from synthir.training.train import agreed
+    from synthir.training.distributed import agreed
 
     class TwoProcesses:  # a test double: what `agreed` reads of a 2-process run's accelerator
         num_processes = 2
@@ -373,3 +377,46 @@ def test_processes_that_disagree_on_the_run_or_its_checkpoint_stop_with_one_line
         agreed(TwoProcesses(), "step-4", "resumes elsewhere")
     monkeypatch.setattr(accelerate.utils, "gather_object", lambda values: values * 2)
     assert agreed(TwoProcesses(), "4f2a", "differs") == "4f2a"
+
+
+def test_the_train_stage_starts_from_the_adapted_encoder_only_when_adapt_is_on(tmp_path, tiny_encoder, monkeypatch):
+    """The stage's one call: the run's settings (base_model swapped for the adapt stage's folder when adapt is
+    on), and the summary written as the metrics."""
+    from types import SimpleNamespace
+
+    import synthir.training.train as training
+
+    runs = []
+
+    def recorded(params, triples, output, live_dir, checkpoints, dataset=None):  # a spy: no training
+        runs.append((params.base_model, dataset))
+        return {"steps": 1}
+
+    monkeypatch.setattr(training, "train", recorded)
+    adapted, paths = tmp_path / "adapted", [tmp_path / name for name in ("model", "live", "ckpt")]
+    for method in ("tsdae", "none"):
+        params = SimpleNamespace(
+            train=TrainParams(base_model=tiny_encoder),
+            adapt=SimpleNamespace(method=method),
+            dataset=SimpleNamespace(name="scifact"),
+        )
+        metrics = tmp_path / f"{method}.json"
+        assert training.train_stage(params, tmp_path / "train.jsonl", adapted, *paths, metrics) == {"steps": 1}
+        assert json.loads(metrics.read_text()) == {"steps": 1}
+    assert runs == [(str(adapted), "scifact"), (tiny_encoder, "scifact")]
+
+
+def test_align_train_off_writes_a_note_empty_curves_and_metrics_without_accelerate(tmp_path):
+    from tests.conftest import run_stage
+
+    arguments = ["--model", "retriever", "--preferences", "preferences.jsonl", "--output", "aligned"]
+    arguments += ["--live", "live", "--checkpoints", "ckpt", "--metrics", "align.json"]
+    done = run_stage("align_train", tmp_path, arguments, {"align": {"enabled": False}})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ""  # no run summary: nothing trained
+    assert [p.name for p in (tmp_path / "aligned").iterdir()] == ["README.md"]
+    assert "Alignment is off (align.enabled: false)" in (tmp_path / "aligned" / "README.md").read_text()
+    assert json.loads((tmp_path / "align.json").read_text()) == {"enabled": False}
+    curves = tmp_path / "live" / "plots" / "metrics" / "train"
+    assert sorted(p.name for p in curves.iterdir()) == ["loss.tsv", "lr.tsv"]
+    assert (curves / "loss.tsv").read_text() == "step\tloss\n" and not (tmp_path / "ckpt").exists()

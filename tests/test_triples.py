@@ -154,7 +154,7 @@ def test_a_corpus_without_labels_trains_on_doc2query_alone(tmp_path, data):
 
 def test_syntriever_sets_keep_the_synthetic_positives_for_every_gold_passage():
     """Bug: gold + p+ + CoT were cut at max_positives: with two gold passages the CoT was lost, with three p+ too."""
-    from synthir.training.train import encode_examples
+    from synthir.training.tokenized import encode_examples
     from synthir.triples.build import from_syntriever
     from tests.conftest import minilm_tokenizer
 

@@ -18,7 +18,9 @@ import torch
 
 import synthir.backbones as backbones
 from synthir.config import FitParams
-from synthir.training.train import backward, end_distributed, setup, train
+from synthir.training.builders import setup
+from synthir.training.distributed import end_distributed
+from synthir.training.train import backward, train
 
 RANK = int(os.environ.get("RANK", "0"))  # set by torchrun, before the process group exists
 

@@ -18,6 +18,56 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def adapt_stage(params, data: Path, output: Path, metrics: Path) -> dict:
+    """The adapt stage: train.base_model adapted to the BEIR dataset's corpus (adapt.method tsdae) on
+    train.device, saved with its card; off (adapt.method none), a note in its place. `params` is the stage's view
+    (adapt, train.base_model, train.device). Writes the metrics; returns the run summary ({} when off)."""
+    from ..fileio import write_json
+
+    if params.adapt.method == "none":
+        write_adaptation_off(output, metrics)
+        return {}
+    summary = adapt_corpus(params.adapt, params.train.base_model, params.train.device, data, output)
+    write_json(metrics, summary)
+    return summary
+
+
+def write_adaptation_off(output: Path, metrics: Path) -> None:
+    """The declared outputs of an adaptation that did not happen: a note as the model, metrics that say so."""
+    from ..fileio import atomic_dir, write_json
+
+    with atomic_dir(output) as folder:
+        (folder / "README.md").write_text("Adaptation is off (adapt.method: none): train starts from its base.\n")
+    write_json(metrics, {"enabled": False})
+
+
+def adapt_corpus(adapt, base: str, device: str, data: Path, output: Path) -> dict:
+    """`base` adapted with TSDAE to a seeded sample of the corpus's passages, on `device` (where the student
+    trains), and saved with its card. Returns the run summary."""
+    from ..beir import load_corpus, passage_text
+    from ..models import resolve
+    from ..retrieval import load_encoder
+    from .model_card import describe_adaptation
+
+    corpus = load_corpus(data / "corpus.jsonl")
+    passages = sample_passages([passage_text(doc) for doc in corpus.values()], adapt.max_passages, adapt.seed)
+    model = load_encoder(base, device=device, dtype="at_least_float32", block="train")
+    summary = tsdae(
+        model,
+        passages,
+        epochs=adapt.epochs,
+        batch_size=adapt.batch_size,
+        lr=adapt.lr,
+        deletion_ratio=adapt.deletion_ratio,
+        max_seq_length=adapt.max_seq_length,
+        seed=adapt.seed,
+    )
+    describe_adaptation(model, base, resolve(base))
+    save_adapted(model, output)
+    summary["device"] = device
+    return summary
+
+
 def delete_words(text: str, ratio: float, rng: random.Random) -> str:
     """TSDAE's noise: each word is deleted with probability `ratio`; at least one word is kept."""
     words = text.split()
