@@ -3,10 +3,8 @@ dev split held out of the train queries (dataset.dev_fraction) and recorded."""
 
 import argparse
 
-from synthir.data.download import fetch_dataset
-from synthir.data.splits import describe_splits
+from synthir.data.download import download_stage
 from synthir.errors import friendly_errors
-from synthir.fileio import write_json
 from synthir.stage import stage_params
 
 
@@ -16,10 +14,7 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--splits", required=True, help="JSON record of the splits and the dev query ids")
     args = parser.parse_args()
-    dataset = stage_params("download").dataset
-    folder = fetch_dataset(dataset.name, args.output, dataset.path, dataset.dev_fraction, dataset.dev_seed)
-    record = {"dev_fraction": dataset.dev_fraction, "dev_seed": dataset.dev_seed, **describe_splits(folder)}
-    write_json(args.splits, record)
+    download_stage(stage_params("download").dataset, args.output, args.splits)
 
 
 if __name__ == "__main__":

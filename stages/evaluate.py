@@ -2,20 +2,10 @@
 fusion with the baseline's BM25 run."""
 
 import argparse
-import json
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.evaluation.evaluate import (
-    METRICS,
-    evaluate_dense,
-    evaluate_fusion,
-    per_query_record,
-    read_trec_run,
-    skipped,
-)
-from synthir.fileio import write_json
-from synthir.retrieval import Prefixes
+from synthir.evaluation.trained import evaluate_stage
 from synthir.stage import stage_params
 
 
@@ -32,37 +22,18 @@ def main() -> None:
     parser.add_argument("--details", type=Path, required=True)
     parser.add_argument("--per-query", type=Path, required=True, help="JSON of the headline per-query scores")
     args = parser.parse_args()
-    params = stage_params("evaluate")
-    settings, stage1 = params.evaluate, params.train
-    nothing = skipped(args.data, settings.split)
-    if nothing:
-        args.details.mkdir(parents=True, exist_ok=True)
-        write_json(args.per_query, per_query_record({}, settings.split))
-        write_json(args.output, nothing)
-        return
-    exclude = set(args.exclude.read_text().split()) if args.exclude and args.exclude.exists() else set()
-    model_path = args.aligned if params.align.enabled and args.aligned else args.model
-    result = evaluate_dense(
-        model_path,
-        args.data,
-        settings,
-        Prefixes(stage1.query_prefix, stage1.passage_prefix),
-        exclude_queries=exclude,
+    evaluate_stage(
+        stage_params("evaluate"),
+        model=args.model,
+        aligned=args.aligned,
+        data=args.data,
+        baseline=args.baseline,
+        bm25_run=args.bm25_run,
+        exclude=args.exclude,
+        output=args.output,
+        details=args.details,
+        per_query=args.per_query,
     )
-    result.save(args.details / "eval.json", args.details / "eval.per_query.json", args.details / "eval.run.trec")
-    hybrid = evaluate_fusion(
-        "bm25+student (RRF)", [read_trec_run(args.bm25_run), result.run], args.data, settings, exclude
-    )
-    hybrid.save(args.details / "hybrid.json", args.details / "hybrid.per_query.json", args.details / "hybrid.run.trec")
-    write_json(args.per_query, per_query_record({"student": result, "bm25+student": hybrid}))
-    summary = result.summary()
-    baseline = json.loads(args.baseline.read_text()).get("dense")
-    if baseline:
-        summary["delta"] = {m: round(summary[m] - baseline[m], 6) for m in METRICS}
-        summary["baseline"] = {m: baseline[m] for m in METRICS}
-    summary["excluded_query_ids"] = len(result.excluded)  # few-shot examples that were in this split
-    summary["hybrid"] = {m: round(hybrid.metrics[m], 6) for m in METRICS}
-    write_json(args.output, summary)
 
 
 if __name__ == "__main__":

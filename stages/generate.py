@@ -4,10 +4,9 @@ import argparse
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.llm.completions import import_committed
 from synthir.models import check_reference
 from synthir.stage import stage_params
-from synthir.synth.pipeline import generate
+from synthir.synth.pipeline import generate_stage
 
 
 @friendly_errors
@@ -19,10 +18,14 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--completions", type=Path, required=True, help="committed completions, imported first")
     args = parser.parse_args()
-    doc_ids = args.sample.read_text(encoding="utf-8").split()
-    params = stage_params("generate", check_model=check_reference).generate
-    import_committed(args.completions)
-    generate(params, args.data, doc_ids, args.output, args.metrics)
+    generate_stage(
+        stage_params("generate", check_model=check_reference).generate,
+        args.data,
+        args.sample,
+        args.output,
+        args.metrics,
+        args.completions,
+    )
 
 
 if __name__ == "__main__":

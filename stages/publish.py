@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 
 from synthir.errors import friendly_errors
+from synthir.evaluation.publish import publish_stage
 from synthir.stage import stage_params
-from synthir.training.model_card import publish, push_to_hub, read_scores
 
 
 @friendly_errors
@@ -17,12 +17,7 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, required=True, help="the evaluate stage's metrics")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
-    params = stage_params("publish")
-    scores, split = read_scores(args.scores)
-    model = args.aligned if params.align.enabled else args.model
-    publish(model, args.output, scores, params.dataset.name, split, params.publish.model_id)
-    if params.publish.push_to_hub:
-        print(f"pushed to {push_to_hub(args.output, params.publish.model_id)}")
+    publish_stage(stage_params("publish"), args.model, args.aligned, args.scores, args.output)
 
 
 if __name__ == "__main__":

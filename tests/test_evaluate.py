@@ -151,3 +151,59 @@ def test_evaluate_split_in_params_is_a_plain_name(split):
     with pytest.raises(ValidationError, match="a split is a plain name like test, dev or train"):
         EvaluateParams(split=split)
     assert EvaluateParams(split="cqadupstack-android.v2").split == "cqadupstack-android.v2"
+
+
+def test_an_unlabeled_split_leaves_the_evaluation_stages_outputs_skipped(tmp_path):
+    """No qrels for the split: nothing is scored (no model loaded), every declared output exists, as a skip."""
+    import json
+
+    from synthir.config import load_params
+    from synthir.evaluation.baseline import baseline_stage
+    from synthir.evaluation.trained import evaluate_stage
+    from tests.conftest import REPO
+
+    data = str(write_beir(tmp_path / "data", qrels={"train": [("q1", "d1", 1)]}))
+    params = load_params(REPO / "params.yaml")
+    split = params.evaluate.split
+    baseline = {
+        "data": data,
+        "output": tmp_path / "b.json",
+        "details": tmp_path / "b",
+        "per_query": tmp_path / "bq.json",
+    }
+    baseline_stage(params, **{name: str(path) for name, path in baseline.items()})
+    evaluate_stage(
+        params,
+        model="no/such-model",
+        aligned=None,
+        data=data,
+        baseline=tmp_path / "missing.json",
+        bm25_run=tmp_path / "missing.trec",
+        exclude=None,
+        output=tmp_path / "e.json",
+        details=tmp_path / "e",
+        per_query=tmp_path / "eq.json",
+    )
+    skip = {"skipped": f"no {split} qrels: evaluation skipped", "split": split}
+    empty = {"split": split, "metrics": ["ndcg@10", "recall@100"], "systems": {}}
+    for output, per_query in (("b.json", "bq.json"), ("e.json", "eq.json")):
+        assert json.loads((tmp_path / output).read_text()) == skip
+        assert json.loads((tmp_path / per_query).read_text()) == empty
+    assert (tmp_path / "b" / "bm25.run.trec").read_text() == "" and (tmp_path / "e").is_dir()
+
+
+def test_the_evaluate_summary_carries_the_change_over_the_baseline(beir_dir):
+    from synthir.evaluation.evaluate import METRICS, evaluate_fusion
+    from synthir.evaluation.trained import evaluated_model, summary_over_baseline
+
+    bm25 = evaluate_bm25(beir_dir)
+    bm25.excluded = ["q9"]
+    hybrid = evaluate_fusion("bm25+bm25", [bm25.run, bm25.run], beir_dir)
+    baseline = {m: 0.25 for m in METRICS}
+    summary = summary_over_baseline(bm25, hybrid, baseline)
+    assert list(summary)[-4:] == ["delta", "baseline", "excluded_query_ids", "hybrid"]
+    assert summary["delta"] == {m: round(summary[m] - 0.25, 6) for m in METRICS} and summary["baseline"] == baseline
+    assert summary["excluded_query_ids"] == 1 and summary["hybrid"] == {m: round(bm25.metrics[m], 6) for m in METRICS}
+    assert {"delta", "baseline"}.isdisjoint(summary_over_baseline(bm25, hybrid, None))  # no baseline scored
+    assert evaluated_model("stage1", "aligned", True) == "aligned"
+    assert evaluated_model("stage1", None, True) == evaluated_model("stage1", "aligned", False) == "stage1"

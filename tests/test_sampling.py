@@ -39,3 +39,14 @@ def test_diverse_order_is_nested_and_reaches_every_cluster_first():
     assert sum(kind(d) != "big" for d in take_fraction(order, 0.15)) == 10  # the small clusters, all in 15%
     assert take_fraction(order, 0.3)[:15] == take_fraction(order, 0.15)  # nested
     assert diverse_order(list(reversed(ids)), embeddings[::-1], 3, 1) == order  # input order does not matter
+
+
+def test_the_sample_stage_writes_the_fractions_ids_and_says_how_many(tmp_path, capsys):
+    from synthir.config import SampleParams
+    from synthir.data.sample import sample_stage
+    from tests.conftest import write_beir
+
+    data = write_beir(tmp_path / "data")
+    sample_stage(SampleParams(fraction=0.5, seed=3), data, tmp_path / "ids.txt")
+    assert (tmp_path / "ids.txt").read_text().split() == sample_ids(["d1", "d2", "d3"], 0.5, 3)
+    assert capsys.readouterr().out == "sampled 2 documents (random, fraction 0.5, seed 3)\n"

@@ -65,3 +65,16 @@ def test_scifact_dev_split(shared_beir, tmp_path):
     dest = fetch_dataset("scifact", tmp_path / "scifact", shared_beir / "scifact", dev_fraction=0.2, dev_seed=13)
     counts = describe_splits(dest)["queries"]
     assert counts == {"dev": 162, "test": 300, "train": 647}
+
+
+def test_the_download_stage_records_its_splits(tmp_path):
+    import json
+
+    from synthir.config import DatasetParams
+    from synthir.data.download import download_stage
+
+    dataset = DatasetParams(name="mine", path=str(_labeled(tmp_path / "src")), dev_fraction=0.2, dev_seed=3)
+    download_stage(dataset, tmp_path / "raw", tmp_path / "splits.json")
+    record = json.loads((tmp_path / "splits.json").read_text())
+    assert record == {"dev_fraction": 0.2, "dev_seed": 3, **describe_splits(tmp_path / "raw")}
+    assert record["queries"] == {"dev": 2, "test": 1, "train": 8}

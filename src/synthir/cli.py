@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, excerpt, friendly_errors
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from .config import EvaluateParams
+
+    Commands: TypeAlias = argparse._SubParsersAction
+    """The subcommands of a parser (what `add_subparsers` returns)."""
 
 
 def _sidecars(output: Path) -> tuple[Path, Path]:
@@ -84,25 +93,31 @@ def _cmd_download(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `synthir` parser: one subcommand per job, each group's added by its own step (in --help's order)."""
+    parser = argparse.ArgumentParser(prog="synthir", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_commands in (
+        _add_evaluation_commands,
+        _add_download_command,
+        _add_preset_command,
+        _add_cache_commands,
+        _add_generate_command,
+        _add_compare_command,
+        _add_hf_folder_command,
+        _add_export_command,
+    ):
+        add_commands(commands)
+    return parser
+
+
+def _add_evaluation_commands(commands: Commands) -> None:
+    """`evaluate` (a dense model) and `bm25`, with the evaluate block's defaults."""
     from .config import Bm25Params, EvaluateParams
 
     evaluation = EvaluateParams()
-    parser = argparse.ArgumentParser(prog="synthir", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--data", type=Path, required=True, help="a BEIR folder")
-        sub.add_argument("--split", default=evaluation.split)
-        sub.add_argument("--depth", type=int, default=evaluation.depth, help="hits kept per query (at least 100)")
-        sub.add_argument(
-            "--output",
-            type=Path,
-            help="metrics JSON; per-query metrics and the TREC run are written beside it",
-        )
-
     dense = commands.add_parser("evaluate", help="evaluate a sentence-transformers model (exact search)")
     dense.add_argument("--model", required=True, help="hub id, local path or pkg:<package>/<path>")
-    common(dense)
+    _add_split_flags(dense, evaluation)
     dense.add_argument("--batch-size", type=int, default=evaluation.batch_size)
     dense.add_argument("--query-prefix", default="")
     dense.add_argument("--passage-prefix", default="")
@@ -119,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     dense.set_defaults(func=_cmd_evaluate)
 
     bm25 = commands.add_parser("bm25", help="evaluate BM25 (bm25s, stemmed, title + text)")
-    common(bm25)
+    _add_split_flags(bm25, evaluation)
     defaults = Bm25Params()
     bm25.add_argument("--k1", type=float, default=defaults.k1)
     bm25.add_argument("--b", type=float, default=defaults.b)
@@ -127,15 +142,36 @@ def build_parser() -> argparse.ArgumentParser:
     bm25.add_argument("--stopwords", default=defaults.stopwords, help="a bm25s stopword list, or '' for none")
     bm25.set_defaults(func=_cmd_bm25)
 
+
+def _add_split_flags(sub: argparse.ArgumentParser, evaluation: EvaluateParams) -> None:
+    """What both evaluations read and write: the BEIR folder, the split, the depth, the metrics JSON."""
+    sub.add_argument("--data", type=Path, required=True, help="a BEIR folder")
+    sub.add_argument("--split", default=evaluation.split)
+    sub.add_argument("--depth", type=int, default=evaluation.depth, help="hits kept per query (at least 100)")
+    sub.add_argument(
+        "--output",
+        type=Path,
+        help="metrics JSON; per-query metrics and the TREC run are written beside it",
+    )
+
+
+def _add_download_command(commands: Commands) -> None:
     download = commands.add_parser("download", help="fetch a BEIR dataset (or validate a local one)")
     download.add_argument("name")
     download.add_argument("--output", type=Path, required=True)
     download.add_argument("--path", type=Path, help="a local BEIR folder (custom dataset)")
     download.set_defaults(func=_cmd_download)
+
+
+def _add_preset_command(commands: Commands) -> None:
     preset = commands.add_parser("preset", help="merge a preset (e.g. presets/gpu.yaml) into params.yaml")
     preset.add_argument("preset", type=Path)
     preset.add_argument("--params", type=Path, default=Path("params.yaml"))
     preset.set_defaults(func=_cmd_preset)
+
+
+def _add_cache_commands(commands: Commands) -> None:
+    """`cache export` and `cache import`: completions between the local cache and files."""
     cache = commands.add_parser("cache", help="move LLM completions between the local cache and files")
     actions = cache.add_subparsers(dest="action", required=True)
     export_file = actions.add_parser("export", help="write cached completions to a file (.gz: compressed)")
@@ -154,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--replace-local", action="store_true", help="a key cached locally with another text takes the file's"
     )
     import_files.set_defaults(func=_cmd_cache_import)
+
+
+def _add_generate_command(commands: Commands) -> None:
+    """`generate`: one shard of the generate stage's LLM work."""
     shard = commands.add_parser(
         "generate",
         help="the generate stage's LLM work for one shard of the sample, into the local cache (merge shards with "
@@ -169,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--completions", type=Path, default=Path("llm-cache"), help="committed completions, imported first"
     )
     shard.set_defaults(func=_cmd_generate)
+
+
+def _add_compare_command(commands: Commands) -> None:
     versus = commands.add_parser("compare", help="paired significance test of two runs over the same queries")
     versus.add_argument("run_a", help="NAME[:SYSTEM] of an experiment, NAME,NAME,... (mean over seeds) or a JSON file")
     versus.add_argument("run_b", help="the same for the run compared with")
@@ -176,17 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     versus.add_argument("--experiments", type=Path, default=Path("report/experiments.json"))
     versus.add_argument("--permutations", type=int, default=10_000, help="sign flips of the randomization test")
     versus.set_defaults(func=_cmd_compare)
+
+
+def _add_hf_folder_command(commands: Commands) -> None:
     folder = commands.add_parser(
         "hf-folder",
         help="print the Hugging Face folder of a model reference (a GGUF is converted once), for vllm serve",
     )
     folder.add_argument("model", help="a pkg: reference, a .gguf file, a Hugging Face folder or a hub id")
     folder.set_defaults(func=_cmd_hf_folder)
+
+
+def _add_export_command(commands: Commands) -> None:
     export = commands.add_parser("export-experiments", help="save `dvc exp show --json` for the report stage")
     export.add_argument("--output", type=Path, default=Path("report/experiments.json"))
     export.add_argument("--merge", action="store_true", help="keep the runs already in --output (other clones')")
     export.set_defaults(func=_cmd_export)
-    return parser
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:

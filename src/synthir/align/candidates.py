@@ -9,8 +9,46 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
-from ..beir import Corpus
+from ..beir import Corpus, load_corpus
+from ..config import AlignParams, FitParams, Params, ScheduleParams
+from ..errors import ConfigError
+from ..fileio import read_jsonl, write_jsonl
+
+
+def align_retrieve_stage(params: Params, model: str, data: Path, triples: Path, output: Path) -> None:
+    """The align_retrieve stage: the stage-1 `model`'s top-K candidates of the corpus in `data` for the training
+    queries of `triples` that align selects, to `output` (empty when align is off). `params` is the stage's
+    (`stage_params`)."""
+    align, stage1 = params.align, params.train
+    candidates = []
+    if align.enabled:
+        from ..retrieval import Prefixes, load_encoder
+
+        queries = selected_queries(align, triples)
+        candidates = retrieve_candidates(
+            load_encoder(model, device=align.device, dtype=align.dtype, block="align"),
+            load_corpus(data / "corpus.jsonl"),
+            queries,
+            align.k,
+            align.encode_batch_size,
+            Prefixes(stage1.query_prefix, stage1.passage_prefix),
+        )
+    write_jsonl(output, candidates)
+
+
+def selected_queries(align: AlignParams, triples: Path) -> dict[str, str]:
+    """`training_queries` of the examples in `triples` as `align` selects them; a ConfigError when none is."""
+    examples = list(read_jsonl(triples))
+    queries = training_queries(examples, align.query_sources, align.max_queries, align.seed)
+    if not queries:
+        present = sorted({e.get("source") for e in examples})
+        raise ConfigError(
+            f"align.query_sources: {align.query_sources} selects no query of {triples} (its sources: "
+            f"{present}); add doc2query to align on pseudo-queries"
+        )
+    return queries
 
 
 def training_queries(examples: Sequence[dict], sources: Sequence[str], max_queries: int, seed: int) -> dict[str, str]:
@@ -51,8 +89,6 @@ def training_params(align, stage1, model: str):
     """The alignment run's FitParams: from the stage-1 model with the alignment loss; prefixes, device,
     precision and logging cadence as stage 1. `align` and `stage1` may be a stage's scoped view of the params:
     only their fields are read."""
-    from ..config import FitParams, ScheduleParams
-
     return FitParams(
         base_model=model,
         query_prefix=stage1.query_prefix,

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from ..archive import safe_extract
 from ..beir import load_dataset, split_names
+from ..config import DatasetParams
 from ..errors import ChecksumError, DataError, excerpt
-from ..fileio import atomic_dir, cache_root, file_digest, require_file
-from .splits import carve_dev
+from ..fileio import atomic_dir, cache_root, file_digest, require_file, write_json
+from .splits import carve_dev, describe_splits
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,14 @@ def fetch_dataset(
         carve_dev(tmp, dev_fraction, dev_seed)
     log.info("%s ready at %s", name, dest)
     return dest
+
+
+def download_stage(dataset: DatasetParams, output: str | Path, splits: str | Path) -> None:
+    """The download stage: `dataset` as a validated BEIR folder at `output` (`fetch_dataset`, its dev split held
+    out), and the record of its splits and dev query ids at `splits`."""
+    folder = fetch_dataset(dataset.name, output, dataset.path, dataset.dev_fraction, dataset.dev_seed)
+    record = {"dev_fraction": dataset.dev_fraction, "dev_seed": dataset.dev_seed, **describe_splits(folder)}
+    write_json(splits, record)
 
 
 def _require_dataset_or_new(dest: Path) -> None:

@@ -246,3 +246,15 @@ def skipped(data_dir: str | Path, split: str) -> dict | None:
     if has_split(data_dir, split):
         return None
     return {"skipped": f"no {split} qrels: evaluation skipped", "split": split}
+
+
+def skip_unlabeled(data_dir: str | Path, split: str, output: str | Path, per_query: str | Path, details: Path) -> bool:
+    """Where the split has no qrels, a stage's outputs as a skipped evaluation leaves them (the details folder, a
+    per-query record of no systems, the `skipped` metrics file), and True; else nothing is written and False."""
+    nothing = skipped(data_dir, split)
+    if not nothing:
+        return False
+    details.mkdir(parents=True, exist_ok=True)
+    write_json(per_query, per_query_record({}, split))
+    write_json(output, nothing)
+    return True

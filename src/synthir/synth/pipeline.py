@@ -11,7 +11,8 @@ from ..errors import ConfigError, SynthirError
 from ..fileio import atomic_file, write_json, write_jsonl
 from ..llm.base import Sampling
 from ..llm.cached import CachedBackend, open_backend
-from ..prompting import check_prompts_dir, load_template
+from ..llm.completions import import_committed
+from ..prompting import Template, check_prompts_dir, load_template
 from .doc2query import few_shot_examples, generate_queries
 from .query_negative import generate_negatives
 from .runner import TaskRunner, TaskStats
@@ -21,6 +22,16 @@ from .syntriever import generate_sets, training_queries
 
 def sampling_of(params: SamplingParams, seed: int) -> Sampling:
     return Sampling(temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens, seed=seed)
+
+
+def generate_stage(
+    params: GenerateParams, data_dir: Path, sample: Path, out_dir: Path, metrics_path: Path, completions: Path
+) -> dict[str, TaskStats]:
+    """The generate stage: the committed `completions` imported into the cache first, then `generate` over the
+    document ids listed in `sample`."""
+    doc_ids = sample.read_text(encoding="utf-8").split()
+    import_committed(completions)
+    return generate(params, data_dir, doc_ids, out_dir, metrics_path)
 
 
 def generate(
@@ -66,55 +77,69 @@ def synthesize(
 ) -> tuple[dict[str, list[dict]], dict[str, TaskStats], list]:
     """Every enabled task's records, stats and the few-shot examples; with `shard`, only for its documents and
     training queries (the requests of each are those of the whole run: few-shot examples are drawn from all)."""
-    folder = params.prompts_dir
     runner = TaskRunner(backend)
     stats: dict[str, TaskStats] = {}
     outputs: dict[str, list[dict]] = {}
     if shard is not None:
         doc_ids = shard.select(doc_ids)
-
     d2q = params.doc2query
-    examples = []
+    examples = doc2query_examples(params, dataset) if d2q.enabled else []
     if d2q.enabled:
-        examples = few_shot_examples(
-            dataset.corpus,
-            dataset.queries,
-            dataset.qrels.get("train", {}),
-            d2q.few_shot,
-            params.seed,
-            d2q.max_passage_words,
-        )
         outputs["doc2query"], stats["doc2query"] = run_doc2query(runner, params, dataset, doc_ids, examples)
     if params.query_negative.enabled and d2q.enabled:
         outputs["query_negative"], stats["query_negative"] = run_query_negative(runner, params, outputs["doc2query"])
     if params.syntriever.enabled:
-        syn = params.syntriever
-        query_ids = training_queries(dataset.queries, dataset.qrels["train"], syn.max_queries, params.seed)
-        if shard is not None:
-            query_ids = shard.select(query_ids)
-        if syn.prompts == "paper":  # the authors' prompts (released code): long, detailed outputs
-            templates = {
-                "cot": load_template("syntriever_cot", folder),
-                "positive": load_template("syntriever_positive", folder),
-                "negative": load_template("syntriever_negative", folder),
-            }
-        else:
-            templates = {
-                "cot": load_template("syntriever_cot_concise", folder),
-                "positive": load_template("syntriever_positive_concise", folder),
-                "negative": load_template("syntriever_negative_concise", folder),
-            }
-        outputs["syntriever"], stats["syntriever"] = generate_sets(
-            runner,
-            templates,
-            dataset.queries,
-            dataset.qrels["train"],
-            query_ids,
-            sampling_of(syn, params.seed),
-            sampling_of(syn, params.seed),
-            params.domain,
-        )
+        outputs["syntriever"], stats["syntriever"] = run_syntriever(runner, params, dataset, shard)
     return outputs, stats, examples
+
+
+def doc2query_examples(params: GenerateParams, dataset: Dataset) -> list:
+    """The few-shot examples doc2query shows, drawn (seeded) from the labeled train queries of all the corpus."""
+    d2q = params.doc2query
+    return few_shot_examples(
+        dataset.corpus,
+        dataset.queries,
+        dataset.qrels.get("train", {}),
+        d2q.few_shot,
+        params.seed,
+        d2q.max_passage_words,
+    )
+
+
+def run_syntriever(
+    runner: TaskRunner, params: GenerateParams, dataset: Dataset, shard: Shard | None = None
+) -> tuple[list[dict], TaskStats]:
+    """Syntriever's sets for the chosen training queries (those of `shard` only, when given), as `params` set it."""
+    syn = params.syntriever
+    query_ids = training_queries(dataset.queries, dataset.qrels["train"], syn.max_queries, params.seed)
+    if shard is not None:
+        query_ids = shard.select(query_ids)
+    return generate_sets(
+        runner,
+        syntriever_templates(syn.prompts, params.prompts_dir),
+        dataset.queries,
+        dataset.qrels["train"],
+        query_ids,
+        sampling_of(syn, params.seed),
+        sampling_of(syn, params.seed),
+        params.domain,
+    )
+
+
+def syntriever_templates(prompts: str, folder: str | None) -> dict[str, Template]:
+    """The cot, positive and negative templates: the authors' (`paper`, from their released code: long, detailed
+    outputs) or the concise ones."""
+    if prompts == "paper":
+        return {
+            "cot": load_template("syntriever_cot", folder),
+            "positive": load_template("syntriever_positive", folder),
+            "negative": load_template("syntriever_negative", folder),
+        }
+    return {
+        "cot": load_template("syntriever_cot_concise", folder),
+        "positive": load_template("syntriever_positive_concise", folder),
+        "negative": load_template("syntriever_negative_concise", folder),
+    }
 
 
 def _summary(params: GenerateParams, stats: dict[str, TaskStats], backend: CachedBackend, started: float) -> dict:
