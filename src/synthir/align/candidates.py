@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..beir import Corpus, load_corpus
-from ..config import AlignParams, FitParams, Params, ScheduleParams
+from ..config import AlignParams, Params
 from ..errors import ConfigError
 from ..fileio import read_jsonl, write_jsonl
 
@@ -83,22 +83,3 @@ def retrieve_candidates(
             }
         )
     return records
-
-
-def training_params(align, stage1, model: str):
-    """The alignment run's FitParams: from the stage-1 model with the alignment loss; prefixes, device,
-    precision and logging cadence as stage 1. `align` and `stage1` may be a stage's scoped view of the params:
-    only their fields are read."""
-    return FitParams(
-        base_model=model,
-        query_prefix=stage1.query_prefix,
-        passage_prefix=stage1.passage_prefix,
-        loss=align.loss,
-        **{name: getattr(align, name) for name in ScheduleParams.model_fields},
-        num_negatives=1,
-        seed=align.seed,
-        device=stage1.device,
-        mixed_precision=stage1.mixed_precision,
-        gradient_checkpointing=stage1.gradient_checkpointing,
-        log_every=stage1.log_every,
-    )

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import FitParams, ScheduleParams
 from ..fileio import atomic_dir, write_json
 from ..training.curves import write_empty_curves
 from ..training.train import train_with_metrics
-from .candidates import training_params
 
 
 def align_train_stage(
@@ -31,3 +31,22 @@ def write_alignment_off(output: Path, live: Path, metrics: Path) -> None:
         (folder / "README.md").write_text("Alignment is off (align.enabled: false): evaluate scores stage 1.\n")
     write_empty_curves(live)  # the declared training curves, with no steps
     write_json(metrics, {"enabled": False})
+
+
+def training_params(align, stage1, model: str):
+    """The alignment run's FitParams: from the stage-1 model with the alignment loss; prefixes, device,
+    precision and logging cadence as stage 1. `align` and `stage1` may be a stage's scoped view of the params:
+    only their fields are read."""
+    return FitParams(
+        base_model=model,
+        query_prefix=stage1.query_prefix,
+        passage_prefix=stage1.passage_prefix,
+        loss=align.loss,
+        **{name: getattr(align, name) for name in ScheduleParams.model_fields},
+        num_negatives=1,
+        seed=align.seed,
+        device=stage1.device,
+        mixed_precision=stage1.mixed_precision,
+        gradient_checkpointing=stage1.gradient_checkpointing,
+        log_every=stage1.log_every,
+    )
