@@ -482,7 +482,8 @@ class ScheduleParams(Block):
 
 
 class FitParams(EncoderParams, ScheduleParams):
-    """One training run of `synthir.training.train`: stage 1 (`TrainParams`) or alignment (`synthir.align.training.training_params`)."""
+    """One training run of `synthir.training.train`: stage 1 (`TrainParams`) or alignment
+    (`synthir.align.training.training_params`)."""
 
     loss: Literal["mnrl", "snn", "marginmse", "partial_pl", "bt"] = "mnrl"
     max_steps: int = Field(default=0, ge=0, le=10**8, description="0: epochs decide")
