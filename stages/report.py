@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from synthir.errors import friendly_errors
-from synthir.results.report import load_experiments, write_report
+from synthir.results.report import render_report
 from synthir.stage import stage_params
 
 
@@ -15,9 +15,8 @@ def main() -> None:
     parser.add_argument("--experiments", type=Path, required=True, help="`dvc exp show --json` output")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
-    report = stage_params("report").report
-    runs = load_experiments(args.experiments)
-    summary = write_report(runs, report.reference, report.sweeps, report.metrics, args.output, report.selected)
+    params = stage_params("report").report
+    summary = render_report(params, args.experiments, args.output)
     print(json.dumps(summary, indent=2))
 
 

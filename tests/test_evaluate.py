@@ -110,7 +110,7 @@ def test_reciprocal_rank_fusion_by_hand():
 
 def test_fusion_evaluation_and_the_committed_per_query_record(beir_dir):
     from synthir.evaluation.evaluate import evaluate_fusion, per_query_record
-    from synthir.results.report import system_scores
+    from synthir.results.runs import system_scores
 
     bm25 = evaluate_bm25(beir_dir)
     fused = evaluate_fusion("bm25+bm25", [bm25.run, bm25.run], beir_dir)

@@ -119,7 +119,7 @@ def test_every_study_configuration_merges_into_valid_params(tmp_path):
 def test_the_recommended_preset_is_the_studys_chosen_zero_label_configuration(tmp_path):
     """presets/new-corpus.yaml writes out the zero-label configuration of `report.selected` (chosen on dev), less
     the dev-split protocol."""
-    from synthir.results.report import flatten
+    from synthir.results.runs import flatten
     from synthir.results.study import ZERO_LABEL, setting_of
 
     selected = yaml.safe_load((REPO / "params.yaml").read_text())["report"]["selected"]

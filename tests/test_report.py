@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from synthir.errors import DataError, SynthirError
-from synthir.results.report import load_experiments, write_report
+from synthir.results.report import write_report
+from synthir.results.runs import load_experiments
 
 PARAMS = {"sample": {"fraction": 0.01}, "train": {"loss": "mnrl"}, "align": {"enabled": False, "loss": "partial_pl"}}
 
@@ -106,7 +107,7 @@ def test_runs_on_a_corpus_without_qrels_are_reported_without_scores(tmp_path):
 
 
 def test_exports_from_several_clones_merge_run_by_run():
-    from synthir.results.report import merge_exports
+    from synthir.results.runs import merge_exports
 
     here = [{"rev": "a", "experiments": [{"name": "default", "v": 1}, {"name": "snn", "v": 1}]}]
     there = [
@@ -271,12 +272,12 @@ def test_hostile_exports_end_in_one_error(tmp_path, text, message):
 def test_a_run_from_before_explicit_dtypes_is_the_same_configuration_as_one_after():
     """`evaluate.dtype: auto` (float32 on the CPU of every committed run) is today's `float32`; `evaluate.device`,
     absent before, is not compared."""
-    from synthir.results.report import Run, differences
+    from synthir.results.runs import Experiment, differences
 
-    before = Run("a-s1", "r1", {"evaluate.dtype": "auto", "train.seed": 1}, {})
-    after = Run("a-s2", "r2", {"evaluate.dtype": "float32", "evaluate.device": "cpu", "train.seed": 1}, {})
+    before = Experiment("a-s1", "r1", {"evaluate.dtype": "auto", "train.seed": 1}, {})
+    after = Experiment("a-s2", "r2", {"evaluate.dtype": "float32", "evaluate.device": "cpu", "train.seed": 1}, {})
     assert differences(before, after) == set()
-    assert differences(before, Run("b", "r3", {"evaluate.dtype": "bfloat16"}, {})) == {"evaluate.dtype"}
+    assert differences(before, Experiment("b", "r3", {"evaluate.dtype": "bfloat16"}, {})) == {"evaluate.dtype"}
 
 
 def test_the_newest_run_of_a_name_wins_by_the_timestamp_dvc_writes():

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from synthir.results.report import load_experiments, write_report
+from synthir.results.report import write_report
+from synthir.results.runs import load_experiments
 from synthir.results.study import FEW_SHOT, LABELED, ZERO_LABEL, configurations, setting_of
 from tests.test_report import experiments, rev
 

@@ -275,14 +275,14 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from .results.report import export_experiments
+    from .results.runs import export_experiments
 
     count = export_experiments(args.output, merge=args.merge)
     print(f"{args.output}: {count} experiments; `dvc repro report` renders report/README.md")
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from .results.report import load_experiments, scores_of
+    from .results.runs import load_experiments, scores_of
     from .results.stats import compare
 
     if args.permutations < 1:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .report import Run, _get, _short, differences, seed_scores, value_of
+from .runs import Experiment, differences, get_dotted, seed_scores, short_value, value_of
 from .stats import compare
 
 SEED_KEYS = frozenset({"train.seed", "align.seed"})
@@ -31,7 +31,7 @@ _SEED_SUFFIX = re.compile(r"-s(eed)?\d+$")
 @dataclass
 class Configuration:
     name: str
-    runs: list[Run]
+    runs: list[Experiment]
 
     @property
     def params(self) -> dict[str, object]:
@@ -65,16 +65,16 @@ def setting_of(params: dict[str, object]) -> str:
     return FEW_SHOT if prompted and params.get("generate.doc2query.few_shot", 2) else ZERO_LABEL
 
 
-def _same_configuration(a: Run, b: Run) -> bool:
+def _same_configuration(a: Experiment, b: Experiment) -> bool:
     """Equal params, less the seeds and the `report` block. A key only one run has comes from a params block
     added in between: not a difference, unless it is a switch that was off before its block existed."""
     return not differences(a, b) - SEED_KEYS
 
 
-def configurations(runs: Iterable[Run]) -> list[Configuration]:
+def configurations(runs: Iterable[Experiment]) -> list[Configuration]:
     """Protocol runs grouped by name less `-s<seed>`; runs of one name whose params differ (beyond their seeds)
     are separate configurations, the later ones numbered."""
-    groups: dict[str, list[list[Run]]] = {}
+    groups: dict[str, list[list[Experiment]]] = {}
     for run in sorted(runs, key=lambda r: r.name):
         if "dataset.dev_fraction" not in run.params:
             continue
@@ -129,7 +129,7 @@ def _versus(config: Configuration, other: dict[str, float], metric: str) -> str:
 
 def _label_free(configs: list[Configuration], metric: str) -> str:
     baseline = configs[0].runs[0].metrics.get("metrics/baseline.json", {})
-    values = {label: _get(baseline, f"{key}.{metric}") for key, label in LABEL_FREE.items()}
+    values = {label: get_dotted(baseline, f"{key}.{metric}") for key, label in LABEL_FREE.items()}
     found = [f"{label} {value:.4f}" for label, value in values.items() if value is not None]
     return f"Label-free systems ({configs[0].name}'s baseline): " + ", ".join(found) + "." if found else ""
 
@@ -156,10 +156,10 @@ def plot_split(configs: list[Configuration], split: str, metric: str, out) -> No
     ax.set_yticks(range(len(rows)), [f"{c.name} ({len(c.runs)})" for c in rows], fontsize=8)
     baseline = rows[0].runs[0].metrics.get("metrics/baseline.json", {}) if rows else {}
     for (key, label), style in zip(LABEL_FREE.items(), (":", "--", "-."), strict=True):
-        value = _get(baseline, f"{key}.{metric}")
+        value = get_dotted(baseline, f"{key}.{metric}")
         if value is not None:
             ax.axvline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} {value:.4f}")
-    lines = [v for k in LABEL_FREE if (v := _get(baseline, f"{k}.{metric}")) is not None]
+    lines = [v for k in LABEL_FREE if (v := get_dotted(baseline, f"{k}.{metric}")) is not None]
     ax.set_xlim(min(means + lines) - 0.02, max(means + lines) + 0.02)
     handles = [Patch(color=color, label=name) for name, color in COLORS.items()]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="lower right")
@@ -172,7 +172,7 @@ def plot_split(configs: list[Configuration], split: str, metric: str, out) -> No
 
 def _row(config: Configuration, metrics: list[str], ref: Configuration | None, selected: list[str]) -> str:
     head, first = metrics[0], config.runs[0]
-    hybrid = [_get(r.metrics.get("metrics/eval.json", {}), f"hybrid.{head}") for r in config.runs]
+    hybrid = [get_dotted(r.metrics.get("metrics/eval.json", {}), f"hybrid.{head}") for r in config.runs]
     seconds = np.mean([sum(r.seconds().values()) for r in config.runs])
     versus_ref = _versus(config, _scores(ref, "student", head), head) if ref and ref is not config else "—"
     cells = [
@@ -190,7 +190,9 @@ def _row(config: Configuration, metrics: list[str], ref: Configuration | None, s
     return "| " + " | ".join(cells) + " |"
 
 
-def study_section(runs: list[Run], reference: str, selected: list[str], metrics: list[str], figures=None) -> list[str]:
+def study_section(
+    runs: list[Experiment], reference: str, selected: list[str], metrics: list[str], figures=None
+) -> list[str]:
     """Markdown: a table per split (dev first) and setting, one row per configuration; with `figures` (a
     folder), a bar chart per split."""
     configs = configurations(runs)
@@ -278,7 +280,7 @@ def _values(config: Configuration, family: list[Configuration], keys: list[str],
     of the sweep's `keys`, at most `shown` of them."""
     varied = _swept(family) if config is family[0] else _varied(config, family[0])
     order = sorted(varied, key=lambda v: (next(i for i, k in enumerate(keys) if _in_sweep(v, [k])), v))
-    cells = [f"`{key}={_short(value_of(config.runs[0], key))}`" for key in order]
+    cells = [f"`{key}={short_value(value_of(config.runs[0], key))}`" for key in order]
     return ", ".join(cells[:shown]) + (f" and {len(cells) - shown} more" if len(cells) > shown else "")
 
 
@@ -305,7 +307,7 @@ def plot_sweep(name: str, families: list[list[Configuration]], metric: str, out)
             ax.bar(range(len(family)), means, yerr=errors, capsize=3, color=[COLORS[c.setting] for c in family])
             ax.set_xticks(range(len(family)), [f"{c.name} ({len(c.runs)})" for c in family], rotation=20, ha="right")
             ax.tick_params(axis="x", labelsize=7)
-        base = _get(family[0].runs[0].metrics.get("metrics/eval.json", {}), f"baseline.{metric}")
+        base = get_dotted(family[0].runs[0].metrics.get("metrics/eval.json", {}), f"baseline.{metric}")
         if base is not None:
             ax.axhline(base, color="grey", linestyle="--", linewidth=1, label=f"base {base:.4f}")
             ax.legend(fontsize=7)
