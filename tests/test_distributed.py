@@ -23,12 +23,12 @@ from synthir.training.curves import LOSS_CURVE
 from synthir.training.train import backward, train
 
 REPO = Path(__file__).resolve().parents[1]
-LOSSES = ["mnrl", "snn", "partial_pl", "bt"]
+LOSSES = ["mnrl", "snn", "partial_pl", "bt", "marginmse", "listwise"]
 
 
 def examples(count: int) -> list[dict]:
-    """Two positives and two mined negatives each; 13 examples at batch 4 leave a last batch of one, so that one
-    of two processes has an empty shard."""
+    """Two positives and two mined negatives each, with a teacher's scores (the distillation losses); 13 examples
+    at batch 4 leave a last batch of one, so that one of two processes has an empty shard."""
     return [
         {
             "query_id": f"q{i}",
@@ -37,6 +37,7 @@ def examples(count: int) -> list[dict]:
             "positives": [f"topic {i % 5} explained for case {i}", f"a synthetic answer {i} " * (1 + i % 3)],
             "negative_ids": [f"n{i}", f"m{i}"],
             "negatives": [f"unrelated passage {i}", f"another unrelated text {i} " * (1 + i % 4)],
+            "teacher": {"method": "hybrid", "positive": 0.8, "negatives": [0.5 + 0.05 * (i % 5), 0.1 * (i % 4)]},
             "source": "train",
         }
         for i in range(count)
@@ -44,9 +45,12 @@ def examples(count: int) -> list[dict]:
 
 
 def run_params(model: str, loss: str) -> dict:
-    return {"base_model": model, "loss": loss, "batch_size": 4, "epochs": 2, "lr": 1e-3, "num_negatives": 2} | {
-        "log_every": 1  # every step's loss, compared step by step
-    }
+    """listwise runs with its contrastive term too: in-batch negatives span the processes' shards."""
+    params = {"base_model": model, "loss": loss, "batch_size": 4, "epochs": 2, "lr": 1e-3, "num_negatives": 2}
+    params["log_every"] = 1  # every step's loss, compared step by step
+    if loss == "listwise":
+        params |= {"teacher_temperature": 0.1, "contrastive_weight": 0.5}
+    return params
 
 
 def curve(live: Path) -> list[float]:

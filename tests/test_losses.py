@@ -226,6 +226,10 @@ def by_hand(name: str, queries: list[list[float]], passages: list[list[float]], 
             losses.append(-math.log(w[positive] / sum(w) * w[negative] / (sum(w) - w[positive])))
         elif name == "bt":
             losses.append(math.log(1 + math.exp(-(cos[i][positive] - cos[i][negative]) / 0.05)))
+        elif name == "listwise":  # KL over (c+, c−): teacher logits (0, −margin) / 0.05, student cosines / 0.05
+            teacher = 1 / (1 + math.exp(-margins[i] / 0.05))  # the teacher's P(c+) among the two
+            student = 1 / (1 + math.exp(-(cos[i][positive] - cos[i][negative]) / 0.05))
+            losses.append(sum(p * math.log(p / q) for p, q in ((teacher, student), (1 - teacher, 1 - student))))
         else:  # marginmse: cosine margin against the teacher's
             losses.append((cos[i][positive] - cos[i][negative] - margins[i]) ** 2)
     return sum(losses) / len(losses)
@@ -268,6 +272,139 @@ def test_marginmse_by_hand():
     expected = sum((s - t) ** 2 for s, t in zip(student, teacher, strict=True)) / 3
     assert value.item() == pytest.approx(expected)
     assert marginmse(queries, passages, [[0], [2]], [[], []], [[], []]).item() == 0.0  # no negative, no term
+
+
+# --- listwise distillation ---
+
+STUDENT_TAU, TEACHER_TAU = 0.5, 0.25
+
+
+def listwise_batch() -> tuple[torch.Tensor, torch.Tensor, list[list[int]], list[list[int]]]:
+    """2 queries, 3 candidates each (first positive, two negatives), vectors unnormalised on purpose.
+    q0 = (1, 0): cosines 0.8, 0.6, 0.0 with passages 0, 1, 2;  q1 = (0, 1): 0.96, 0.0, 0.6 with passages 3, 4, 5."""
+    queries = t((3.0, 0.0), (0.0, 0.5))
+    passages = t((0.8, 0.6), (0.6, 0.8), (0.0, 2.0), (0.28, 0.96), (5.0, 0.0), (1.6, 1.2))
+    return queries, passages, [[0], [3]], [[1, 2], [4, 5]]
+
+
+def softmax(logits: list[float]) -> list[float]:
+    weights = [math.exp(x) for x in logits]
+    return [w / sum(weights) for w in weights]
+
+
+def kl(p: list[float], q: list[float]) -> float:
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+
+
+def test_listwise_by_hand():
+    from synthir.training.losses import listwise
+
+    # the teacher's raw scores: q0 (0.9, 0.7, 0.2), q1 (0.5, 0.6, 0.1); the loss sees their margins positive − negative
+    margins = [[0.2, 0.7], [-0.1, 0.4]]
+    value = listwise(*listwise_batch(), margins, tau=STUDENT_TAU, teacher_temperature=TEACHER_TAU)
+    teacher_0 = softmax([0.9 / TEACHER_TAU, 0.7 / TEACHER_TAU, 0.2 / TEACHER_TAU])  # 0.662191, 0.297541, 0.040268
+    student_0 = softmax([0.8 / STUDENT_TAU, 0.6 / STUDENT_TAU, 0.0 / STUDENT_TAU])  # 0.534126, 0.358036, 0.107838
+    teacher_1 = softmax([0.5 / TEACHER_TAU, 0.6 / TEACHER_TAU, 0.1 / TEACHER_TAU])  # 0.371234, 0.553816, 0.074951
+    student_1 = softmax([0.96 / STUDENT_TAU, 0.0 / STUDENT_TAU, 0.6 / STUDENT_TAU])  # 0.612235, 0.089758, 0.298007
+    expected = (kl(teacher_0, student_0) + kl(teacher_1, student_1)) / 2  # (0.0475833 + 0.7186106) / 2
+    assert expected == pytest.approx(0.3830969, abs=1e-7)
+    assert value.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_listwise_is_zero_where_the_student_already_matches_the_teacher():
+    from synthir.training.losses import listwise
+
+    queries, passages, positives, negatives = listwise_batch()
+    queries.requires_grad_(True)
+    student_margins = [[0.8 - 0.6, 0.8 - 0.0], [0.96 - 0.0, 0.96 - 0.6]]
+    same = listwise(queries, passages, positives, negatives, student_margins, tau=0.5, teacher_temperature=0.5)
+    same.backward()
+    assert same.item() == pytest.approx(0.0, abs=1e-12) and queries.grad.abs().max() < 1e-12
+    doubled = [[2 * m for m in row] for row in student_margins]  # twice the margins at twice the temperature
+    assert listwise(*listwise_batch(), doubled, tau=0.5, teacher_temperature=1.0).item() == pytest.approx(0, abs=1e-12)
+    assert listwise(*listwise_batch(), doubled, tau=0.5, teacher_temperature=0.5).item() > 0.01
+
+
+def test_listwise_gradient_pulls_each_candidate_towards_the_teachers_probability():
+    from synthir.training.losses import listwise_from_scores
+
+    student = torch.tensor([[1.0, 2.0, 0.0], [0.5, 0.5, -1.0]], dtype=torch.float64, requires_grad=True)
+    teacher = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    listwise_from_scores(student, teacher, torch.ones(2, 3, dtype=torch.bool)).backward()
+    expected = (student.detach().softmax(dim=1) - teacher.softmax(dim=1)) / 2  # ∂KL/∂s = p_student − p_teacher
+    torch.testing.assert_close(student.grad, expected)
+    under = teacher.softmax(dim=1) > student.detach().softmax(dim=1)  # the student gives these too little
+    assert (student.grad[under] < 0).all() and (student.grad[~under] > 0).all()  # descent raises them, lowers the rest
+
+
+def test_listwise_step_on_the_embeddings_lowers_the_loss():
+    from synthir.training.losses import listwise
+
+    queries, passages, positives, negatives = listwise_batch()
+    queries.requires_grad_(True)
+    margins = [[0.2, 0.7], [-0.1, 0.4]]
+    before = listwise(queries, passages, positives, negatives, margins, 0.5, 0.25)
+    before.backward()
+    after = listwise(queries.detach() - 0.1 * queries.grad, passages, positives, negatives, margins, 0.5, 0.25)
+    assert after.item() < before.item()
+
+
+def test_listwise_lists_of_different_lengths_average_the_queries_that_have_negatives():
+    from synthir.training.losses import listwise
+
+    queries, passages, _, _ = listwise_batch()
+    queries = torch.cat([queries, t((1.0, 1.0))]).requires_grad_(True)
+    positives, negatives, margins = [[0], [3], [5]], [[1, 2], [4], []], [[0.2, 0.7], [-0.1], []]
+    value = listwise(queries, passages, positives, negatives, margins, 0.5, 0.25)
+    value.backward()
+    first = kl(softmax([0.9 / 0.25, 0.7 / 0.25, 0.2 / 0.25]), softmax([0.8 / 0.5, 0.6 / 0.5, 0.0 / 0.5]))
+    second = kl(softmax([0.5 / 0.25, 0.6 / 0.25]), softmax([0.96 / 0.5, 0.0 / 0.5]))  # one negative: no padding
+    assert value.item() == pytest.approx((first + second) / 2, rel=1e-12)  # the query without negatives is left out
+    assert torch.isfinite(queries.grad).all() and (queries.grad[2] == 0).all()
+    assert listwise(queries, passages, [[0]], [[]], [[]], 0.5, 0.25).item() == 0.0  # nothing to distil
+    with pytest.raises(ValueError, match="1 teacher margins for 2 negatives"):
+        listwise(queries, passages, [[0]], [[1, 2]], [[0.2]], 0.5, 0.25)
+
+
+def test_listwise_with_contrastive_weight_is_the_sum_of_its_parts():
+    from synthir.training.losses import listwise
+
+    queries, passages, positives, negatives = listwise_batch()
+    margins = [[0.2, 0.7], [-0.1, 0.4]]
+    combined = batch_loss("listwise", 0.5, teacher_temperature=0.25, contrastive_weight=0.3)
+    parts = listwise(queries, passages, positives, negatives, margins, 0.5, 0.25) + 0.3 * mnrl(
+        queries, passages, positives, negatives, 0.5
+    )
+    assert combined(queries, passages, positives, negatives, margins).item() == pytest.approx(parts.item(), rel=1e-12)
+    alone = batch_loss("listwise", 0.5, teacher_temperature=0.25)(queries, passages, positives, negatives, margins)
+    assert alone.item() == pytest.approx(0.3830969, abs=1e-7)  # weight 0: listwise alone (test_listwise_by_hand)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"teacher_temperature": 0.0}, "teacher_temperature must be positive and finite, got 0.0"),
+        ({"teacher_temperature": -1.0}, "teacher_temperature must be positive"),
+        ({"teacher_temperature": math.nan}, "teacher_temperature must be positive and finite, got nan"),
+        ({"teacher_temperature": math.inf}, "teacher_temperature must be positive and finite, got inf"),
+        ({"contrastive_weight": -0.1}, "contrastive_weight must be >= 0 and finite"),
+        ({"contrastive_weight": math.nan}, "contrastive_weight must be >= 0 and finite, got nan"),
+        ({"contrastive_weight": math.inf}, "contrastive_weight must be >= 0 and finite, got inf"),
+    ],
+)
+def test_batch_loss_rejects_bad_distillation_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        batch_loss("listwise", 0.05, **settings)
+
+
+def test_the_loss_lists_agree_with_the_params_schema():
+    from typing import get_args
+
+    from synthir.config import DISTILLED, TrainParams
+    from synthir.training.losses import DISTILLATION_LOSSES, STAGE1_LOSSES
+
+    assert get_args(TrainParams.model_fields["loss"].annotation) == STAGE1_LOSSES
+    assert DISTILLED == DISTILLATION_LOSSES
 
 
 # --- vectorised losses: the same values and gradients as the per-query code they replace ---

@@ -77,6 +77,54 @@ def test_train_saves_a_loadable_model_with_card_and_logs(tmp_path, tiny_encoder,
     assert str(tmp_path) not in card and tiny_encoder not in card
 
 
+@pytest.fixture
+def taught_triples(tmp_path):
+    """Examples with two negatives each and the teacher's scores of the first positive and both negatives."""
+    rows = [
+        {
+            "query_id": f"q{i}",
+            "query": f"question about topic {i}",
+            "positive_ids": [f"d{i}"],
+            "positives": [f"topic {i} is explained here in some detail"],
+            "negative_ids": [f"n{i}", f"m{i}"],
+            "negatives": [f"a passage on topic {i + 1}", f"unrelated passage {i}"],
+            "teacher": {"method": "hybrid", "positive": 0.9, "negatives": [0.6, 0.2 + 0.01 * i]},
+            "source": "train",
+        }
+        for i in range(12)
+    ]
+    path = tmp_path / "taught.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+@pytest.mark.parametrize("contrastive_weight", [0.0, 0.5])
+def test_listwise_distillation_trains_end_to_end_and_needs_the_teachers_scores(
+    tmp_path, tiny_encoder, taught_triples, contrastive_weight
+):
+    from synthir.errors import ConfigError
+    from synthir.fileio import read_jsonl
+    from synthir.training.model_card import read_card
+
+    params = TrainParams(
+        base_model=tiny_encoder, loss="listwise", num_negatives=2, batch_size=4, lr=1e-3, log_every=1,
+        teacher_temperature=0.1, contrastive_weight=contrastive_weight,
+    )  # fmt: skip
+    summary = train(params, taught_triples, tmp_path / "model", tmp_path / "live", tmp_path / "ckpt")
+    assert summary["steps"] == 3 and 0 < summary["final_loss"] < 10
+    trained = SentenceTransformer(str(tmp_path / "model"), device="cpu").state_dict()
+    base = SentenceTransformer(tiny_encoder, device="cpu").state_dict()
+    assert sum(not torch.allclose(trained[k], base[k], atol=1e-6) for k in base) >= len(base) // 2
+    metadata, body = read_card(tmp_path / "model")
+    assert "loss:listwise" in metadata["tags"] and '"teacher_temperature": 0.1' in body
+    assert ('"contrastive_weight": 0.5' in body) == bool(contrastive_weight)
+    rows = list(read_jsonl(taught_triples))
+    del rows[5]["teacher"]
+    write_jsonl(taught_triples, rows)
+    with pytest.raises(ConfigError, match=r"example 6 \(q5\) has no teacher score .*train.loss listwise distils"):
+        train(params, taught_triples, tmp_path / "m2", tmp_path / "l2", tmp_path / "c2")
+
+
 def test_a_trained_model_is_publishable_its_card_has_metadata_and_encode_query_applies_the_prefix(
     tmp_path, tiny_encoder, triples
 ):

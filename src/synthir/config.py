@@ -441,7 +441,7 @@ class CroppedParams(Block):
 
 
 class TeacherParams(Block):
-    """Scores for distillation (`synthir.triples.teacher`, train.loss: marginmse)."""
+    """Scores for distillation (`synthir.triples.teacher`, train.loss: marginmse or listwise)."""
 
     method: Literal["none", "hybrid", "llm"] = "none"
     """hybrid: BM25 and the base retriever fused by rank (no labels, no LLM); llm: the judge's P(yes)."""
@@ -468,6 +468,10 @@ class TriplesParams(DeviceParams):
     seed: Seed = 13
 
 
+DISTILLED = ("marginmse", "listwise")
+"""The losses that learn from triples.teacher's scores (`synthir.training.losses.DISTILLATION_LOSSES`)."""
+
+
 class ScheduleParams(Block):
     """Optimisation settings shared by stage-1 training and alignment."""
 
@@ -485,11 +489,18 @@ class FitParams(EncoderParams, ScheduleParams):
     """One training run of `synthir.training.train`: stage 1 (`TrainParams`) or alignment
     (`synthir.align.training.training_params`)."""
 
-    loss: Literal["mnrl", "snn", "marginmse", "partial_pl", "bt"] = "mnrl"
+    loss: Literal["mnrl", "snn", "marginmse", "listwise", "partial_pl", "bt"] = "mnrl"
     max_steps: int = Field(default=0, ge=0, le=10**8, description="0: epochs decide")
     num_negatives: int = Field(default=1, ge=0, le=100)
-    """Mined or generated hard negatives used per example (marginmse needs at least one); a Syntriever set's own
-    negatives (synthetic and relabeled) are all used. snn uses every positive of an example, mnrl the first."""
+    """Mined or generated hard negatives used per example (marginmse and listwise need at least one); a
+    Syntriever set's own negatives (synthetic and relabeled) are all used. snn uses every positive of an example,
+    mnrl the first."""
+    teacher_temperature: float = Field(default=0.05, gt=0, le=10)
+    """listwise: the teacher's softmax temperature over its scores (cosine units, `synthir.triples.teacher`); `tau`
+    is the student's. Equal to tau, the student matches the teacher when its cosine margins equal the teacher's."""
+    contrastive_weight: float = Field(default=0.0, ge=0, le=100)
+    """marginmse and listwise: the loss plus this weight times mnrl (in-batch and hard negatives, at `tau`);
+    0: the distillation loss alone."""
     seed: Seed = 13
     pooling: Literal["mean", "lasttoken", "cls"] | None = None
     """null: the model's own (a sentence-transformers folder). Set, synthir builds the encoder from a plain
@@ -515,17 +526,28 @@ class FitParams(EncoderParams, ScheduleParams):
 
     @model_validator(mode="after")
     def _margins_need_negatives(self) -> FitParams:
-        if self.loss == "marginmse" and self.num_negatives == 0:
-            raise ValueError("loss marginmse learns from (positive, negative) margins: num_negatives must be >= 1")
+        if self.loss in DISTILLED and self.num_negatives == 0:
+            raise ValueError(
+                f"loss {self.loss} learns from a teacher's scores of negatives: num_negatives must be >= 1"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _contrastive_weight_with_distillation(self) -> FitParams:
+        if self.contrastive_weight and self.loss not in DISTILLED:
+            raise ValueError(
+                f"contrastive_weight adds mnrl to a distillation loss ({' or '.join(DISTILLED)}); loss is {self.loss}"
+            )
         return self
 
 
 class TrainParams(FitParams):
     """Stage 1 (the `train` stage), and how it is launched."""
 
-    loss: Literal["mnrl", "snn", "marginmse"] = "mnrl"
+    loss: Literal["mnrl", "snn", "marginmse", "listwise"] = "mnrl"
     """mnrl (InfoNCE) | snn (Syntriever's soft nearest neighbour) | marginmse (GPL: distil triples.teacher's
-    margins); the alignment losses are align.loss."""
+    margins) | listwise (KL from the teacher's softmax over each query's candidates); the alignment losses are
+    align.loss."""
     num_processes: int = Field(default=1, gt=0, le=1024)
     """Processes (one per GPU) that split each batch, over all machines; `batch_size` is the global batch."""
     num_machines: int = Field(default=1, gt=0, le=1024)

@@ -57,7 +57,7 @@ def setup(params: FitParams, triples: Path, checkpoints: Path) -> PreparedTraini
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     run_id = agreed_run_id(params, accelerator, triples, start)
     sources = Counter(example.get("source", "unknown") for example in examples)
-    loss_fn = batch_loss(params.loss, params.tau)
+    loss_fn = batch_loss(params.loss, params.tau, params.teacher_temperature, params.contrastive_weight)
     return PreparedTraining(
         params, accelerator, model, optimizer, scheduler, table, data, schedule, sources, checkpoints / run_id, loss_fn
     )
@@ -132,10 +132,13 @@ def build_data(
         params.passage_prefix,
         params.loss == "snn",
         params.num_negatives,
-        margins=params.loss in DISTILLATION_LOSSES,
+        distillation=params.loss if params.loss in DISTILLATION_LOSSES else None,
     )
     if data.margins is not None and not any(data.margins):
-        raise ConfigError(f"{triples}: no example has a negative, and train.loss {params.loss} learns from margins")
+        raise ConfigError(
+            f"{triples}: no example has a negative, and train.loss {params.loss} learns from the teacher's scores "
+            "of negatives"
+        )
     schedule = batch_schedule(data, table, params.batch_size, params.seed, params.epochs, params.max_steps)
     if not schedule:
         raise DataError(f"{triples}: {len(examples)} examples make no training step; {_MORE_EXAMPLES}")

@@ -11,10 +11,16 @@ negatives among the passages (`Slots`). Similarity is cosine / tau throughout. E
     bt          Bradley–Terry: σ(s+ − s−), no in-batch terms
     marginmse   GPL's Margin-MSE distillation: cos(q, p) − cos(q, n) regressed on a teacher's margin, no in-batch
                 terms; teacher scores come in cosine units, [0, 1] (`synthir.triples.teacher`)
+    listwise    listwise distillation (RocketQAv2; Tamber et al. 2025): per query, KL(teacher ‖ student) between
+                softmaxes over its candidate list (first positive, negatives), the teacher's scores over
+                `teacher_temperature`, the student's cosines over tau; no in-batch terms
+
+The distillation losses may add `contrastive_weight` × mnrl, so that in-batch negatives count too.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -23,9 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_TAU = 0.05
-STAGE1_LOSSES = ("mnrl", "snn", "marginmse")
+STAGE1_LOSSES = ("mnrl", "snn", "marginmse", "listwise")
 ALIGNMENT_LOSSES = ("partial_pl", "bt")
-DISTILLATION_LOSSES = ("marginmse",)
+DISTILLATION_LOSSES = ("marginmse", "listwise")
 
 Slots = list[list[int]]
 """Per query, the rows of the passage matrix that are its positives (or its negatives)."""
@@ -100,6 +106,19 @@ def marginmse_from_scores(positive: Tensor, negative: Tensor, teacher_margin: Te
     return F.mse_loss(positive - negative, teacher_margin)
 
 
+def listwise_from_scores(student: Tensor, teacher: Tensor, candidates: Tensor) -> Tensor:
+    """[B, C] student and teacher logits (each already over its temperature) of each query's candidate list,
+    `candidates` [B, C] marking the real entries of a padded list -> KL(softmax(teacher) ‖ softmax(student))
+    summed over a query's candidates, averaged over the queries with two candidates or more (a list of one has
+    nothing to distil). No branch on a device value, so no device sync."""
+    lowest = torch.finfo(student.dtype).min  # not -inf: padding then keeps a finite log and a zero gradient
+    log_student = student.masked_fill(~candidates, lowest).log_softmax(dim=1)
+    log_teacher = teacher.masked_fill(~candidates, lowest).log_softmax(dim=1)
+    terms = log_teacher.exp() * (log_teacher - log_student)
+    per_query = torch.where(candidates, terms, torch.zeros_like(terms)).sum(dim=1)
+    return per_query.sum() / (candidates.sum(dim=1) > 1).sum().clamp(min=1)
+
+
 # --- batch losses: queries [B, d], passages [M, d], each query's positive and negative slots ---
 
 
@@ -156,23 +175,76 @@ def marginmse(
     return marginmse_from_scores(cosine[rows, pos], cosine[rows, neg], teacher)
 
 
+def candidate_lists(positives: Slots, negatives: Slots, margins: Margins) -> tuple[list, list, list]:
+    """Each query's candidate list, padded to the longest: its passage slots (first positive, then negatives),
+    the teacher's scores up to a per-query shift (0 for the positive, −margin for each negative: a softmax does
+    not see the shift) and which entries are real."""
+    width = 1 + max((len(slots) for slots in negatives), default=0)
+    columns, teacher, real = [], [], []
+    for own, others, margin in zip(positives, negatives, margins, strict=True):
+        if len(margin) != len(others):
+            raise ValueError(f"{len(margin)} teacher margins for {len(others)} negatives")
+        padding = width - 1 - len(others)
+        columns.append([own[0], *others] + [own[0]] * padding)
+        teacher.append([0.0, *(-value for value in margin)] + [0.0] * padding)
+        real.append([True] * (1 + len(others)) + [False] * padding)
+    return columns, teacher, real
+
+
+def listwise(
+    queries: Tensor,
+    passages: Tensor,
+    positives: Slots,
+    negatives: Slots,
+    margins: Margins,
+    tau: float = DEFAULT_TAU,
+    teacher_temperature: float = DEFAULT_TAU,
+) -> Tensor:
+    """Listwise distillation over each query's first positive and negatives: the teacher's scores (from its
+    margins) over `teacher_temperature` against the student's cosines over `tau`."""
+    columns, teacher, real = candidate_lists(positives, negatives, margins)
+    cosine = F.normalize(queries, dim=-1) @ F.normalize(passages, dim=-1).T
+    student = cosine.gather(1, _index(columns, cosine.device)) / tau
+    teacher = host_to_device(torch.tensor(teacher, dtype=cosine.dtype), cosine.device) / teacher_temperature
+    return listwise_from_scores(student, teacher, host_to_device(torch.tensor(real), cosine.device))
+
+
 LOSSES: dict[str, Callable[..., Tensor]] = {
     "mnrl": mnrl,
     "snn": snn,
     "partial_pl": partial_pl,
     "bt": bt,
     "marginmse": marginmse,
+    "listwise": listwise,
 }
 
 
-def batch_loss(name: str, tau: float) -> BatchLoss:
+def batch_loss(
+    name: str, tau: float, teacher_temperature: float = DEFAULT_TAU, contrastive_weight: float = 0.0
+) -> BatchLoss:
     """The loss registered as `name` at temperature `tau`: (queries, passages, positives, negatives, teacher
-    margins or None) -> scalar. Only the distillation losses read the margins."""
+    margins or None) -> scalar. Only the distillation losses read the margins; they add `contrastive_weight`
+    × mnrl (listwise: the teacher's softmax at `teacher_temperature`)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss '{name}'; choose one of {sorted(LOSSES)}")
-    if not tau > 0:
-        raise ValueError(f"tau must be positive, got {tau}")
-    loss = partial(LOSSES[name], tau=tau)
-    if name in DISTILLATION_LOSSES:
-        return loss
-    return lambda queries, passages, positives, negatives, margins=None: loss(queries, passages, positives, negatives)
+    for setting, value in (("tau", tau), ("teacher_temperature", teacher_temperature)):
+        if not 0 < value < math.inf:
+            raise ValueError(f"{setting} must be positive and finite, got {value}")
+    if not 0 <= contrastive_weight < math.inf:
+        raise ValueError(f"contrastive_weight must be >= 0 and finite, got {contrastive_weight}")
+    if name not in DISTILLATION_LOSSES:
+        loss = partial(LOSSES[name], tau=tau)
+        return lambda queries, passages, positives, negatives, _=None: loss(queries, passages, positives, negatives)
+    distil = partial(listwise, tau=tau, teacher_temperature=teacher_temperature) if name == "listwise" else marginmse
+    return with_contrastive(distil, contrastive_weight, tau) if contrastive_weight else distil
+
+
+def with_contrastive(distil: BatchLoss, weight: float, tau: float) -> BatchLoss:
+    """A distillation loss plus `weight` × mnrl on the same batch (each query's first positive against every
+    other passage)."""
+
+    def combined(queries: Tensor, passages: Tensor, positives: Slots, negatives: Slots, margins: Margins) -> Tensor:
+        contrastive = mnrl(queries, passages, positives, negatives, tau)
+        return distil(queries, passages, positives, negatives, margins) + weight * contrastive
+
+    return combined

@@ -96,7 +96,12 @@ def describe_training(
 def _dataset_entry(sources: dict[str, int], dataset: str | None, settings: dict) -> dict[str, Any]:
     by_source = ", ".join(f"{source}: {count:,}" for source, count in sorted(sources.items()))
     name = f"{dataset or 'the corpus'}: labeled and synthetic queries ({by_source})"
-    config = json.dumps({"tau": settings["tau"], "num_negatives": settings["num_negatives"]}, indent=4)
+    loss_settings = {"tau": settings["tau"], "num_negatives": settings["num_negatives"]}
+    if settings["loss"] == "listwise":
+        loss_settings["teacher_temperature"] = settings["teacher_temperature"]
+    if settings.get("contrastive_weight"):
+        loss_settings["contrastive_weight"] = settings["contrastive_weight"]
+    config = json.dumps(loss_settings, indent=4)
     return {
         "name": name,
         "size": sum(sources.values()),

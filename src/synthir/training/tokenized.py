@@ -79,17 +79,18 @@ def encode_examples(
     passage_prefix: str,
     all_positives: bool,
     num_negatives: int,
-    margins: bool = False,
+    distillation: str | None = None,
 ) -> tuple[TokenTable, Encoded]:
     """Tokenize every distinct text once. `all_positives`: every positive of an example (snn), else the first
-    (mnrl, and the alignment losses' c+). `margins`: the teacher margins of each trained negative, from the
-    examples' `teacher` scores (`synthir.triples.teacher`)."""
+    (mnrl, and the alignment losses' c+). `distillation`: the loss (train.loss) that learns from the teacher
+    margins of each trained negative, from the examples' `teacher` scores (`synthir.triples.teacher`); None: no
+    margins."""
     index: dict[str, int] = {}
 
     def slot(text: str) -> int:
         return index.setdefault(text, len(index))
 
-    data = Encoded([], [], [], [], margins=[] if margins else None)
+    data = Encoded([], [], [], [], margins=[] if distillation else None)
     for number, e in enumerate(examples, start=1):
         positive_ids = _padded(e.get("positive_ids", []), len(e["positives"]), "document")
         negative_ids = _padded(e.get("negative_ids", []), len(e["negatives"]), "mined")
@@ -102,17 +103,18 @@ def encode_examples(
         data.positive_kinds.append([positive_kind(positive_ids[i]) for i in kept_positives])
         data.negative_kinds.append([negative_kind(negative_ids[i]) for i in kept_negatives])
         if data.margins is not None:
-            data.margins.append(teacher_margins(e, kept_negatives, number))
+            data.margins.append(teacher_margins(e, kept_negatives, number, distillation))
     return TokenTable.build(tokenizer, list(index), max_length), data
 
 
-def teacher_margins(example: dict, negatives: list[int], number: int) -> list[float]:
-    """The teacher's score of the example's first positive minus that of each of the given negatives."""
+def teacher_margins(example: dict, negatives: list[int], number: int, loss: str) -> list[float]:
+    """The teacher's score of the example's first positive minus that of each of the given negatives; `loss`
+    (train.loss) is named by the error when the example has no teacher scores."""
     teacher = example.get("teacher")
     if not teacher or len(teacher.get("negatives", [])) < len(example["negatives"]):
         raise ConfigError(
             f"training example {number} ({example.get('query_id', '?')}) has no teacher score for every negative: "
-            "train.loss marginmse distils triples.teacher's scores (set triples.teacher.method)"
+            f"train.loss {loss} distils triples.teacher's scores (set triples.teacher.method)"
         )
     return [teacher["positive"] - teacher["negatives"][i] for i in negatives]
 
