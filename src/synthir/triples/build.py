@@ -238,8 +238,8 @@ def score_rows(neg, corpus: Corpus, encoding) -> ScoreRows:
 
 def score_teacher(teacher, examples: list[dict], corpus: Corpus, encoding) -> None:
     """Each example's `teacher` scores (`synthir.triples.teacher`) for its first positive and its negatives; the
-    hybrid's dense half runs on `encoding`'s device and dtype."""
-    from .teacher import hybrid_scores, llm_scores
+    hybrid's dense half and the cross-encoder run on `encoding`'s device and dtype."""
+    from .teacher import cross_encoder_logits, cross_encoder_scores, hybrid_scores, llm_scores
 
     if teacher.method == "hybrid":
         from ..retrieval import load_encoder
@@ -248,6 +248,9 @@ def score_teacher(teacher, examples: list[dict], corpus: Corpus, encoding) -> No
         model = load_encoder(teacher.model, device=encoding.device, dtype=encoding.dtype, block="triples")
         dense = dense_rows(model, corpus, teacher.batch_size, "", "")
         hybrid_scores(examples, corpus, bm25_rows(corpus), dense)
+    elif teacher.method == "cross_encoder":
+        logits = cross_encoder_logits(teacher.model, teacher.batch_size, encoding.device, encoding.dtype)
+        cross_encoder_scores(examples, logits)
     else:
         from ..llm.judge import RelevanceJudge
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..beir import Corpus, passage_text
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
 
 ScoreRows = Callable[[Sequence[str]], np.ndarray]
 """Queries -> scores [len(queries), len(corpus)] in corpus order."""
@@ -89,39 +93,57 @@ def rerank_rows(
     return rows
 
 
-def require_cross_encoder(model_ref: str, path: str) -> None:
+def require_cross_encoder(model_ref: str, path: str, key: str = "triples.negatives.model") -> None:
     """Refuse a model without a trained relevance head: a bi-encoder loaded as a CrossEncoder gets a randomly
-    initialised classifier and would score passages at random."""
+    initialised classifier and would score passages at random; a classifier of several labels (NLI) has no one
+    relevance logit. `key`: the params key that named the model."""
     from transformers import AutoConfig
 
     from ..errors import ConfigError
 
     try:
-        architectures = AutoConfig.from_pretrained(path).architectures or []
+        config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise ConfigError(
-            f"triples.negatives.model: '{model_ref}' cannot be loaded as a cross-encoder ({error})"
-        ) from None
+        raise ConfigError(f"{key}: '{model_ref}' cannot be loaded as a cross-encoder ({error})") from None
+    architectures = config.architectures or []
     if not any(name.endswith("ForSequenceClassification") for name in architectures):
         declared = ", ".join(architectures) or "no architecture"
         raise ConfigError(
-            f"triples.negatives.model: '{model_ref}' is not a cross-encoder (its config declares {declared}, no "
-            f"trained relevance head); use e.g. cross-encoder/ms-marco-MiniLM-L-6-v2 online, or set "
-            f"triples.negatives.judge to score with the LLM's yes/no log-probs offline"
+            f"{key}: '{model_ref}' is not a cross-encoder (its config declares {declared}, no trained relevance "
+            f"head); use e.g. cross-encoder/ms-marco-MiniLM-L-6-v2 online, or offline the LLM's yes/no log-probs "
+            "(triples.negatives.judge; triples.teacher.method: llm)"
         )
+    if config.num_labels != 1:
+        raise ConfigError(
+            f"{key}: '{model_ref}' classifies a pair into {config.num_labels} labels; a relevance cross-encoder "
+            "scores it with one logit (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2)"
+        )
+
+
+def load_cross_encoder(
+    model_ref: str, device: str = "cpu", dtype: str = "float32", key: str = "triples.negatives.model"
+) -> CrossEncoder:
+    """A sentence-transformers CrossEncoder with one relevance logit (`require_cross_encoder`), on `device` in
+    `dtype` (explicit, as every encoder); a reference that does not resolve is a ConfigError naming `key`."""
+    from sentence_transformers import CrossEncoder
+
+    from ..devices import DTYPES
+    from ..errors import ConfigError, ModelRefError
+    from ..models import resolve
+
+    try:
+        path = resolve(model_ref)
+    except ModelRefError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    require_cross_encoder(model_ref, path, key)
+    model = CrossEncoder(path, device=device)
+    model.to(DTYPES[dtype])
+    return model
 
 
 def cross_encoder_pairs(
     model_ref: str, batch_size: int = 32, device: str = "cpu", dtype: str = "float32"
 ) -> Callable[[list[tuple[str, str]]], list[float]]:
-    """A CrossEncoder's scores of (query, passage) pairs, run on `device` in `dtype` (explicit, as every encoder)."""
-    from sentence_transformers import CrossEncoder
-
-    from ..devices import DTYPES
-    from ..models import resolve
-
-    path = resolve(model_ref)
-    require_cross_encoder(model_ref, path)
-    model = CrossEncoder(path, device=device)
-    model.to(DTYPES[dtype])
+    """A CrossEncoder's scores of (query, passage) pairs (its own activation: its config's, else a sigmoid)."""
+    model = load_cross_encoder(model_ref, device, dtype)
     return lambda pairs: [float(s) for s in model.predict(pairs, batch_size=batch_size, show_progress_bar=False)]
