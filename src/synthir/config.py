@@ -388,8 +388,26 @@ class VerifyParams(DeviceParams):
     gecko: GeckoParams = GeckoParams()
 
 
+class FusedParams(Block):
+    """negatives.method fused: DRAGON-style supervision from BM25, the base retriever (`negatives.model`) and an
+    optional previous student, their rankings fused by rank (`synthir.triples.supervision`)."""
+
+    candidates: Literal["disagreement", "top_k"] = "disagreement"
+    """disagreement: fused ranks [rank_from, rank_to) that no teacher puts above the positive and that one teacher
+    ranks within its top `depth` and another does not; top_k: the fused top `top_k` (minus the positive), the rest
+    sampled from [rank_from, rank_to) (the listwise candidate list)."""
+    depth: int = Field(default=50, gt=0, le=10_000)
+    """disagreement: a teacher retrieves a document it ranks within its top `depth`."""
+    top_k: int = Field(default=1, ge=0, le=100)
+    """top_k: how many of the fused ranking's head come first (at most num_negatives and rank_from)."""
+    relabel_sources: list[Literal["doc2query", "cropped", "train"]] = ["doc2query", "cropped"]
+    """Sources whose positive becomes the fused rank-1 document when every teacher ranks that one above it ([]: off)."""
+    student: Annotated[ModelRef | None, ModelReference()] = None
+    """A previous student model, a further dense teacher (a copy outside models/retriever: DVC allows no cycle)."""
+
+
 class NegativeParams(Block):
-    method: Literal["none", "bm25", "dense", "cross_encoder", "llm"] = "bm25"
+    method: Literal["none", "bm25", "dense", "cross_encoder", "llm", "fused"] = "bm25"
     fill: Literal["none", "bm25", "dense", "cross_encoder"] = "none"
     """llm: mine with this method for examples with fewer than `num_negatives` generated negatives."""
     num_negatives: int = Field(default=1, ge=0, le=100)
@@ -409,6 +427,8 @@ class NegativeParams(Block):
     """cross_encoder offline: the LLM's pointwise yes/no score reranks BM25's top `rerank_depth`."""
     rerank_depth: int = Field(default=50, gt=0, le=10_000)
     """cross_encoder: how many of BM25's top candidates are rescored; `rank_to` may not reach beyond them."""
+    fused: FusedParams = FusedParams()
+    """fused: the teachers, the candidate rule and the relabeling (DRAGON)."""
 
     @model_validator(mode="after")
     def _rank_range(self) -> NegativeParams:
@@ -420,6 +440,23 @@ class NegativeParams(Block):
                 f"rank_to ({self.rank_to}) reaches beyond rerank_depth ({self.rerank_depth}): the cross-encoder "
                 f"scores only BM25's top {self.rerank_depth}, so ranks past it would be unscored documents; "
                 f"raise rerank_depth or lower rank_to"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fused_options(self) -> NegativeParams:
+        if self.method != "fused":
+            return self
+        if self.margin is not None or self.max_score is not None:
+            raise ValueError(
+                "margin and max_score guard one scorer's scores; method fused guards by rank instead (no teacher "
+                "ranks a disagreement negative above the positive): set them to null"
+            )
+        top_k = self.fused.top_k
+        if self.fused.candidates == "top_k" and top_k > min(self.num_negatives, self.rank_from):
+            raise ValueError(
+                f"fused.top_k ({top_k}) exceeds num_negatives ({self.num_negatives}) or rank_from ({self.rank_from}): "
+                "the head comes first among the negatives and the deeper sample starts at rank_from"
             )
         return self
 

@@ -164,9 +164,16 @@ def gather_examples(params, dataset: Dataset, verified: Path, sample_ids: Sequen
     return examples
 
 
-def add_negatives(params, examples: list[dict], corpus: Corpus, train: Qrels) -> None:
-    """The configured negatives, in place: generated ones (topped up by `fill`'s mining) or mined ones."""
+def add_negatives(params, examples: list[dict], corpus: Corpus, train: Qrels) -> dict:
+    """The configured negatives, in place: generated ones (topped up by `fill`'s mining), mined ones, or the
+    fusion of several retrievers (`synthir.triples.supervision`, which may relabel the positive and sets the
+    teacher scores); what the fusion did, for the metrics ({} for the other methods)."""
     neg = params.negatives
+    if neg.method == "fused":
+        from .supervision import fused_rule, supervise, teachers_of
+
+        teachers = teachers_of(neg, corpus, params)
+        return {"supervision": supervise(examples, teachers, corpus, train, fused_rule(neg), params.seed)}
     rule = MiningRule(neg.num_negatives, neg.rank_from, neg.rank_to, neg.margin, neg.max_score, neg.strategy)
     if neg.method == "llm":
         use_llm_negatives(examples, neg.num_negatives)
@@ -176,6 +183,7 @@ def add_negatives(params, examples: list[dict], corpus: Corpus, train: Qrels) ->
             mine(short, fill, corpus, train, rule, params.seed)
     elif neg.method != "none":
         mine(examples, score_rows(neg, corpus, params), corpus, train, rule, params.seed)
+    return {}
 
 
 def finish(examples: list[dict], negative_method: str) -> None:
@@ -197,12 +205,13 @@ def build(params, data_dir, verified, output, metrics_path, sample_ids: Sequence
     check_device(params.device, params.dtype, "triples.device", "triples.dtype")
     dataset = load_sources_data(params, data_dir)
     examples = gather_examples(params, dataset, Path(verified), sample_ids)
-    add_negatives(params, examples, dataset.corpus, dataset.qrels.get("train", {}))
-    if params.teacher.method != "none":
+    supervision = add_negatives(params, examples, dataset.corpus, dataset.qrels.get("train", {}))
+    if params.teacher.method != "none":  # replaces the fused method's teacher scores
         score_teacher(params.teacher, examples, dataset.corpus, params)
     finish(examples, params.negatives.method)
     write_jsonl(output, examples)
-    summary = {**stats(examples), "encoder": encoder_record(params), "seconds": round(time.perf_counter() - started, 2)}
+    seconds = round(time.perf_counter() - started, 2)
+    summary = {**stats(examples), **supervision, "encoder": encoder_record(params), "seconds": seconds}
     write_json(metrics_path, summary)
     return summary
 
