@@ -105,11 +105,13 @@ def tiny_bert(tokenizer, **overrides):
 
 
 def minilm_tokenizer():
+    """MiniLM's own tokenizer (its tokenizer.json): real words are tokens, so that different texts encode
+    differently (transformers 5 ignores `BertTokenizerFast(vocab_file=...)`, leaving 5 special tokens)."""
     from transformers import BertTokenizerFast
 
     from synthir.models import resolve
 
-    return BertTokenizerFast(vocab_file=str(Path(resolve(MINILM)) / "vocab.txt"))
+    return BertTokenizerFast.from_pretrained(resolve(MINILM))
 
 
 def build_tiny_encoder(folder: Path, dtype: str = "float32", **overrides) -> str:

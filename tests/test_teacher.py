@@ -9,20 +9,21 @@ import pytest
 import torch
 
 from synthir.errors import ConfigError
-from synthir.triples.teacher import (
-    cross_encoder_logits,
-    cross_encoder_scores,
-    fused_score,
-    hybrid_scores,
-    llm_scores,
-    ranks_of,
-)
+from synthir.triples.supervision import corpus_ranks, normalised_fusion
+from synthir.triples.teacher import cross_encoder_logits, cross_encoder_scores, hybrid_scores, llm_scores
+from tests.conftest import minilm_tokenizer
+
+
+def fused_score(rank_a: int, rank_b: int) -> float:
+    """Two ranks fused by hand: reciprocal rank fusion (k = 60) scaled to 1 for rank 1 in both."""
+    return 61 / 2 * (1 / (60 + rank_a) + 1 / (60 + rank_b))
 
 
 def test_ranks_and_fused_scores_by_hand():
-    assert ranks_of(np.array([0.1, 0.9, 0.5, 0.9]), [0, 1, 2, 3]) == [4, 1, 3, 1]  # ties share the best rank
-    assert fused_score(1, 1) == pytest.approx(1.0)
-    assert fused_score(1, 11) == pytest.approx(61 / 2 * (1 / 61 + 1 / 71))
+    assert corpus_ranks(np.array([0.1, 0.9, 0.5, 0.9])).tolist() == [4, 1, 3, 1]  # ties share the best rank
+    assert normalised_fusion(np.array([[1, 1, 4], [1, 11, 2]])).tolist() == pytest.approx(
+        [1.0, 61 / 2 * (1 / 61 + 1 / 71), 61 / 2 * (1 / 64 + 1 / 62)]
+    )
 
 
 def test_hybrid_scores_rank_positive_and_negatives_in_the_whole_corpus():
@@ -101,18 +102,6 @@ def test_marginmse_training_reads_the_teacher_and_refuses_examples_without_it(tm
         train(params, tmp_path / "t.jsonl", tmp_path / "m2", tmp_path / "l2", tmp_path / "c2")
 
 
-def vocabulary_tokenizer():
-    """A BERT tokenizer over MiniLM's vocabulary, read as transformers 5 reads one (`vocab`, a mapping): real words
-    are tokens, so that different texts score differently."""
-    from transformers import BertTokenizerFast
-
-    from synthir.models import resolve
-    from tests.conftest import MINILM
-
-    tokens = (Path(resolve(MINILM)) / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    return BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
-
-
 @pytest.fixture
 def ms_marco_like_cross_encoder(tmp_path) -> str:
     """A 1-layer random BERT with one relevance logit whose config declares the identity as its activation, as
@@ -122,7 +111,7 @@ def ms_marco_like_cross_encoder(tmp_path) -> str:
 
     from tests.conftest import tiny_bert
 
-    tokenizer = vocabulary_tokenizer()
+    tokenizer = minilm_tokenizer()
     config = tiny_bert(tokenizer, num_hidden_layers=1, num_labels=1, initializer_range=0.3)
     config.sbert_ce_default_activation_function = "torch.nn.modules.linear.Identity"
     torch.manual_seed(0)
@@ -206,7 +195,7 @@ def test_the_cross_encoder_teacher_runs_in_the_dtype_asked(ms_marco_like_cross_e
 def test_a_bad_cross_encoder_is_one_config_error_naming_the_teacher_model(tmp_path, tiny_encoder):
     from transformers import BertForSequenceClassification
 
-    from tests.conftest import minilm_tokenizer, tiny_bert
+    from tests.conftest import tiny_bert
 
     (tmp_path / "empty").mkdir()
     BertForSequenceClassification(tiny_bert(minilm_tokenizer(), num_labels=3)).save_pretrained(tmp_path / "nli")
@@ -313,7 +302,7 @@ def student_encoder(folder: Path) -> str:
 
     tiny = ENCODER_SHAPES["tiny"]
     return save_sentence_encoder(
-        folder, vocabulary_tokenizer(), tiny, dtype="float64", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+        folder, minilm_tokenizer(), tiny, dtype="float64", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
     )
 
 

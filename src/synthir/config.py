@@ -518,7 +518,7 @@ class TriplesParams(DeviceParams):
 
 
 DISTILLED = ("marginmse", "listwise")
-"""The losses that learn from triples.teacher's scores (`synthir.training.losses.DISTILLATION_LOSSES`)."""
+"""The losses that learn from triples.teacher's scores (`synthir.training.losses`: marginmse, listwise)."""
 
 
 class ScheduleParams(Block):

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from ..backbones import add_lora, set_attention_dropout
-from ..config import FitParams
+from ..config import DISTILLED, FitParams
 from ..errors import ConfigError, DataError
 from .distributed import agreed, builders_first
-from .losses import DISTILLATION_LOSSES, BatchLoss, batch_loss
+from .losses import BatchLoss, batch_loss
 from .schedule import batch_schedule
 from .tokenized import Encoded, TokenTable, encode_examples
 
@@ -132,7 +132,7 @@ def build_data(
         params.passage_prefix,
         params.loss == "snn",
         params.num_negatives,
-        distillation=params.loss if params.loss in DISTILLATION_LOSSES else None,
+        distillation=params.loss if params.loss in DISTILLED else None,
     )
     if data.margins is not None and not any(data.margins):
         raise ConfigError(

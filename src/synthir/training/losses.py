@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import DISTILLED
+
 DEFAULT_TAU = 0.05
 STAGE1_LOSSES = ("mnrl", "snn", "marginmse", "listwise")
 ALIGNMENT_LOSSES = ("partial_pl", "bt")
-DISTILLATION_LOSSES = ("marginmse", "listwise")
 
 Slots = list[list[int]]
 """Per query, the rows of the passage matrix that are its positives (or its negatives)."""
@@ -232,7 +233,7 @@ def batch_loss(
             raise ValueError(f"{setting} must be positive and finite, got {value}")
     if not 0 <= contrastive_weight < math.inf:
         raise ValueError(f"contrastive_weight must be >= 0 and finite, got {contrastive_weight}")
-    if name not in DISTILLATION_LOSSES:
+    if name not in DISTILLED:
         loss = partial(LOSSES[name], tau=tau)
         return lambda queries, passages, positives, negatives, _=None: loss(queries, passages, positives, negatives)
     distil = partial(listwise, tau=tau, teacher_temperature=teacher_temperature) if name == "listwise" else marginmse

@@ -241,7 +241,7 @@ def score_rows(neg, corpus: Corpus, encoding) -> ScoreRows:
 
         pairs = RelevanceJudge.open(neg.judge)
     else:
-        pairs = cross_encoder_pairs(neg.model, device=encoding.device, dtype=encoding.dtype)
+        pairs = cross_encoder_pairs(neg.model, neg.batch_size, encoding.device, encoding.dtype)
     return rerank_rows(pairs, bm25_rows(corpus), corpus, neg.rerank_depth)
 
 

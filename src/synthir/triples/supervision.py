@@ -2,7 +2,7 @@
 
 For each example the teachers (BM25, the base dense retriever and, optionally, a previous student) rank the whole
 corpus; their rankings are fused as teacher.py's hybrid is, generalised to T teachers and scaled to 1 for rank 1
-in all: (k + 1) / T * sum_t 1 / (k + r_t), ranks with ties sharing the best (`ranks_of`). From that fusion:
+in all: (k + 1) / T * sum_t 1 / (k + r_t), ranks with ties sharing the best (`corpus_ranks`). From that fusion:
 
 Positive  an example of a `relabel_sources` source keeps its document, unless the fused rank-1 document d is
           another one, every teacher ranks d strictly above it, and d is not guarded (a known positive, a document
@@ -47,14 +47,14 @@ class FusedRule:
 
 
 def corpus_ranks(row: np.ndarray) -> np.ndarray:
-    """Rank (1 = best) of every column of a score row, tied scores sharing the best rank (`ranks_of` of all)."""
+    """Rank (1 = best) of every column of a score row, tied scores sharing the best rank."""
     ascending = np.sort(row)
     return len(row) - np.searchsorted(ascending, row, side="right") + 1
 
 
 def normalised_fusion(ranks: np.ndarray, k: int = RRF_K) -> np.ndarray:
-    """[teachers, columns] ranks -> each column's reciprocal rank fusion, 1 for rank 1 by every teacher
-    (`fused_score` for two teachers)."""
+    """[teachers, columns] ranks -> each column's reciprocal rank fusion, 1 for rank 1 by every teacher (the
+    hybrid teacher's score for two teachers: BM25 and the base retriever)."""
     ranks = np.asarray(ranks, dtype=np.float64)
     return (k + 1) / ranks.shape[0] * (1 / (k + ranks)).sum(axis=0)
 

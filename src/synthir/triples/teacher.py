@@ -31,18 +31,8 @@ import numpy as np
 
 from ..beir import Corpus, passage_text
 from ..errors import ConfigError
-from ..retrieval import RRF_K
 from .negatives import ScoreRows, load_cross_encoder
-
-
-def ranks_of(row: np.ndarray, columns: list[int]) -> list[int]:
-    """Rank (1 = best) of each column in a score row; tied scores share the best rank."""
-    return [int((row > row[c]).sum()) + 1 for c in columns]
-
-
-def fused_score(rank_a: int, rank_b: int, k: int = RRF_K) -> float:
-    """Reciprocal rank fusion of two ranks, scaled to 1 for rank 1 in both."""
-    return (k + 1) / 2 * (1 / (k + rank_a) + 1 / (k + rank_b))
+from .supervision import corpus_ranks, normalised_fusion
 
 
 def hybrid_scores(examples: list[dict], corpus: Corpus, bm25: ScoreRows, dense: ScoreRows, chunk: int = 256) -> None:
@@ -67,8 +57,8 @@ def hybrid_scores(examples: list[dict], corpus: Corpus, bm25: ScoreRows, dense: 
                     "use the llm teacher for such examples"
                 )
             columns = [position[d] for d in ids]
-            pairs = zip(ranks_of(lexical, columns), ranks_of(semantic, columns), strict=True)
-            scores = [round(fused_score(a, b), 6) for a, b in pairs]
+            fused = normalised_fusion(np.stack([corpus_ranks(lexical)[columns], corpus_ranks(semantic)[columns]]))
+            scores = [round(float(score), 6) for score in fused]
             example["teacher"] = {"method": "hybrid", "positive": scores[0], "negatives": scores[1:]}
 
 
