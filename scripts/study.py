@@ -15,6 +15,7 @@ so run it in a clean clone; the last configuration's params stay applied afterwa
 from __future__ import annotations
 
 import argparse
+import fcntl
 import subprocess
 import sys
 import time
@@ -52,6 +53,21 @@ def run(configuration: str, seed: int, test: bool, dry_run: bool) -> bool:
     return True
 
 
+def hold_clone(root: Path = ROOT):
+    """An exclusive lock on the clone, held until the process exits: a second study run in the same clone would
+    rewrite params.yaml under the first, and DVC's run cache would record the first run's outputs under the second
+    run's params (its stage locks do not cover params.yaml)."""
+    path = root / ".dvc" / "tmp" / "study.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SystemExit(f"error: another scripts/study.py runs in {root}; wait for it, or use another clone") from None
+    return handle
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(seed) for seed in text.split(",")]
@@ -68,6 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     for configuration in args.configurations:
         presets(configuration)  # every name checked before the first run
+    lock = None if args.dry_run else hold_clone()  # noqa: F841 - held until exit
     failed = [f"{c}-s{s}" for c in args.configurations for s in args.seeds if not run(c, s, args.test, args.dry_run)]
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
