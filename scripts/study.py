@@ -5,11 +5,14 @@ params.yaml and study/protocol.yaml (dev split): `crop+frac25+attn0` is study/cr
 study/attn0.yaml. Each seed is one `dvc exp run -n <configuration>-s<seed> -S train.seed=<seed>`; what the seeds
 share (download, sample, generate, verify, triples, baseline) comes from DVC's run cache after the first.
 `--test` scores a configuration chosen on dev on the test split instead (its experiments end in `-test-s<seed>`).
+`--export FILE` merges each finished run into FILE (`synthir export-experiments --merge`) as soon as it ends, so a
+run survives the clone: experiments live in the clone's git refs, and a clone on a machine that goes away takes
+them along; commit FILE.
 Each run starts from the committed params.yaml (`git checkout -- params.yaml`: uncommitted edits are dropped),
 so run it in a clean clone; the last configuration's params stay applied afterwards.
 
-    python scripts/study.py --seeds 1,2,3 supervised crop+frac25
-    synthir export-experiments --merge && dvc repro report
+    python scripts/study.py --seeds 1,2,3 --export ../main/report/experiments.json supervised crop+frac25
+    cd ../main && dvc repro report
 """
 
 from __future__ import annotations
@@ -53,6 +56,26 @@ def run(configuration: str, seed: int, test: bool, dry_run: bool) -> bool:
     return True
 
 
+def export(output: Path, dry_run: bool) -> bool:
+    """Merge this clone's finished runs into `output`; a failure leaves the runs in the clone's refs."""
+    command = ["synthir", "export-experiments", "--merge", "--output", str(output)]
+    print("$", " ".join(command), flush=True)
+    if dry_run or subprocess.call(command, cwd=ROOT) == 0:
+        return True
+    print(f"export to {output} failed; the runs stay in this clone: rerun the command above", flush=True)
+    return False
+
+
+def export_path(text: str) -> Path:
+    """--export's file: absolute (the commands run in the clone's root), in an existing folder, not a folder."""
+    path = Path(text).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no folder {path.parent}")
+    if path.exists() and not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: not a file")
+    return path
+
+
 def hold_clone(root: Path = ROOT):
     """An exclusive lock on the clone, held until the process exits: a second study run in the same clone would
     rewrite params.yaml under the first, and DVC's run cache would record the first run's outputs under the second
@@ -81,11 +104,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=_seeds, default=[1, 2, 3], help="training seeds, e.g. 1,2,3")
     parser.add_argument("--test", action="store_true", help="score on the test split (configurations chosen on dev)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--export", type=export_path, metavar="FILE", help="merge each finished run into FILE")
     args = parser.parse_args()
     for configuration in args.configurations:
         presets(configuration)  # every name checked before the first run
     lock = None if args.dry_run else hold_clone()  # noqa: F841 - held until exit
-    failed = [f"{c}-s{s}" for c in args.configurations for s in args.seeds if not run(c, s, args.test, args.dry_run)]
+    failed = []
+    for configuration in args.configurations:
+        for seed in args.seeds:
+            name = experiment_name(configuration, seed, args.test)
+            if not run(configuration, seed, args.test, args.dry_run):
+                failed.append(name)
+            elif args.export and not export(args.export, args.dry_run):
+                failed.append(f"{name} (its export)")
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
 

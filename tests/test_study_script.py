@@ -32,3 +32,55 @@ def test_experiment_names_and_unknown_presets():
     assert study.experiment_name("crop+frac25", 2, test=True) == "crop+frac25-test-s2"
     with pytest.raises(SystemExit, match=r"no preset study/nope\.yaml"):
         study.presets("crop+nope")
+
+
+def run_main(study, monkeypatch, *argv: str) -> None:
+    monkeypatch.setattr("sys.argv", ["study.py", *argv])
+    study.main()
+
+
+def test_export_merges_each_run_as_it_ends(tmp_path, monkeypatch, capsys):
+    """A run lives in its clone's git refs; --export merges each one into FILE as soon as it ends, so a clone on a
+    machine that goes away does not take the finished runs with it."""
+    study = load_script()
+    monkeypatch.chdir(tmp_path)
+    run_main(study, monkeypatch, "--dry-run", "--seeds", "1,2", "--export", "out.json", "crop+frac25")
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    runs = [i for i, line in enumerate(commands) if line.startswith("$ dvc exp run")]
+    exports = [i for i, line in enumerate(commands) if line.startswith("$ synthir export-experiments")]
+    assert [commands[i].split()[5] for i in runs] == ["crop+frac25-s1", "crop+frac25-s2"]
+    assert exports == [runs[0] + 1, runs[1] + 1]  # right after each run, not at the end
+    assert commands[exports[0]] == f"$ synthir export-experiments --merge --output {tmp_path / 'out.json'}"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("missing/out.json", "missing/out.json: no folder"), (".", ".: not a file"), ("../..", "../..: not a file")],
+)
+def test_export_to_a_place_it_cannot_write_stops_before_any_run(tmp_path, monkeypatch, capsys, target, message):
+    study = load_script()
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    with pytest.raises(SystemExit) as stopped:
+        run_main(study, monkeypatch, "--dry-run", "--export", target, "crop")
+    assert stopped.value.code == 2
+    err = capsys.readouterr()
+    assert f"argument --export: {message}" in err.err
+    assert "dvc exp run" not in err.out
+
+
+def test_a_failed_export_is_reported_and_the_next_run_still_goes(tmp_path, monkeypatch, capsys):
+    """A test double for subprocess.call: every command succeeds except the export."""
+    study = load_script()
+    called = []
+
+    def fake_call(command, cwd):
+        called.append(command[:3])
+        return 1 if command[:2] == ["synthir", "export-experiments"] else 0
+
+    monkeypatch.setattr(study.subprocess, "call", fake_call)
+    monkeypatch.setattr(study, "hold_clone", lambda: None)
+    with pytest.raises(SystemExit, match=r"failed: crop-s1 \(its export\), crop-s2 \(its export\)"):
+        run_main(study, monkeypatch, "--seeds", "1,2", "--export", str(tmp_path / "out.json"), "crop")
+    assert sum(c == ["dvc", "exp", "run"] for c in called) == 2
+    assert "the runs stay in this clone" in capsys.readouterr().out
