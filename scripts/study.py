@@ -8,8 +8,8 @@ share (download, sample, generate, verify, triples, baseline) comes from DVC's r
 `--export FILE` merges each finished run into FILE (`synthir export-experiments --merge`) as soon as it ends, so a
 run survives the clone: experiments live in the clone's git refs, and a clone on a machine that goes away takes
 them along; commit FILE.
-Each run starts from the committed params.yaml (`git checkout -- params.yaml`: uncommitted edits are dropped),
-so run it in a clean clone; the last configuration's params stay applied afterwards.
+Each run starts from the committed params.yaml (`git checkout HEAD -- params.yaml`: uncommitted edits are dropped,
+staged ones too), so run it in a clean clone; the last configuration's params stay applied afterwards.
 
     python scripts/study.py --seeds 1,2,3 --export ../main/report/experiments.json supervised crop+frac25
     cd ../main && dvc repro report
@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "study"
+# From HEAD, not from the index: a `dvc exp run` killed mid-run leaves its params.yaml staged, and `git checkout --
+# params.yaml` would hand those params (another configuration's) to the next run.
+RESET_PARAMS = ["git", "checkout", "HEAD", "--", "params.yaml"]
 
 
 def presets(configuration: str) -> list[Path]:
@@ -42,7 +45,7 @@ def experiment_name(configuration: str, seed: int, test: bool) -> str:
 
 def run(configuration: str, seed: int, test: bool, dry_run: bool) -> bool:
     name = experiment_name(configuration, seed, test)
-    commands = [["git", "checkout", "--", "params.yaml"]]
+    commands = [RESET_PARAMS]
     commands += [["synthir", "preset", str(p.relative_to(ROOT))] for p in presets(configuration)]
     overrides = ["-S", f"train.seed={seed}"] + (["-S", "evaluate.split=test"] if test else [])
     commands.append(["dvc", "exp", "run", "-n", name, *overrides])

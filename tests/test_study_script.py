@@ -2,6 +2,7 @@
 
 import importlib.util
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,24 @@ def test_a_failed_export_is_reported_and_the_next_run_still_goes(tmp_path, monke
         run_main(study, monkeypatch, "--seeds", "1,2", "--export", str(tmp_path / "out.json"), "crop")
     assert sum(c == ["dvc", "exp", "run"] for c in called) == 2
     assert "the runs stay in this clone" in capsys.readouterr().out
+
+
+def test_each_run_starts_from_the_committed_params_even_when_a_killed_run_left_its_own_staged(tmp_path):
+    """A `dvc exp run` killed mid-run leaves its params.yaml staged; restoring from the index would start the next
+    configuration from the killed one's params (it happened: a cropped-sentence run carried doc2query's LLM)."""
+    study = load_script()
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("generate:\n  model: committed\n")
+    git("add", "params.yaml")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "params")
+    (tmp_path / "params.yaml").write_text("generate:\n  model: the killed run's\n")
+    git("add", "params.yaml")
+    (tmp_path / "params.yaml").write_text("generate:\n  model: unstaged edit\n")
+    subprocess.run(study.RESET_PARAMS, cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "params.yaml").read_text() == "generate:\n  model: committed\n"
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=tmp_path, capture_output=True, text=True)
+    assert staged.stdout == ""
